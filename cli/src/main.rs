@@ -1,0 +1,2 @@
+//! `flowc`: the command-line front door.
+fn main() {}

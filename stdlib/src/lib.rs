@@ -1,0 +1,1 @@
+//! The built-in functions and aggregates of .flow.
