@@ -81,10 +81,7 @@ pub fn check(files: &[PathBuf], json: bool, deny_warnings: bool, width: usize) -
             }
         }
         let errors = c.has_errors();
-        let warnings = c
-            .diagnostics
-            .iter()
-            .any(|d| d.severity == Severity::Warning);
+        let warnings = c.diagnostics.iter().any(|d| d.severity == Severity::Warning);
         failed |= errors || (deny_warnings && warnings);
         if !json && !errors {
             eprintln!("checked {}: {}", f.display(), summary(&c));
@@ -133,11 +130,7 @@ pub fn compile(file: &Path, emit: Emit, width: usize) -> ExitCode {
         for (_, f) in &c.files {
             println!("{f:#?}");
         }
-        return if c.has_errors() {
-            ExitCode::from(1)
-        } else {
-            ExitCode::SUCCESS
-        };
+        return if c.has_errors() { ExitCode::from(1) } else { ExitCode::SUCCESS };
     }
     let Some(program) = &c.program else {
         return ExitCode::from(1);

@@ -10,11 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "flowc",
-    version,
-    about = "Check, compile and run .flow stream-processing pipelines"
-)]
+#[command(name = "flowc", version, about = "Check, compile and run .flow stream-processing pipelines")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -79,12 +75,9 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check {
-            files,
-            format,
-            deny_warnings,
-            width,
-        } => front::check(&files, format == DiagFormat::Json, deny_warnings, width),
+        Command::Check { files, format, deny_warnings, width } => {
+            front::check(&files, format == DiagFormat::Json, deny_warnings, width)
+        }
         Command::Compile { file, emit, width } => front::compile(&file, emit, width),
         Command::Explain { code } => front::explain(code.as_deref()),
         Command::Completions { shell } => {

@@ -48,18 +48,12 @@ pub struct Diagnostic {
 impl Diagnostic {
     /// An error with code `code` (`E....`), pointing at `span`.
     pub fn error(code: &'static str, span: Span, message: impl Into<String>) -> Self {
-        debug_assert!(
-            code.starts_with('E') && code.len() == 5,
-            "bad error code {code}"
-        );
+        debug_assert!(code.starts_with('E') && code.len() == 5, "bad error code {code}");
         Diagnostic {
             code,
             severity: Severity::Error,
             message: message.into(),
-            primary: Label {
-                span,
-                message: String::new(),
-            },
+            primary: Label { span, message: String::new() },
             secondary: Vec::new(),
             help: None,
         }
@@ -67,15 +61,8 @@ impl Diagnostic {
 
     /// A warning with code `code` (`W....`), pointing at `span`.
     pub fn warning(code: &'static str, span: Span, message: impl Into<String>) -> Self {
-        debug_assert!(
-            code.starts_with('W') && code.len() == 5,
-            "bad warning code {code}"
-        );
-        Diagnostic {
-            severity: Severity::Warning,
-            ..Diagnostic::error("E0000", span, message)
-        }
-        .with_code(code)
+        debug_assert!(code.starts_with('W') && code.len() == 5, "bad warning code {code}");
+        Diagnostic { severity: Severity::Warning, ..Diagnostic::error("E0000", span, message) }.with_code(code)
     }
 
     fn with_code(mut self, code: &'static str) -> Self {
@@ -91,10 +78,7 @@ impl Diagnostic {
 
     /// A secondary label, e.g. "field declared here".
     pub fn with_secondary(mut self, span: Span, message: impl Into<String>) -> Self {
-        self.secondary.push(Label {
-            span,
-            message: message.into(),
-        });
+        self.secondary.push(Label { span, message: message.into() });
         self
     }
 
@@ -118,10 +102,9 @@ impl Diagnostic {
     /// given width, so output is the same on every machine.
     pub fn render(&self, sources: &SourceMap, width: usize) -> String {
         let report = Report::new(self, sources);
-        let handler =
-            miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
-                .with_width(width)
-                .with_links(false);
+        let handler = miette::GraphicalReportHandler::new_themed(miette::GraphicalTheme::unicode_nocolor())
+            .with_width(width)
+            .with_links(false);
         let mut out = String::new();
         if handler.render_report(&mut out, &report).is_err() {
             // Rendering only fails on a formatter error; fall back to the plain form.
@@ -164,19 +147,10 @@ impl<'a> Report<'a> {
             // Far-away labels would drag every line between into the excerpt: note them.
             let near = sources.line_col(l.span).0.abs_diff(primary_line) <= SECONDARY_LINES_MAX;
             if l.span.file == diag.primary.span.file && near {
-                labels.push(miette::LabeledSpan::new_with_span(
-                    Some(l.message.clone()),
-                    l.span.range(),
-                ));
+                labels.push(miette::LabeledSpan::new_with_span(Some(l.message.clone()), l.span.range()));
             } else {
                 let (line, col) = sources.line_col(l.span);
-                notes.push(format!(
-                    "{}: {}:{}:{}",
-                    l.message,
-                    sources.get(l.span.file).name,
-                    line,
-                    col
-                ));
+                notes.push(format!("{}: {}:{}:{}", l.message, sources.get(l.span.file).name, line, col));
             }
         }
         let mut help = diag.help.clone();
@@ -187,12 +161,7 @@ impl<'a> Report<'a> {
                 None => n,
             });
         }
-        Report {
-            diag,
-            source,
-            labels,
-            help,
-        }
+        Report { diag, source, labels, help }
     }
 }
 
@@ -212,10 +181,7 @@ impl std::error::Error for Report<'_> {}
 
 impl miette::Diagnostic for Report<'_> {
     fn code<'b>(&'b self) -> Option<Box<dyn fmt::Display + 'b>> {
-        Some(Box::new(format!(
-            "{}[{}]",
-            self.diag.severity, self.diag.code
-        )))
+        Some(Box::new(format!("{}[{}]", self.diag.severity, self.diag.code)))
     }
     fn severity(&self) -> Option<miette::Severity> {
         Some(match self.diag.severity {
@@ -224,9 +190,7 @@ impl miette::Diagnostic for Report<'_> {
         })
     }
     fn help<'b>(&'b self) -> Option<Box<dyn fmt::Display + 'b>> {
-        self.help
-            .as_ref()
-            .map(|h| Box::new(h) as Box<dyn fmt::Display>)
+        self.help.as_ref().map(|h| Box::new(h) as Box<dyn fmt::Display>)
     }
     fn source_code(&self) -> Option<&dyn miette::SourceCode> {
         Some(&self.source)
@@ -274,10 +238,7 @@ pub fn documented_codes() -> Vec<&'static str> {
 }
 
 /// Names close to `name` among `candidates`, best first, for did-you-mean help.
-pub fn did_you_mean<'a>(
-    name: &str,
-    candidates: impl IntoIterator<Item = &'a str>,
-) -> Option<String> {
+pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
     let mut best: Option<(f64, &str)> = None;
     for c in candidates {
         if c == name {
@@ -298,19 +259,10 @@ mod tests {
 
     #[test]
     fn did_you_mean_finds_close_names() {
-        assert_eq!(
-            did_you_mean("ammount", ["amount", "account", "ts"]),
-            Some("amount".into())
-        );
-        assert_eq!(
-            did_you_mean("acount", ["amount", "account", "ts"]),
-            Some("account".into())
-        );
+        assert_eq!(did_you_mean("ammount", ["amount", "account", "ts"]), Some("amount".into()));
+        assert_eq!(did_you_mean("acount", ["amount", "account", "ts"]), Some("account".into()));
         assert_eq!(did_you_mean("zzz", ["amount", "account"]), None);
-        assert_eq!(
-            did_you_mean("tumbel", ["tumbling", "sliding", "session"]),
-            Some("tumbling".into())
-        );
+        assert_eq!(did_you_mean("tumbel", ["tumbling", "sliding", "session"]), Some("tumbling".into()));
     }
 
     #[test]

@@ -60,11 +60,7 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config {
-            checkpoint_interval_ms: 10_000,
-            parallelism: 1,
-            state_backend: StateBackend::Memory,
-        }
+        Config { checkpoint_interval_ms: 10_000, parallelism: 1, state_backend: StateBackend::Memory }
     }
 }
 
@@ -113,31 +109,11 @@ pub enum GeneratorKind {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Connector {
-    File {
-        path: String,
-        format: Format,
-        header: bool,
-        delimiter: u8,
-    },
-    Stdin {
-        format: Format,
-    },
-    Stdout {
-        format: Format,
-    },
-    Generator {
-        kind: GeneratorKind,
-        rate_per_s: Option<i64>,
-        seed: i64,
-        count: Option<i64>,
-        keys: Option<i64>,
-    },
-    Kafka {
-        brokers: String,
-        topic: String,
-        group: Option<String>,
-        format: Format,
-    },
+    File { path: String, format: Format, header: bool, delimiter: u8 },
+    Stdin { format: Format },
+    Stdout { format: Format },
+    Generator { kind: GeneratorKind, rate_per_s: Option<i64>, seed: i64, count: Option<i64>, keys: Option<i64> },
+    Kafka { brokers: String, topic: String, group: Option<String>, format: Format },
 }
 
 /// Where a stream's event time comes from: a timestamp field plus an offset (a
@@ -373,7 +349,7 @@ pub enum ExprKind {
     GetField(Box<Expr>, usize),
     /// `a?.f`: null when `a` is.
     SafeGetField(Box<Expr>, usize),
-    /// `list[i]`, 0-based, null past the end.
+    /// `list[i]`, 1-based as in Flink SQL, null outside the list.
     Index(Box<Expr>, Box<Expr>),
     Unary(UnOp, Box<Expr>),
     Binary(BinOp, Box<Expr>, Box<Expr>),
@@ -428,11 +404,7 @@ fn write_value(f: &mut impl fmt::Write, v: &Value) -> fmt::Result {
 
 impl ExprDisplay<'_> {
     fn sub<'b>(&'b self, e: &'b Expr) -> ExprDisplay<'b> {
-        ExprDisplay {
-            expr: e,
-            input: self.input,
-            program: self.program,
-        }
+        ExprDisplay { expr: e, input: self.input, program: self.program }
     }
 }
 
@@ -450,16 +422,10 @@ impl fmt::Display for ExprDisplay<'_> {
             ExprKind::Agg(i) => write!(f, "$agg{i}"),
             ExprKind::GetField(r, i) | ExprKind::SafeGetField(r, i) => {
                 let name = match &r.ty.kind {
-                    flow_types::Kind::Record(rt) => {
-                        rt.fields.get(*i).map_or("?", |f| f.name.as_str())
-                    }
+                    flow_types::Kind::Record(rt) => rt.fields.get(*i).map_or("?", |f| f.name.as_str()),
                     _ => "?",
                 };
-                let dot = if matches!(e.kind, ExprKind::SafeGetField(..)) {
-                    "?."
-                } else {
-                    "."
-                };
+                let dot = if matches!(e.kind, ExprKind::SafeGetField(..)) { "?." } else { "." };
                 write!(f, "{}{dot}{name}", self.sub(r))
             }
             ExprKind::Index(l, i) => write!(f, "{}[{}]", self.sub(l), self.sub(i)),
@@ -489,13 +455,7 @@ impl fmt::Display for ExprDisplay<'_> {
                 }
                 f.write_str(")")
             }
-            ExprKind::If(c, t, x) => write!(
-                f,
-                "if {} then {} else {}",
-                self.sub(c),
-                self.sub(t),
-                self.sub(x)
-            ),
+            ExprKind::If(c, t, x) => write!(f, "if {} then {} else {}", self.sub(c), self.sub(t), self.sub(x)),
             ExprKind::Case { arms, otherwise } => {
                 f.write_str("case")?;
                 for (w, t) in arms {
@@ -507,17 +467,8 @@ impl fmt::Display for ExprDisplay<'_> {
                 f.write_str(" end")
             }
             ExprKind::Cast(x) => write!(f, "({} as {})", self.sub(x), e.ty),
-            ExprKind::In {
-                expr,
-                list,
-                negated,
-            } => {
-                write!(
-                    f,
-                    "({}{} in (",
-                    self.sub(expr),
-                    if *negated { " not" } else { "" }
-                )?;
+            ExprKind::In { expr, list, negated } => {
+                write!(f, "({}{} in (", self.sub(expr), if *negated { " not" } else { "" })?;
                 for (i, a) in list.iter().enumerate() {
                     if i > 0 {
                         f.write_str(", ")?;
@@ -527,12 +478,7 @@ impl fmt::Display for ExprDisplay<'_> {
                 f.write_str("))")
             }
             ExprKind::IsNull { expr, negated } => {
-                write!(
-                    f,
-                    "({} is{} null)",
-                    self.sub(expr),
-                    if *negated { " not" } else { "" }
-                )
+                write!(f, "({} is{} null)", self.sub(expr), if *negated { " not" } else { "" })
             }
             ExprKind::List(items) => {
                 f.write_str("[")?;
@@ -547,9 +493,7 @@ impl fmt::Display for ExprDisplay<'_> {
             ExprKind::Record(items) => {
                 f.write_str("{")?;
                 let names: Vec<&str> = match &e.ty.kind {
-                    flow_types::Kind::Record(r) => {
-                        r.fields.iter().map(|f| f.name.as_str()).collect()
-                    }
+                    flow_types::Kind::Record(r) => r.fields.iter().map(|f| f.name.as_str()).collect(),
                     _ => Vec::new(),
                 };
                 for (i, a) in items.iter().enumerate() {
@@ -581,12 +525,7 @@ impl fmt::Display for Window {
         match self {
             Window::Tumbling { size_ms } => write!(f, "tumbling({})", fmt_ms(*size_ms)),
             Window::Sliding { size_ms, slide_ms } => {
-                write!(
-                    f,
-                    "sliding({}, every: {})",
-                    fmt_ms(*size_ms),
-                    fmt_ms(*slide_ms)
-                )
+                write!(f, "sliding({}, every: {})", fmt_ms(*size_ms), fmt_ms(*slide_ms))
             }
             Window::Session { gap_ms } => write!(f, "session(gap: {})", fmt_ms(*gap_ms)),
         }
@@ -595,12 +534,7 @@ impl fmt::Display for Window {
 
 /// A duration in the largest unit that divides it: `60000` -> `1m`.
 pub fn fmt_ms(ms: i64) -> String {
-    for (unit, n) in [
-        ("d", 86_400_000),
-        ("h", 3_600_000),
-        ("m", 60_000),
-        ("s", 1_000),
-    ] {
+    for (unit, n) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
         if ms != 0 && ms % n == 0 {
             return format!("{}{unit}", ms / n);
         }
@@ -628,11 +562,7 @@ impl fmt::Display for Input {
 
 impl Program {
     fn ed<'a>(&'a self, e: &'a Expr, input: &'a RecordType) -> ExprDisplay<'a> {
-        ExprDisplay {
-            expr: e,
-            input: Some(input),
-            program: self,
-        }
+        ExprDisplay { expr: e, input: Some(input), program: self }
     }
 
     fn write_named(&self, out: &mut String, items: &[(String, Expr)], input: &RecordType) {
@@ -677,15 +607,7 @@ impl Program {
                 self.write_named(&mut s, keys, input);
                 s.push('}');
             }
-            OpKind::WindowAggregate {
-                window,
-                keys,
-                allowed_lateness_ms,
-                late,
-                emit_every_ms,
-                aggs,
-                outputs,
-            } => {
+            OpKind::WindowAggregate { window, keys, allowed_lateness_ms, late, emit_every_ms, aggs, outputs } => {
                 let _ = write!(s, "window_aggregate {window} keys [{}]", keys.join(", "));
                 if *allowed_lateness_ms > 0 {
                     let _ = write!(s, " allowed_lateness {}", fmt_ms(*allowed_lateness_ms));
@@ -702,12 +624,7 @@ impl Program {
                 self.write_named(&mut s, outputs, input);
                 s.push('}');
             }
-            OpKind::Aggregate {
-                keys,
-                aggs,
-                outputs,
-                ttl_ms,
-            } => {
+            OpKind::Aggregate { keys, aggs, outputs, ttl_ms } => {
                 let _ = write!(s, "aggregate keys [{}]", keys.join(", "));
                 if let Some(t) = ttl_ms {
                     let _ = write!(s, " ttl {}", fmt_ms(*t));
@@ -729,33 +646,14 @@ impl Program {
                 let _ = write!(s, "] within {}", fmt_ms(*within_ms));
             }
             OpKind::TopN { n, by, descending } => {
-                let _ = write!(
-                    s,
-                    "top {n} by {} {}",
-                    self.ed(by, input),
-                    if *descending { "desc" } else { "asc" }
-                );
+                let _ = write!(s, "top {n} by {} {}", self.ed(by, input), if *descending { "desc" } else { "asc" });
             }
-            OpKind::Join {
-                kind,
-                other,
-                alias,
-                on,
-                bound,
-            } => {
-                let k = if *kind == JoinKind::LeftOuter {
-                    "left join"
-                } else {
-                    "join"
-                };
+            OpKind::Join { kind, other, alias, on, bound } => {
+                let k = if *kind == JoinKind::LeftOuter { "left join" } else { "join" };
                 let _ = write!(
                     s,
                     "{k} {other} as {alias} on {}",
-                    ExprDisplay {
-                        expr: on,
-                        input: Some(&op.output),
-                        program: self
-                    }
+                    ExprDisplay { expr: on, input: Some(&op.output), program: self }
                 );
                 match bound {
                     JoinBound::Within(ms) => {
@@ -766,22 +664,9 @@ impl Program {
                     }
                 }
             }
-            OpKind::Lookup {
-                kind,
-                topic,
-                alias,
-                key,
-            } => {
-                let k = if *kind == JoinKind::LeftOuter {
-                    "left lookup"
-                } else {
-                    "lookup"
-                };
-                let _ = write!(
-                    s,
-                    "{k} topic {topic} as {alias} key {}",
-                    self.ed(key, input)
-                );
+            OpKind::Lookup { kind, topic, alias, key } => {
+                let k = if *kind == JoinKind::LeftOuter { "left lookup" } else { "lookup" };
+                let _ = write!(s, "{k} topic {topic} as {alias} key {}", self.ed(key, input));
             }
             OpKind::Union(inputs) => {
                 s.push_str("union ");
@@ -789,19 +674,9 @@ impl Program {
                 s.push_str(&v.join(", "));
             }
             OpKind::Unnest { field } => {
-                let _ = write!(
-                    s,
-                    "unnest {}",
-                    input.fields.get(*field).map_or("?", |f| f.name.as_str())
-                );
+                let _ = write!(s, "unnest {}", input.fields.get(*field).map_or("?", |f| f.name.as_str()));
             }
-            OpKind::Pattern {
-                keys,
-                steps,
-                within_ms,
-                aggs,
-                measures,
-            } => {
+            OpKind::Pattern { keys, steps, within_ms, aggs, measures } => {
                 let _ = write!(s, "pattern keys [{}] [", keys.join(", "));
                 for (i, st) in steps.iter().enumerate() {
                     if i > 0 {
@@ -837,23 +712,9 @@ impl fmt::Display for Program {
             writeln!(f)?;
         }
         for func in &self.fns {
-            let params: Vec<String> = func
-                .params
-                .iter()
-                .map(|(n, t)| format!("{n}: {t}"))
-                .collect();
-            let body = ExprDisplay {
-                expr: &func.body,
-                input: None,
-                program: self,
-            };
-            writeln!(
-                f,
-                "fn {}({}) -> {} = {body}",
-                func.name,
-                params.join(", "),
-                func.ret
-            )?;
+            let params: Vec<String> = func.params.iter().map(|(n, t)| format!("{n}: {t}")).collect();
+            let body = ExprDisplay { expr: &func.body, input: None, program: self };
+            writeln!(f, "fn {}({}) -> {} = {body}", func.name, params.join(", "), func.ret)?;
         }
         if self.config != Config::default() {
             writeln!(f, "config {:?}", self.config)?;
@@ -879,20 +740,9 @@ impl fmt::Display for Program {
             writeln!(f)?;
         }
         for s in &self.sources {
-            write!(
-                f,
-                "source {}: {} = {:?}",
-                s.name,
-                record_fields(&s.schema),
-                s.connector
-            )?;
+            write!(f, "source {}: {} = {:?}", s.name, record_fields(&s.schema), s.connector)?;
             if let Some(et) = &s.event_time {
-                write!(
-                    f,
-                    " event_time {} watermark {}",
-                    s.schema.fields[et.field].name,
-                    fmt_ms(s.watermark_ms)
-                )?;
+                write!(f, " event_time {} watermark {}", s.schema.fields[et.field].name, fmt_ms(s.watermark_ms))?;
             }
             if let Some(i) = s.idle_timeout_ms {
                 write!(f, " idle_timeout {}", fmt_ms(i))?;
@@ -903,13 +753,7 @@ impl fmt::Display for Program {
             writeln!(f)?;
         }
         for s in &self.sinks {
-            writeln!(
-                f,
-                "sink {}: {} = {:?}",
-                s.name,
-                record_fields(&s.schema),
-                s.connector
-            )?;
+            writeln!(f, "sink {}: {} = {:?}", s.name, record_fields(&s.schema), s.connector)?;
         }
         for p in &self.pipelines {
             writeln!(f, "pipeline {}", p.name)?;
@@ -920,15 +764,8 @@ impl fmt::Display for Program {
                 let et = match &op.event_time {
                     Some(et) => format!(
                         " event_time {}{}",
-                        op.output
-                            .fields
-                            .get(et.field)
-                            .map_or("?", |f| f.name.as_str()),
-                        if et.offset_ms != 0 {
-                            format!(" {:+}ms", et.offset_ms)
-                        } else {
-                            String::new()
-                        }
+                        op.output.fields.get(et.field).map_or("?", |f| f.name.as_str()),
+                        if et.offset_ms != 0 { format!(" {:+}ms", et.offset_ms) } else { String::new() }
                     ),
                     None => String::new(),
                 };

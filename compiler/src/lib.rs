@@ -71,13 +71,9 @@ pub fn compile(path: &Path, text: Option<String>, loader: &dyn FileLoader) -> Co
                 // The file itself cannot be read: report against an empty source.
                 let id = sources.add(path.display().to_string(), "");
                 diags.push(
-                    Diagnostic::error(
-                        "E0107",
-                        Span::new(id, 0, 0),
-                        format!("cannot read `{}`: {e}", path.display()),
-                    )
-                    .label("file not readable")
-                    .help("check the path"),
+                    Diagnostic::error("E0107", Span::new(id, 0, 0), format!("cannot read `{}`: {e}", path.display()))
+                        .label("file not readable")
+                        .help("check the path"),
                 );
                 None
             }
@@ -86,18 +82,10 @@ pub fn compile(path: &Path, text: Option<String>, loader: &dyn FileLoader) -> Co
     if let Some(t) = root_text {
         let norm = normalize(path);
         let mut stack = Vec::new();
-        load_rec(
-            &norm,
-            t,
-            loader,
-            &mut sources,
-            &mut files,
-            &mut diags,
-            &mut stack,
-        );
+        load_rec(&norm, t, loader, &mut sources, &mut files, &mut diags, &mut stack);
     }
     let refs: Vec<&ast::File> = files.iter().map(|(_, f)| f).collect();
-    let checked = check::check(&refs);
+    let checked = check::check(&refs, diags.iter().any(Diagnostic::is_error));
     diags.extend(checked.diagnostics);
     check::sort_diagnostics(&mut diags);
     let has_errors = diags.iter().any(Diagnostic::is_error);
@@ -142,10 +130,7 @@ fn load_rec(
     for imp in imports {
         let target = normalize(&dir.join(&imp.path));
         if let Some(pos) = stack.iter().position(|p| *p == target) {
-            let mut chain: Vec<String> = stack[pos..]
-                .iter()
-                .map(|p| format!("`{}`", p.display()))
-                .collect();
+            let mut chain: Vec<String> = stack[pos..].iter().map(|p| format!("`{}`", p.display())).collect();
             chain.push(format!("`{}`", target.display()));
             diags.push(
                 Diagnostic::error("E0108", imp.path_span, "import cycle")
@@ -163,13 +148,9 @@ fn load_rec(
         match loader.load(&target) {
             Ok(t) => load_rec(&target, t, loader, sources, files, diags, stack),
             Err(e) => diags.push(
-                Diagnostic::error(
-                    "E0107",
-                    imp.path_span,
-                    format!("cannot import `{}`", imp.path),
-                )
-                .label(format!("{}: {e}", target.display()))
-                .help("import paths are relative to the importing file"),
+                Diagnostic::error("E0107", imp.path_span, format!("cannot import `{}`", imp.path))
+                    .label(format!("{}: {e}", target.display()))
+                    .help("import paths are relative to the importing file"),
             ),
         }
     }

@@ -25,7 +25,7 @@ pub enum Partitioning {
 pub enum NodeOp {
     ReadSource(String),
     ReadTopic(String),
-    /// Repartition by a hash of the keys.
+    /// Repartition by a hash of the keys; no keys: gather into one instance.
     Exchange(Vec<String>),
     /// Operator `op` of pipeline `pipeline` (indexes into the program).
     Op {
@@ -64,14 +64,7 @@ pub fn plan(program: &ir::Program) -> Plan<'_> {
                partitioning: Partitioning,
                pipeline: &str| {
         let id = nodes.len();
-        nodes.push(Node {
-            id,
-            op,
-            inputs,
-            schema,
-            partitioning,
-            pipeline: pipeline.to_string(),
-        });
+        nodes.push(Node { id, op, inputs, schema, partitioning, pipeline: pipeline.to_string() });
         id
     };
     for (pi, p) in program.pipelines.iter().enumerate() {
@@ -84,46 +77,38 @@ pub fn plan(program: &ir::Program) -> Plan<'_> {
                 .topics
                 .iter()
                 .find(|t| t.name == *n)
-                .and_then(|t| {
-                    t.key
-                        .map(|k| Partitioning::Hash(vec![t.schema.fields[k].name.clone()]))
-                })
+                .and_then(|t| t.key.map(|k| Partitioning::Hash(vec![t.schema.fields[k].name.clone()])))
                 .unwrap_or(Partitioning::Any),
             ir::Input::Source(_) => Partitioning::Any,
         };
         let mut part = input_part(&p.input);
-        let mut cur = add(
-            &mut nodes,
-            read(&p.input),
-            vec![],
-            p.input_schema.clone(),
-            part.clone(),
-            &p.name,
-        );
+        // A key_by after the last window keys `top` per key; otherwise it ranks per window.
+        let mut keyed_after_window = false;
+        let mut cur = add(&mut nodes, read(&p.input), vec![], p.input_schema.clone(), part.clone(), &p.name);
         for (oi, op) in p.ops.iter().enumerate() {
             let mut inputs = vec![cur];
             match &op.kind {
                 ir::OpKind::KeyBy(keys) => {
                     let names: Vec<String> = keys.iter().map(|(n, _)| n.clone()).collect();
                     part = Partitioning::Hash(names.clone());
+                    keyed_after_window = true;
                     let schema = nodes[cur].schema.clone();
-                    cur = add(
-                        &mut nodes,
-                        NodeOp::Exchange(names),
-                        vec![cur],
-                        schema,
-                        part.clone(),
-                        &p.name,
-                    );
+                    cur = add(&mut nodes, NodeOp::Exchange(names), vec![cur], schema, part.clone(), &p.name);
                     continue;
                 }
-                ir::OpKind::WindowAggregate { keys, .. } | ir::OpKind::Aggregate { keys, .. }
-                    if keys.is_empty() =>
-                {
-                    part = Partitioning::Single;
+                ir::OpKind::WindowAggregate { keys, .. } => {
+                    keyed_after_window = false;
+                    if keys.is_empty() {
+                        part = Partitioning::Single;
+                    }
                 }
-                ir::OpKind::TopN { .. } if !matches!(part, Partitioning::Hash(_)) => {
-                    part = Partitioning::Single
+                ir::OpKind::Aggregate { keys, .. } if keys.is_empty() => part = Partitioning::Single,
+                ir::OpKind::TopN { .. } if !keyed_after_window => {
+                    // Top per window: all of a window's results meet in one instance.
+                    part = Partitioning::Single;
+                    let schema = nodes[cur].schema.clone();
+                    cur = add(&mut nodes, NodeOp::Exchange(Vec::new()), vec![cur], schema, part.clone(), &p.name);
+                    inputs = vec![cur];
                 }
                 ir::OpKind::Join { other, .. } => {
                     let o_schema = program
@@ -139,14 +124,7 @@ pub fn plan(program: &ir::Program) -> Plan<'_> {
                                 .map(|t| t.schema.clone())
                         });
                     if let Some(s) = o_schema {
-                        let r = add(
-                            &mut nodes,
-                            read(other),
-                            vec![],
-                            s,
-                            input_part(other),
-                            &p.name,
-                        );
+                        let r = add(&mut nodes, read(other), vec![], s, input_part(other), &p.name);
                         inputs.push(r);
                     }
                     part = Partitioning::Any;
@@ -174,26 +152,14 @@ pub fn plan(program: &ir::Program) -> Plan<'_> {
                 }
                 _ => {}
             }
-            cur = add(
-                &mut nodes,
-                NodeOp::Op {
-                    pipeline: pi,
-                    op: oi,
-                },
-                inputs,
-                op.output.clone(),
-                part.clone(),
-                &p.name,
-            );
+            cur =
+                add(&mut nodes, NodeOp::Op { pipeline: pi, op: oi }, inputs, op.output.clone(), part.clone(), &p.name);
         }
         let last_schema = nodes[cur].schema.clone();
         for o in &p.outputs {
             add(
                 &mut nodes,
-                NodeOp::Write {
-                    target: o.target.clone(),
-                    when: o.when.clone(),
-                },
+                NodeOp::Write { target: o.target.clone(), when: o.when.clone() },
                 vec![cur],
                 last_schema.clone(),
                 part.clone(),
@@ -230,16 +196,13 @@ impl fmt::Display for Plan<'_> {
                 NodeOp::ReadTopic(t) => {
                     let _ = write!(line, "read topic {t}");
                 }
+                NodeOp::Exchange(k) if k.is_empty() => line.push_str("exchange single"),
                 NodeOp::Exchange(k) => {
                     let _ = write!(line, "exchange hash({})", k.join(", "));
                 }
                 NodeOp::Op { pipeline, op } => {
                     let p = &self.program.pipelines[*pipeline];
-                    let input = if *op == 0 {
-                        p.input_schema.clone()
-                    } else {
-                        p.ops[op - 1].output.clone()
-                    };
+                    let input = if *op == 0 { p.input_schema.clone() } else { p.ops[op - 1].output.clone() };
                     line.push_str(&self.program.op_text(&p.ops[*op], &input));
                 }
                 NodeOp::Write { target, when } => {
@@ -248,28 +211,15 @@ impl fmt::Display for Plan<'_> {
                         let _ = write!(
                             line,
                             " when {}",
-                            ir::ExprDisplay {
-                                expr: w,
-                                input: Some(&n.schema),
-                                program: self.program
-                            }
+                            ir::ExprDisplay { expr: w, input: Some(&n.schema), program: self.program }
                         );
                     }
                 }
             }
             let inputs: Vec<String> = n.inputs.iter().map(|i| format!("#{i}")).collect();
-            let from = if inputs.is_empty() {
-                String::new()
-            } else {
-                format!(" <- {}", inputs.join(", "))
-            };
+            let from = if inputs.is_empty() { String::new() } else { format!(" <- {}", inputs.join(", ")) };
             writeln!(f, "  #{} {line}{from}", n.id)?;
-            writeln!(
-                f,
-                "      schema {} partitioning {}",
-                ir::record_fields(&n.schema),
-                n.partitioning
-            )?;
+            writeln!(f, "      schema {} partitioning {}", ir::record_fields(&n.schema), n.partitioning)?;
         }
         Ok(())
     }

@@ -29,11 +29,7 @@ impl std::fmt::Debug for Span {
 impl Span {
     pub fn new(file: FileId, start: usize, end: usize) -> Self {
         debug_assert!(start <= end);
-        Span {
-            file,
-            start: start as u32,
-            end: end as u32,
-        }
+        Span { file, start: start as u32, end: end as u32 }
     }
 
     pub fn range(self) -> Range<usize> {
@@ -42,20 +38,12 @@ impl Span {
 
     /// The smallest span covering both (same file).
     pub fn to(self, other: Span) -> Span {
-        Span {
-            file: self.file,
-            start: self.start.min(other.start),
-            end: self.end.max(other.end),
-        }
+        Span { file: self.file, start: self.start.min(other.start), end: self.end.max(other.end) }
     }
 
     /// An empty span at this span's end.
     pub fn end_point(self) -> Span {
-        Span {
-            file: self.file,
-            start: self.end,
-            end: self.end,
-        }
+        Span { file: self.file, start: self.end, end: self.end }
     }
 }
 
@@ -83,11 +71,7 @@ impl SourceMap {
         let text: Arc<str> = text.into();
         let mut line_starts = vec![0u32];
         line_starts.extend(text.match_indices('\n').map(|(i, _)| i as u32 + 1));
-        self.files.push(SourceFile {
-            name: name.into(),
-            text,
-            line_starts,
-        });
+        self.files.push(SourceFile { name: name.into(), text, line_starts });
         FileId(self.files.len() as u32 - 1)
     }
 
@@ -96,17 +80,11 @@ impl SourceMap {
     }
 
     pub fn find(&self, name: &str) -> Option<FileId> {
-        self.files
-            .iter()
-            .position(|f| f.name == name)
-            .map(|i| FileId(i as u32))
+        self.files.iter().position(|f| f.name == name).map(|i| FileId(i as u32))
     }
 
     pub fn files(&self) -> impl Iterator<Item = (FileId, &SourceFile)> {
-        self.files
-            .iter()
-            .enumerate()
-            .map(|(i, f)| (FileId(i as u32), f))
+        self.files.iter().enumerate().map(|(i, f)| (FileId(i as u32), f))
     }
 
     /// 1-based line and column (in characters) of the span's start.
@@ -129,10 +107,7 @@ impl SourceFile {
             Err(i) => i - 1,
         };
         let start = self.line_starts[line] as usize;
-        let col = self
-            .text
-            .get(start..pos)
-            .map_or(pos - start, |s| s.chars().count());
+        let col = self.text.get(start..pos).map_or(pos - start, |s| s.chars().count());
         (line + 1, col + 1)
     }
 
@@ -160,10 +135,7 @@ impl SourceFile {
             Err(i) => i - 1,
         };
         let start = self.line_starts[line] as usize;
-        let col = self
-            .text
-            .get(start..pos)
-            .map_or(0, |s| s.chars().map(char::len_utf16).sum());
+        let col = self.text.get(start..pos).map_or(0, |s| s.chars().map(char::len_utf16).sum());
         (line, col)
     }
 }

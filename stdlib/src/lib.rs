@@ -238,14 +238,54 @@ pub static SCALARS: &[ScalarFn] = &[
 
 /// Every built-in aggregate.
 pub static AGGREGATES: &[AggregateFn] = &[
-    AggregateFn { name: "count", param: Some(P::Any), arg_optional: true, doc: "count(): the number of records; count(x): the number of records where x is not null" },
-    AggregateFn { name: "sum", param: Some(P::Numeric), arg_optional: false, doc: "the exact sum (decimal(p, s) sums to decimal(38, s)); nulls are skipped" },
-    AggregateFn { name: "min", param: Some(P::Orderable), arg_optional: false, doc: "the smallest value; nulls are skipped" },
-    AggregateFn { name: "max", param: Some(P::Orderable), arg_optional: false, doc: "the largest value; nulls are skipped" },
-    AggregateFn { name: "avg", param: Some(P::Numeric), arg_optional: false, doc: "the mean: float for int and float, decimal(38, max(s, 6)) for decimal(p, s); nulls are skipped" },
-    AggregateFn { name: "count_distinct", param: Some(P::Equatable), arg_optional: false, doc: "the exact number of distinct non-null values" },
-    AggregateFn { name: "first", param: Some(P::Any), arg_optional: false, doc: "the value of the earliest record by event time (ties: arrival order)" },
-    AggregateFn { name: "last", param: Some(P::Any), arg_optional: false, doc: "the value of the latest record by event time (ties: arrival order)" },
+    AggregateFn {
+        name: "count",
+        param: Some(P::Any),
+        arg_optional: true,
+        doc: "count(): the number of records; count(x): the number of records where x is not null",
+    },
+    AggregateFn {
+        name: "sum",
+        param: Some(P::Numeric),
+        arg_optional: false,
+        doc: "the exact sum (decimal(p, s) sums to decimal(38, s)); nulls are skipped",
+    },
+    AggregateFn {
+        name: "min",
+        param: Some(P::Orderable),
+        arg_optional: false,
+        doc: "the smallest value; nulls are skipped",
+    },
+    AggregateFn {
+        name: "max",
+        param: Some(P::Orderable),
+        arg_optional: false,
+        doc: "the largest value; nulls are skipped",
+    },
+    AggregateFn {
+        name: "avg",
+        param: Some(P::Numeric),
+        arg_optional: false,
+        doc: "the mean: float for int and float, decimal(38, max(s, 6)) for decimal(p, s); nulls are skipped",
+    },
+    AggregateFn {
+        name: "count_distinct",
+        param: Some(P::Equatable),
+        arg_optional: false,
+        doc: "the exact number of distinct non-null values",
+    },
+    AggregateFn {
+        name: "first",
+        param: Some(P::Any),
+        arg_optional: false,
+        doc: "the value of the earliest record by event time (ties: arrival order)",
+    },
+    AggregateFn {
+        name: "last",
+        param: Some(P::Any),
+        arg_optional: false,
+        doc: "the value of the latest record by event time (ties: arrival order)",
+    },
 ];
 
 pub fn scalar(name: &str) -> Option<&'static ScalarFn> {
@@ -258,33 +298,18 @@ pub fn aggregate(name: &str) -> Option<&'static AggregateFn> {
 
 /// Every built-in name, scalar and aggregate, for did-you-mean and completion.
 pub fn all_names() -> impl Iterator<Item = &'static str> {
-    SCALARS
-        .iter()
-        .map(|f| f.name)
-        .chain(AGGREGATES.iter().map(|f| f.name))
+    SCALARS.iter().map(|f| f.name).chain(AGGREGATES.iter().map(|f| f.name))
 }
 
 /// Why a call does not fit a signature.
 #[derive(Clone, Debug, PartialEq)]
 pub enum CallError {
     /// Wrong number of arguments: the accepted range (max `None` for variadic).
-    Arity {
-        min: usize,
-        max: Option<usize>,
-        got: usize,
-    },
+    Arity { min: usize, max: Option<usize>, got: usize },
     /// Argument `index` has a type the parameter does not accept.
-    Arg {
-        index: usize,
-        expected: &'static str,
-        got: Type,
-    },
+    Arg { index: usize, expected: &'static str, got: Type },
     /// The variadic arguments have no common type.
-    NoCommonType {
-        index: usize,
-        got: Type,
-        so_far: Type,
-    },
+    NoCommonType { index: usize, got: Type, so_far: Type },
 }
 
 impl ScalarFn {
@@ -340,20 +365,12 @@ pub fn check_call(f: &ScalarFn, args: &[Type]) -> Result<Type, CallError> {
     let min = n - f.optional;
     let max = if f.variadic { None } else { Some(n) };
     if args.len() < min || max.is_some_and(|m| args.len() > m) {
-        return Err(CallError::Arity {
-            min,
-            max,
-            got: args.len(),
-        });
+        return Err(CallError::Arity { min, max, got: args.len() });
     }
     for (i, a) in args.iter().enumerate() {
         let p = f.params[i.min(n - 1)];
         if !p.accepts(a) {
-            return Err(CallError::Arg {
-                index: i,
-                expected: p.describe(),
-                got: a.clone(),
-            });
+            return Err(CallError::Arg { index: i, expected: p.describe(), got: a.clone() });
         }
     }
     let any_nullable = args.iter().any(|a| a.nullable);
@@ -393,19 +410,9 @@ pub fn check_call(f: &ScalarFn, args: &[Type]) -> Result<Type, CallError> {
 pub fn aggregate_result(f: &AggregateFn, arg: Option<&Type>) -> Result<Type, CallError> {
     match (arg, f.param) {
         (None, _) if f.arg_optional => return Ok(Type::int()),
-        (None, _) => {
-            return Err(CallError::Arity {
-                min: 1,
-                max: Some(1),
-                got: 0,
-            })
-        }
+        (None, _) => return Err(CallError::Arity { min: 1, max: Some(1), got: 0 }),
         (Some(t), Some(p)) if !p.accepts(t) => {
-            return Err(CallError::Arg {
-                index: 0,
-                expected: p.describe(),
-                got: t.clone(),
-            })
+            return Err(CallError::Arg { index: 0, expected: p.describe(), got: t.clone() })
         }
         _ => {}
     }
@@ -418,9 +425,7 @@ pub fn aggregate_result(f: &AggregateFn, arg: Option<&Type>) -> Result<Type, Cal
         }
         .with_nullable(t.nullable),
         "avg" => match t.kind {
-            Kind::Decimal { scale, .. } => {
-                Type::decimal(flow_types::DECIMAL_PRECISION_MAX, scale.max(6))
-            }
+            Kind::Decimal { scale, .. } => Type::decimal(flow_types::DECIMAL_PRECISION_MAX, scale.max(6)),
             Kind::Error => Type::error(),
             _ => Type::float(),
         }
@@ -445,50 +450,25 @@ mod tests {
     #[test]
     fn arity_and_types() {
         let sub = scalar("substring").unwrap();
-        assert_eq!(
-            check_call(sub, &[Type::string(), Type::int()]),
-            Ok(Type::string())
-        );
-        assert!(matches!(
-            check_call(sub, &[Type::string()]),
-            Err(CallError::Arity {
-                min: 2,
-                max: Some(3),
-                got: 1
-            })
-        ));
-        assert!(matches!(
-            check_call(sub, &[Type::int(), Type::int()]),
-            Err(CallError::Arg { index: 0, .. })
-        ));
+        assert_eq!(check_call(sub, &[Type::string(), Type::int()]), Ok(Type::string()));
+        assert!(matches!(check_call(sub, &[Type::string()]), Err(CallError::Arity { min: 2, max: Some(3), got: 1 })));
+        assert!(matches!(check_call(sub, &[Type::int(), Type::int()]), Err(CallError::Arg { index: 0, .. })));
         assert_eq!(sub.signature(), "substring(string, int, int?) -> string");
     }
 
     #[test]
     fn null_rules() {
         let co = scalar("coalesce").unwrap();
-        assert_eq!(
-            check_call(co, &[Type::int().nullable(), Type::int()]),
-            Ok(Type::int())
-        );
-        assert_eq!(
-            check_call(co, &[Type::int().nullable(), Type::float().nullable()]),
-            Ok(Type::float().nullable())
-        );
+        assert_eq!(check_call(co, &[Type::int().nullable(), Type::int()]), Ok(Type::int()));
+        assert_eq!(check_call(co, &[Type::int().nullable(), Type::float().nullable()]), Ok(Type::float().nullable()));
         let lower = scalar("lower").unwrap();
-        assert_eq!(
-            check_call(lower, &[Type::string().nullable()]),
-            Ok(Type::string().nullable())
-        );
+        assert_eq!(check_call(lower, &[Type::string().nullable()]), Ok(Type::string().nullable()));
     }
 
     #[test]
     fn aggregates() {
         let sum = aggregate("sum").unwrap();
-        assert_eq!(
-            aggregate_result(sum, Some(&Type::decimal(12, 2))),
-            Ok(Type::decimal(38, 2))
-        );
+        assert_eq!(aggregate_result(sum, Some(&Type::decimal(12, 2))), Ok(Type::decimal(38, 2)));
         assert!(aggregate_result(sum, Some(&Type::string())).is_err());
         let count = aggregate("count").unwrap();
         assert_eq!(aggregate_result(count, None), Ok(Type::int()));

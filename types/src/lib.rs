@@ -73,10 +73,7 @@ impl RecordType {
 
 impl Type {
     pub const fn new(kind: Kind) -> Self {
-        Type {
-            kind,
-            nullable: false,
-        }
+        Type { kind, nullable: false }
     }
     pub const fn bool() -> Self {
         Type::new(Kind::Bool)
@@ -100,16 +97,10 @@ impl Type {
         Type::new(Kind::Decimal { precision, scale })
     }
     pub const fn error() -> Self {
-        Type {
-            kind: Kind::Error,
-            nullable: false,
-        }
+        Type { kind: Kind::Error, nullable: false }
     }
     pub const fn null() -> Self {
-        Type {
-            kind: Kind::Null,
-            nullable: true,
-        }
+        Type { kind: Kind::Null, nullable: true }
     }
     pub fn list(elem: Type) -> Self {
         Type::new(Kind::List(Box::new(elem)))
@@ -133,10 +124,7 @@ impl Type {
         matches!(self.kind, Kind::Error)
     }
     pub fn is_numeric(&self) -> bool {
-        matches!(
-            self.kind,
-            Kind::Int | Kind::Float | Kind::Decimal { .. } | Kind::Error
-        )
+        matches!(self.kind, Kind::Int | Kind::Float | Kind::Decimal { .. } | Kind::Error)
     }
     pub fn is_bool(&self) -> bool {
         matches!(self.kind, Kind::Bool | Kind::Error)
@@ -188,24 +176,14 @@ fn kind_assignable(from: &Kind, to: &Kind) -> bool {
         (Kind::Int, Kind::Float) => true,
         // int is exact with 19 digits; it fits any decimal with that many integer digits.
         (Kind::Int, Kind::Decimal { precision, scale }) => precision - scale >= 19,
-        (
-            Kind::Decimal {
-                precision: p1,
-                scale: s1,
-            },
-            Kind::Decimal {
-                precision: p2,
-                scale: s2,
-            },
-        ) => s1 <= s2 && (p1 - s1) <= (p2 - s2),
+        (Kind::Decimal { precision: p1, scale: s1 }, Kind::Decimal { precision: p2, scale: s2 }) => {
+            s1 <= s2 && (p1 - s1) <= (p2 - s2)
+        }
         (Kind::Decimal { .. }, Kind::Float) => true,
         (Kind::List(a), Kind::List(b)) => a.assignable_to(b),
         (Kind::Record(a), Kind::Record(b)) => {
             a.fields.len() == b.fields.len()
-                && a.fields.iter().all(|fa| {
-                    b.field(&fa.name)
-                        .is_some_and(|fb| fa.ty.assignable_to(&fb.ty))
-                })
+                && a.fields.iter().all(|fa| b.field(&fa.name).is_some_and(|fb| fa.ty.assignable_to(&fb.ty)))
         }
         _ => false,
     }
@@ -232,16 +210,9 @@ pub fn arith_result(op: ArithOp, a: &Kind, b: &Kind) -> Option<Kind> {
         (Float, Int | Float | Decimal { .. }) | (Int | Decimal { .. }, Float) => Float,
         (Int, Decimal { precision, scale }) => decimal_arith(op, (19, 0), (*precision, *scale)),
         (Decimal { precision, scale }, Int) => decimal_arith(op, (*precision, *scale), (19, 0)),
-        (
-            Decimal {
-                precision: p1,
-                scale: s1,
-            },
-            Decimal {
-                precision: p2,
-                scale: s2,
-            },
-        ) => decimal_arith(op, (*p1, *s1), (*p2, *s2)),
+        (Decimal { precision: p1, scale: s1 }, Decimal { precision: p2, scale: s2 }) => {
+            decimal_arith(op, (*p1, *s1), (*p2, *s2))
+        }
         _ => return None,
     })
 }
@@ -274,10 +245,7 @@ fn decimal_arith(op: ArithOp, (p1, s1): (u8, u8), (p2, s2): (u8, u8)) -> Kind {
         }
     };
     let (p, s) = cap_decimal(p, s);
-    Kind::Decimal {
-        precision: p as u8,
-        scale: s as u8,
-    }
+    Kind::Decimal { precision: p as u8, scale: s as u8 }
 }
 
 /// Caps a decimal's precision at 38 keeping the integer digits, as Flink does.
@@ -302,32 +270,16 @@ pub fn common_type(a: &Type, b: &Type) -> Option<Type> {
         (x, y) if x == y => x.clone(),
         (Kind::Int, Kind::Float) | (Kind::Float, Kind::Int) => Kind::Float,
         (Kind::Decimal { .. }, Kind::Float) | (Kind::Float, Kind::Decimal { .. }) => Kind::Float,
-        (Kind::Int, Kind::Decimal { precision, scale })
-        | (Kind::Decimal { precision, scale }, Kind::Int) => {
+        (Kind::Int, Kind::Decimal { precision, scale }) | (Kind::Decimal { precision, scale }, Kind::Int) => {
             let s = *scale as i32;
             let (p, s) = cap_decimal((19).max(*precision as i32 - s) + s, s);
-            Kind::Decimal {
-                precision: p as u8,
-                scale: s as u8,
-            }
+            Kind::Decimal { precision: p as u8, scale: s as u8 }
         }
-        (
-            Kind::Decimal {
-                precision: p1,
-                scale: s1,
-            },
-            Kind::Decimal {
-                precision: p2,
-                scale: s2,
-            },
-        ) => {
+        (Kind::Decimal { precision: p1, scale: s1 }, Kind::Decimal { precision: p2, scale: s2 }) => {
             let s = (*s1).max(*s2) as i32;
             let ints = (*p1 as i32 - *s1 as i32).max(*p2 as i32 - *s2 as i32);
             let (p, s) = cap_decimal(ints + s, s);
-            Kind::Decimal {
-                precision: p as u8,
-                scale: s as u8,
-            }
+            Kind::Decimal { precision: p as u8, scale: s as u8 }
         }
         (Kind::List(x), Kind::List(y)) => Kind::List(Box::new(common_type(x, y)?)),
         (Kind::Record(x), Kind::Record(y)) => {
@@ -339,10 +291,7 @@ pub fn common_type(a: &Type, b: &Type) -> Option<Type> {
                 if fx.name != fy.name {
                     return None;
                 }
-                fields.push(Field {
-                    name: fx.name.clone(),
-                    ty: common_type(&fx.ty, &fy.ty)?,
-                });
+                fields.push(Field { name: fx.name.clone(), ty: common_type(&fx.ty, &fy.ty)? });
             }
             Kind::Record(Arc::new(RecordType::new(x.name.clone(), fields)))
         }
@@ -423,11 +372,7 @@ impl fmt::Display for Value {
             Value::Timestamp(ms) => write!(f, "@{ms}ms"),
             Value::Duration(ms) => write!(f, "{ms}ms"),
             Value::List(vs) | Value::Record(vs) => {
-                let (open, close) = if matches!(self, Value::List(_)) {
-                    ("[", "]")
-                } else {
-                    ("{", "}")
-                };
+                let (open, close) = if matches!(self, Value::List(_)) { ("[", "]") } else { ("{", "}") };
                 write!(f, "{open}")?;
                 for (i, v) in vs.iter().enumerate() {
                     if i > 0 {
@@ -469,34 +414,16 @@ mod tests {
     use super::*;
 
     fn dec(p: u8, s: u8) -> Kind {
-        Kind::Decimal {
-            precision: p,
-            scale: s,
-        }
+        Kind::Decimal { precision: p, scale: s }
     }
 
     #[test]
     fn decimal_sum_widens_like_flink() {
-        assert_eq!(
-            arith_result(ArithOp::Add, &dec(12, 2), &dec(12, 2)),
-            Some(dec(13, 2))
-        );
-        assert_eq!(
-            arith_result(ArithOp::Mul, &dec(12, 2), &dec(5, 3)),
-            Some(dec(17, 5))
-        );
-        assert_eq!(
-            arith_result(ArithOp::Mul, &dec(38, 10), &dec(38, 10)),
-            Some(dec(38, 6))
-        );
-        assert_eq!(
-            arith_result(ArithOp::Add, &Kind::Int, &dec(12, 2)),
-            Some(dec(22, 2))
-        );
-        assert_eq!(
-            arith_result(ArithOp::Add, &Kind::Int, &Kind::Float),
-            Some(Kind::Float)
-        );
+        assert_eq!(arith_result(ArithOp::Add, &dec(12, 2), &dec(12, 2)), Some(dec(13, 2)));
+        assert_eq!(arith_result(ArithOp::Mul, &dec(12, 2), &dec(5, 3)), Some(dec(17, 5)));
+        assert_eq!(arith_result(ArithOp::Mul, &dec(38, 10), &dec(38, 10)), Some(dec(38, 6)));
+        assert_eq!(arith_result(ArithOp::Add, &Kind::Int, &dec(12, 2)), Some(dec(22, 2)));
+        assert_eq!(arith_result(ArithOp::Add, &Kind::Int, &Kind::Float), Some(Kind::Float));
         assert_eq!(arith_result(ArithOp::Add, &Kind::String, &Kind::Int), None);
     }
 
@@ -514,19 +441,10 @@ mod tests {
 
     #[test]
     fn common_types() {
-        assert_eq!(
-            common_type(&Type::int(), &Type::float()),
-            Some(Type::float())
-        );
-        assert_eq!(
-            common_type(&Type::null(), &Type::int()),
-            Some(Type::int().nullable())
-        );
+        assert_eq!(common_type(&Type::int(), &Type::float()), Some(Type::float()));
+        assert_eq!(common_type(&Type::null(), &Type::int()), Some(Type::int().nullable()));
         assert_eq!(common_type(&Type::string(), &Type::int()), None);
-        assert_eq!(
-            common_type(&Type::decimal(12, 2), &Type::decimal(10, 4)),
-            Some(Type::decimal(14, 4))
-        );
+        assert_eq!(common_type(&Type::decimal(12, 2), &Type::decimal(10, 4)), Some(Type::decimal(14, 4)));
     }
 
     #[test]

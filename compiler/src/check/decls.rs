@@ -11,16 +11,7 @@ use flow_types::{Field, Kind, RecordType, Type, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-const PRIMITIVES: &[&str] = &[
-    "bool",
-    "int",
-    "float",
-    "string",
-    "timestamp",
-    "duration",
-    "decimal",
-    "list",
-];
+const PRIMITIVES: &[&str] = &["bool", "int", "float", "string", "timestamp", "duration", "decimal", "list"];
 
 /// The name of the built-in schema of dead-letter records.
 pub const DEAD_LETTER_SCHEMA: &str = "DeadLetter";
@@ -31,22 +22,10 @@ pub fn dead_letter_record() -> Record {
     Arc::new(RecordType::new(
         Some(DEAD_LETTER_SCHEMA.into()),
         vec![
-            Field {
-                name: "source".into(),
-                ty: Type::string(),
-            },
-            Field {
-                name: "position".into(),
-                ty: Type::string(),
-            },
-            Field {
-                name: "reason".into(),
-                ty: Type::string(),
-            },
-            Field {
-                name: "raw".into(),
-                ty: Type::string(),
-            },
+            Field { name: "source".into(), ty: Type::string() },
+            Field { name: "position".into(), ty: Type::string() },
+            Field { name: "reason".into(), ty: Type::string() },
+            Field { name: "raw".into(), ty: Type::string() },
         ],
     ))
 }
@@ -73,13 +52,7 @@ impl Want {
             Want::Size => "a size such as `1GiB`".into(),
             Want::Bool => "`true` or `false`".into(),
             Want::Str => "a string".into(),
-            Want::Choice(c) => format!(
-                "one of {}",
-                c.iter()
-                    .map(|c| format!("`{c}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            Want::Choice(c) => format!("one of {}", c.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ")),
             Want::Field => "a field name".into(),
         }
     }
@@ -137,11 +110,7 @@ static CONNECTORS: &[ConnSpec] = &[
         source: true,
         sink: true,
         positional: &[("path", Want::Str)],
-        named: &[
-            ("format", Want::Choice(FORMATS)),
-            ("header", Want::Bool),
-            ("delimiter", Want::Str),
-        ],
+        named: &[("format", Want::Choice(FORMATS)), ("header", Want::Bool), ("delimiter", Want::Str)],
         required: &["path"],
     },
     ConnSpec {
@@ -179,11 +148,7 @@ static CONNECTORS: &[ConnSpec] = &[
         source: true,
         sink: true,
         positional: &[("brokers", Want::Str)],
-        named: &[
-            ("topic", Want::Str),
-            ("group", Want::Str),
-            ("format", Want::Choice(FORMATS)),
-        ],
+        named: &[("topic", Want::Str), ("group", Want::Str), ("format", Want::Choice(FORMATS))],
         required: &["brokers", "topic"],
     },
 ];
@@ -252,13 +217,9 @@ impl<'a> Checker<'a> {
                 "duration" => Type::duration(),
                 "decimal" => {
                     self.error(
-                        Diagnostic::error(
-                            "E0008",
-                            id.span,
-                            "`decimal` needs a precision and a scale",
-                        )
-                        .label("missing `(precision, scale)`")
-                        .help("write e.g. `decimal(12, 2)`: 12 digits in all, 2 after the point"),
+                        Diagnostic::error("E0008", id.span, "`decimal` needs a precision and a scale")
+                            .label("missing `(precision, scale)`")
+                            .help("write e.g. `decimal(12, 2)`: 12 digits in all, 2 after the point"),
                     );
                     Type::error()
                 }
@@ -271,8 +232,7 @@ impl<'a> Checker<'a> {
                     }
                     None if self.globals.contains_key(name) => Type::error(),
                     None => {
-                        let mut cands: Vec<String> =
-                            PRIMITIVES.iter().map(|s| s.to_string()).collect();
+                        let mut cands: Vec<String> = PRIMITIVES.iter().map(|s| s.to_string()).collect();
                         cands.extend(self.names_of(&[DeclKind::Schema]));
                         let help = did_you_mean(name, cands.iter().map(String::as_str))
                             .map(|s| format!("did you mean `{s}`?"))
@@ -288,12 +248,7 @@ impl<'a> Checker<'a> {
                     }
                 },
             },
-            ast::TypeExprKind::Decimal {
-                precision,
-                scale,
-                precision_span,
-                scale_span,
-            } => {
+            ast::TypeExprKind::Decimal { precision, scale, precision_span, scale_span } => {
                 if *precision == 0 || *precision > flow_types::DECIMAL_PRECISION_MAX as u64 {
                     self.error(
                         Diagnostic::error(
@@ -310,15 +265,10 @@ impl<'a> Checker<'a> {
                         Diagnostic::error(
                             "E0008",
                             *scale_span,
-                            format!(
-                                "decimal scale {scale} is larger than its precision {precision}"
-                            ),
+                            format!("decimal scale {scale} is larger than its precision {precision}"),
                         )
                         .label("the scale counts digits after the point, part of the precision")
-                        .help(format!(
-                            "write `decimal({}, {scale})` or a smaller scale",
-                            (*scale).max(1)
-                        )),
+                        .help(format!("write `decimal({}, {scale})` or a smaller scale", (*scale).max(1))),
                     );
                     Type::error()
                 } else {
@@ -360,11 +310,7 @@ impl<'a> Checker<'a> {
                     Diagnostic::error(
                         "E0106",
                         id.span,
-                        format!(
-                            "`{}` is a {}, but a schema is expected here",
-                            id.name,
-                            g.kind.noun()
-                        ),
+                        format!("`{}` is a {}, but a schema is expected here", id.name, g.kind.noun()),
                     )
                     .label("expected a schema")
                     .with_secondary(g.span, format!("`{}` is declared here", id.name))
@@ -377,9 +323,7 @@ impl<'a> Checker<'a> {
                 let cands = self.names_of(&[DeclKind::Schema]);
                 let help = did_you_mean(&id.name, cands.iter().map(String::as_str))
                     .map(|s| format!("did you mean `{s}`?"))
-                    .unwrap_or_else(|| {
-                        format!("declare it: `schema {} {{ field: type, ... }}`", id.name)
-                    });
+                    .unwrap_or_else(|| format!("declare it: `schema {} {{ field: type, ... }}`", id.name));
                 self.error(
                     Diagnostic::error("E0102", id.span, format!("unknown schema `{}`", id.name))
                         .label("no schema has this name")
@@ -402,16 +346,13 @@ impl<'a> Checker<'a> {
         if self.schema_progress.get(name) == Some(&Progress::InProgress) {
             return None;
         }
-        self.schema_progress
-            .insert(name.to_string(), Progress::InProgress);
+        self.schema_progress.insert(name.to_string(), Progress::InProgress);
         let mut fields: Vec<Field> = Vec::new();
         let mut seen: HashMap<&str, Span> = HashMap::new();
         let mut ok = true;
         for f in &decl.fields {
             if let ast::TypeExprKind::Named(id) = &f.ty.kind {
-                if id.name == name
-                    || self.schema_progress.get(&id.name) == Some(&Progress::InProgress)
-                {
+                if id.name == name || self.schema_progress.get(&id.name) == Some(&Progress::InProgress) {
                     self.error(
                         Diagnostic::error("E0109", id.span, format!("schema `{name}` contains itself"))
                             .label(format!("`{}` refers back to `{name}`", id.name))
@@ -424,14 +365,10 @@ impl<'a> Checker<'a> {
             }
             if let Some(prev) = seen.get(f.name.name.as_str()) {
                 self.error(
-                    Diagnostic::error(
-                        "E0009",
-                        f.name.span,
-                        format!("field `{}` is declared twice", f.name.name),
-                    )
-                    .label("second declaration")
-                    .with_secondary(*prev, "first declared here")
-                    .help("rename or remove one of them"),
+                    Diagnostic::error("E0009", f.name.span, format!("field `{}` is declared twice", f.name.name))
+                        .label("second declaration")
+                        .with_secondary(*prev, "first declared here")
+                        .help("rename or remove one of them"),
                 );
                 continue;
             }
@@ -440,13 +377,9 @@ impl<'a> Checker<'a> {
             if ty.is_error() {
                 ok = false;
             }
-            fields.push(Field {
-                name: f.name.name.clone(),
-                ty,
-            });
+            fields.push(Field { name: f.name.name.clone(), ty });
         }
-        self.schema_progress
-            .insert(name.to_string(), Progress::Done);
+        self.schema_progress.insert(name.to_string(), Progress::Done);
         let rec = ok.then(|| Arc::new(RecordType::new(Some(name.to_string()), fields)));
         if rec.is_none() {
             self.broken.insert(name.to_string());
@@ -454,11 +387,7 @@ impl<'a> Checker<'a> {
         self.schemas.insert(name.to_string(), rec.clone());
         if let Some(r) = &rec {
             if !self.out.schemas.iter().any(|s| s.name == name) {
-                self.out.schemas.push(ir::Schema {
-                    name: name.to_string(),
-                    record: r.clone(),
-                    span: decl.name.span,
-                });
+                self.out.schemas.push(ir::Schema { name: name.to_string(), record: r.clone(), span: decl.name.span });
             }
         }
         rec
@@ -473,52 +402,47 @@ impl<'a> Checker<'a> {
         }
         if self.const_progress.get(name) == Some(&Progress::InProgress) {
             self.error(
-                Diagnostic::error(
-                    "E0109",
-                    c.name.span,
-                    format!("const `{name}` is defined in terms of itself"),
-                )
-                .label("this const's value depends on itself")
-                .help("give one of the consts in the cycle a literal value"),
+                Diagnostic::error("E0109", c.name.span, format!("const `{name}` is defined in terms of itself"))
+                    .label("this const's value depends on itself")
+                    .help("give one of the consts in the cycle a literal value"),
             );
             self.consts.insert(name.to_string(), None);
             return None;
         }
-        self.const_progress
-            .insert(name.to_string(), Progress::InProgress);
+        self.const_progress.insert(name.to_string(), Progress::InProgress);
         let declared = c.ty.as_ref().map(|t| self.resolve_type(t));
         let mut cx = Ctx::constant();
         let e = self.expr(&mut cx, &c.value);
         let mut result = None;
         if !e.ty.is_error() {
             let target = declared.clone().unwrap_or_else(|| e.ty.clone());
-            if !e.ty.assignable_to(&target) {
-                let t_span = c.ty.as_ref().map_or(c.name.span, |t| t.span);
-                self.error(
-                    Diagnostic::error(
-                        "E0211",
-                        c.value.span,
-                        format!("expected `{target}`, found `{}`", e.ty),
-                    )
-                    .label(format!("this is `{}`", e.ty))
-                    .with_secondary(t_span, "declared type")
-                    .help(format!(
-                        "convert it with `as {target}` or change the declared type"
-                    )),
-                );
-            } else {
-                match self.fold(&e) {
-                    Folded::Value(v) => {
-                        let v = convert_const(v, &target);
-                        result = Some((target, v));
+            let folded = self.fold(&e);
+            match folded {
+                Folded::Value(v) => {
+                    // A literal that fits the declared type is accepted even when its
+                    // type alone is wider (`const LIMIT: decimal(12, 2) = 500`).
+                    if e.ty.assignable_to(&target) || (!e.ty.nullable && value_fits(&v, &target)) {
+                        result = Some((target.clone(), convert_const(v, &target)));
+                    } else {
+                        let t_span = c.ty.as_ref().map_or(c.name.span, |t| t.span);
+                        self.error(
+                            Diagnostic::error("E0211", c.value.span, format!("expected `{target}`, found `{}`", e.ty))
+                                .label(format!("this is `{}`", e.ty))
+                                .with_secondary(t_span, "declared type")
+                                .help(format!("write a value of type `{target}`, or change the declared type")),
+                        );
                     }
-                    Folded::NotConst(span) => self.error(
-                        Diagnostic::error("E0210", span, format!("the value of const `{name}` is not known before the pipeline runs"))
-                            .label("not a constant")
-                            .help("a const is made of literals, other consts and arithmetic; use a `fn` for anything else"),
-                    ),
-                    Folded::Failed => {}
                 }
+                Folded::NotConst(span) => self.error(
+                    Diagnostic::error(
+                        "E0210",
+                        span,
+                        format!("the value of const `{name}` is not known before the pipeline runs"),
+                    )
+                    .label("not a constant")
+                    .help("a const is made of literals, other consts and arithmetic; use a `fn` for anything else"),
+                ),
+                Folded::Failed => {}
             }
         }
         if result.is_none() {
@@ -539,15 +463,11 @@ impl<'a> Checker<'a> {
 
     // ------------------------------------------------------------ fns
 
-    pub(super) fn check_fns(&mut self) {
+    /// Fn signatures, before consts and bodies, so any of them can call any fn.
+    pub(super) fn fn_signatures(&mut self) {
         let fns = self.decls.fns.clone();
-        // Signatures first, so bodies can call fns declared later.
         for f in &fns {
-            if self
-                .globals
-                .get(&f.name.name)
-                .is_none_or(|g| g.kind != DeclKind::Fn)
-            {
+            if self.globals.get(&f.name.name).is_none_or(|g| g.kind != DeclKind::Fn) {
                 continue;
             }
             let mut params = Vec::new();
@@ -580,11 +500,7 @@ impl<'a> Checker<'a> {
                     name: f.name.name.clone(),
                     params,
                     ret,
-                    body: ir::Expr {
-                        kind: ir::ExprKind::Literal(Value::Null),
-                        ty: Type::null(),
-                        span: f.span,
-                    },
+                    body: ir::Expr { kind: ir::ExprKind::Literal(Value::Null), ty: Type::null(), span: f.span },
                     span: f.name.span,
                 });
                 self.fn_index.insert(f.name.name.clone(), Some(idx));
@@ -593,6 +509,10 @@ impl<'a> Checker<'a> {
                 self.broken.insert(f.name.name.clone());
             }
         }
+    }
+
+    pub(super) fn fn_bodies(&mut self) {
+        let fns = self.decls.fns.clone();
         for f in &fns {
             let Some(Some(idx)) = self.fn_index.get(&f.name.name).copied() else {
                 continue;
@@ -608,16 +528,14 @@ impl<'a> Checker<'a> {
                         .with_secondary(f.ret.span, "declared return type")
                         .help(if body.ty.nullable && !ret.nullable {
                             "the body may be null: give a default with `?? value` or declare the return type nullable with `?`".to_string()
+                        } else if super::expr::cast_rule(&body.ty.kind, &ret.kind) == Some(true) {
+                            format!("convert the body with `(... as {ret}) ?? default`: that conversion can fail, giving null")
                         } else {
                             format!("convert the body with `as {ret}` or change the return type")
                         }),
                 );
             }
-            let body = if body.ty != ret && !body.ty.is_error() {
-                super::expr::cast_to(body, &ret)
-            } else {
-                body
-            };
+            let body = if body.ty != ret && !body.ty.is_error() { super::expr::cast_to(body, &ret) } else { body };
             self.out.fns[idx].body = body;
         }
         // Recursion: fns are pure and total, so calls must not form a cycle.
@@ -629,16 +547,15 @@ impl<'a> Checker<'a> {
         let mut state = vec![0u8; n];
         for start in 0..n {
             if let Some(cycle) = find_cycle(start, &calls, &mut state, &mut Vec::new()) {
-                let names: Vec<String> = cycle
-                    .iter()
-                    .map(|&i| format!("`{}`", self.out.fns[i].name))
-                    .collect();
+                let names: Vec<String> = cycle.iter().map(|&i| format!("`{}`", self.out.fns[i].name)).collect();
                 let first = cycle[0];
                 let span = self.out.fns[first].span;
                 self.error(
                     Diagnostic::error("E0109", span, format!("fn `{}` calls itself", self.out.fns[first].name))
                         .label(format!("call cycle: {} -> `{}`", names.join(" -> "), self.out.fns[first].name))
-                        .help("fns are pure and must terminate: recursion is not allowed; rewrite it without the cycle"),
+                        .help(
+                            "fns are pure and must terminate: recursion is not allowed; rewrite it without the cycle",
+                        ),
                 );
             }
         }
@@ -663,20 +580,12 @@ impl<'a> Checker<'a> {
                 None => {
                     let Some(p) = positional.get(pos) else {
                         self.error(
-                            Diagnostic::error(
-                                "E0111",
-                                *span,
-                                format!("{what} takes no more arguments"),
-                            )
-                            .label("unexpected argument")
-                            .help(format!(
-                                "name the argument: {}",
-                                allowed
-                                    .iter()
-                                    .map(|(n, _)| format!("`{n}:`"))
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
-                            )),
+                            Diagnostic::error("E0111", *span, format!("{what} takes no more arguments"))
+                                .label("unexpected argument")
+                                .help(format!(
+                                    "name the argument: {}",
+                                    allowed.iter().map(|(n, _)| format!("`{n}:`")).collect::<Vec<_>>().join(", ")
+                                )),
                         );
                         continue;
                     };
@@ -697,22 +606,14 @@ impl<'a> Checker<'a> {
                                     } else {
                                         format!(
                                             "{what} takes {}",
-                                            names
-                                                .iter()
-                                                .map(|n| format!("`{n}`"))
-                                                .collect::<Vec<_>>()
-                                                .join(", ")
+                                            names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
                                         )
                                     }
                                 });
                             self.error(
-                                Diagnostic::error(
-                                    "E0111",
-                                    id.span,
-                                    format!("unknown option `{}` for {what}", id.name),
-                                )
-                                .label("not an option here")
-                                .help(help),
+                                Diagnostic::error("E0111", id.span, format!("unknown option `{}` for {what}", id.name))
+                                    .label("not an option here")
+                                    .help(help),
                             );
                             continue;
                         }
@@ -749,17 +650,12 @@ impl<'a> Checker<'a> {
             Diagnostic::error(
                 "E0209",
                 value.span,
-                format!(
-                    "option `{key}` of {what} expects {}, found {found}",
-                    want.describe()
-                ),
+                format!("option `{key}` of {what} expects {}, found {found}", want.describe()),
             )
             .label(format!("this is {found}"))
         };
         match want {
-            Want::Choice(_) | Want::Field
-                if !matches!(value.kind, ast::ExprKind::Name(_) | ast::ExprKind::Str(_)) =>
-            {
+            Want::Choice(_) | Want::Field if !matches!(value.kind, ast::ExprKind::Name(_) | ast::ExprKind::Str(_)) => {
                 let d = wrong("an expression");
                 self.error(d.help(format!("write {}", want.describe())));
                 None
@@ -777,13 +673,9 @@ impl<'a> Checker<'a> {
                         .map(|s| format!("did you mean `{s}`?"))
                         .unwrap_or_else(|| format!("write {}", want.describe()));
                     self.error(
-                        Diagnostic::error(
-                            "E0209",
-                            span,
-                            format!("`{word}` is not a valid `{key}` for {what}"),
-                        )
-                        .label(format!("expected {}", want.describe()))
-                        .help(help),
+                        Diagnostic::error("E0209", span, format!("`{word}` is not a valid `{key}` for {what}"))
+                            .label(format!("expected {}", want.describe()))
+                            .help(help),
                     );
                     None
                 }
@@ -802,17 +694,12 @@ impl<'a> Checker<'a> {
                 } else {
                     let help = did_you_mean(&word, rec.fields.iter().map(|f| f.name.as_str()))
                         .map(|s| format!("did you mean `{s}`?"))
-                        .unwrap_or_else(|| {
-                            format!("the fields of the schema are {}", field_list(rec))
-                        });
+                        .unwrap_or_else(|| format!("the fields of the schema are {}", field_list(rec)));
                     self.error(
                         Diagnostic::error(
                             "E0303",
                             span,
-                            format!(
-                                "`{word}` is not a field of `{}`",
-                                rec.name.as_deref().unwrap_or("the record")
-                            ),
+                            format!("`{word}` is not a field of `{}`", rec.name.as_deref().unwrap_or("the record")),
                         )
                         .label("no such field")
                         .help(help),
@@ -864,36 +751,17 @@ impl<'a> Checker<'a> {
         }
     }
 
-    pub(super) fn positive_ms(
-        &mut self,
-        v: Option<(i64, Span)>,
-        what: &str,
-        allow_zero: bool,
-    ) -> Option<i64> {
+    pub(super) fn positive_ms(&mut self, v: Option<(i64, Span)>, what: &str, allow_zero: bool) -> Option<i64> {
         let (ms, span) = v?;
         if ms < 0 || (!allow_zero && ms == 0) {
             self.error(
                 Diagnostic::error(
                     "E0414",
                     span,
-                    format!(
-                        "{what} must be {}",
-                        if allow_zero {
-                            "zero or more"
-                        } else {
-                            "positive"
-                        }
-                    ),
+                    format!("{what} must be {}", if allow_zero { "zero or more" } else { "positive" }),
                 )
                 .label(format!("this is {}", ir::fmt_ms(ms)))
-                .help(format!(
-                    "use a {}duration such as `5s`",
-                    if allow_zero {
-                        "non-negative "
-                    } else {
-                        "positive "
-                    }
-                )),
+                .help(format!("use a {}duration such as `5s`", if allow_zero { "non-negative " } else { "positive " })),
             );
             return None;
         }
@@ -913,11 +781,7 @@ impl<'a> Checker<'a> {
             );
         }
         let Some(c) = configs.first() else { return };
-        let opts: Vec<_> = c
-            .options
-            .iter()
-            .map(|o| (Some(&o.name), &o.value, o.span))
-            .collect();
+        let opts: Vec<_> = c.options.iter().map(|o| (Some(&o.name), &o.value, o.span)).collect();
         let o = self.options(
             &opts,
             &[],
@@ -929,9 +793,7 @@ impl<'a> Checker<'a> {
             "config",
             None,
         );
-        if let Some(ms) =
-            self.positive_ms(o.int("checkpoint_interval"), "checkpoint_interval", false)
-        {
+        if let Some(ms) = self.positive_ms(o.int("checkpoint_interval"), "checkpoint_interval", false) {
             self.out.config.checkpoint_interval_ms = ms;
         }
         if let Some((p, span)) = o.int("parallelism") {
@@ -941,35 +803,26 @@ impl<'a> Checker<'a> {
                 self.error(
                     Diagnostic::error("E0209", span, format!("parallelism {p} is out of range"))
                         .label("must be between 1 and 1024")
-                        .help("parallelism is the number of instances of each operator; start with the number of cores"),
+                        .help(
+                            "parallelism is the number of instances of each operator; start with the number of cores",
+                        ),
                 );
             }
         }
         if let Some((w, _)) = o.word("state_backend") {
-            self.out.config.state_backend = if w == "rocksdb" {
-                ir::StateBackend::RocksDb
-            } else {
-                ir::StateBackend::Memory
-            };
+            self.out.config.state_backend =
+                if w == "rocksdb" { ir::StateBackend::RocksDb } else { ir::StateBackend::Memory };
         }
     }
 
     // ------------------------------------------------------------ topics
 
     pub(super) fn check_topic(&mut self, t: &ast::TopicDecl) {
-        if self
-            .globals
-            .get(&t.name.name)
-            .is_none_or(|g| g.kind != DeclKind::Topic)
-        {
+        if self.globals.get(&t.name.name).is_none_or(|g| g.kind != DeclKind::Topic) {
             return;
         }
         let schema = self.lookup_schema(&t.schema);
-        let opts: Vec<_> = t
-            .options
-            .iter()
-            .map(|o| (Some(&o.name), &o.value, o.span))
-            .collect();
+        let opts: Vec<_> = t.options.iter().map(|o| (Some(&o.name), &o.value, o.span)).collect();
         let o = self.options(
             &opts,
             &[],
@@ -1009,21 +862,20 @@ impl<'a> Checker<'a> {
             if !kt.is_equatable() || matches!(kt.kind, Kind::Float) {
                 let span = o.word("key").map_or(t.name.span, |(_, s)| s);
                 self.error(
-                    Diagnostic::error("E0216", span, format!("field `{}` of type `{kt}` cannot be a key", schema.fields[k].name))
-                        .label("not usable as a key")
-                        .help("keys are hashed and compared exactly: use a string, int, decimal, bool or timestamp field"),
+                    Diagnostic::error(
+                        "E0220",
+                        span,
+                        format!("field `{}` of type `{kt}` cannot be a key", schema.fields[k].name),
+                    )
+                    .label("not usable as a key")
+                    .help("keys are hashed and compared exactly: use a string, int, decimal, bool or timestamp field"),
                 );
             }
         }
-        let retention_ms = self
-            .positive_ms(o.int("retention"), "retention", false)
-            .unwrap_or(ir::RETENTION_MS_DEFAULT);
+        let retention_ms = self.positive_ms(o.int("retention"), "retention", false).unwrap_or(ir::RETENTION_MS_DEFAULT);
         let retention_bytes = o.int("retention_bytes").map(|(b, _)| b);
         let segment_bytes = o.int("segment_bytes").map(|(b, _)| b);
-        for (name, v) in [
-            ("retention_bytes", retention_bytes),
-            ("segment_bytes", segment_bytes),
-        ] {
+        for (name, v) in [("retention_bytes", retention_bytes), ("segment_bytes", segment_bytes)] {
             if let (Some(b), Some((_, span))) = (v, o.int(name)) {
                 if b <= 0 {
                     self.error(
@@ -1037,13 +889,9 @@ impl<'a> Checker<'a> {
         let compaction = o.bool("compaction").unwrap_or(false);
         if compaction && key.is_none() {
             self.error(
-                Diagnostic::error(
-                    "E0303",
-                    t.name.span,
-                    format!("topic `{}` has compaction but no key", t.name.name),
-                )
-                .label("compaction keeps the last record per key")
-                .help("add `key: <field>` to the topic's options"),
+                Diagnostic::error("E0303", t.name.span, format!("topic `{}` has compaction but no key", t.name.name))
+                    .label("compaction keeps the last record per key")
+                    .help("add `key: <field>` to the topic's options"),
             );
         }
         let mut event_time = None;
@@ -1051,26 +899,17 @@ impl<'a> Checker<'a> {
             if let Some(i) = schema.index_of(f) {
                 let ft = &schema.fields[i].ty;
                 if matches!(ft.kind, Kind::Timestamp) && !ft.nullable {
-                    event_time = Some(ir::EventTime {
-                        field: i,
-                        offset_ms: 0,
-                    });
+                    event_time = Some(ir::EventTime { field: i, offset_ms: 0 });
                 } else {
                     self.error(
-                        Diagnostic::error(
-                            "E0304",
-                            span,
-                            format!("event time field `{f}` is `{ft}`, not `timestamp`"),
-                        )
-                        .label("event time must be a non-null timestamp")
-                        .help(format!("declare it `{f}: timestamp` in the schema")),
+                        Diagnostic::error("E0304", span, format!("event time field `{f}` is `{ft}`, not `timestamp`"))
+                            .label("event time must be a non-null timestamp")
+                            .help(format!("declare it `{f}: timestamp` in the schema")),
                     );
                 }
             }
         }
-        let watermark_ms = self
-            .positive_ms(o.int("watermark"), "the watermark delay", true)
-            .unwrap_or(0);
+        let watermark_ms = self.positive_ms(o.int("watermark"), "the watermark delay", true).unwrap_or(0);
         if o.int("watermark").is_some() && o.word("event_time").is_none() {
             let span = o.int("watermark").map_or(t.name.span, |w| w.1);
             self.error(
@@ -1079,8 +918,7 @@ impl<'a> Checker<'a> {
                     .help("add `event_time: <timestamp field>` to the topic's options"),
             );
         }
-        self.stream_schemas
-            .insert(t.name.name.clone(), Some(schema.clone()));
+        self.stream_schemas.insert(t.name.name.clone(), Some(schema.clone()));
         self.out.topics.push(ir::Topic {
             event_time,
             watermark_ms,
@@ -1098,79 +936,46 @@ impl<'a> Checker<'a> {
 
     // ------------------------------------------------------------ connectors
 
-    fn connector(
-        &mut self,
-        c: &ast::Connector,
-        for_source: bool,
-        schema: Option<&RecordType>,
-    ) -> Option<Connector> {
+    fn connector(&mut self, c: &ast::Connector, for_source: bool, schema: Option<&RecordType>) -> Option<Connector> {
         let role = if for_source { "source" } else { "sink" };
         let Some(spec) = CONNECTORS.iter().find(|s| s.name == c.kind.name) else {
-            let names: Vec<&str> = CONNECTORS
-                .iter()
-                .filter(|s| if for_source { s.source } else { s.sink })
-                .map(|s| s.name)
-                .collect();
+            let names: Vec<&str> =
+                CONNECTORS.iter().filter(|s| if for_source { s.source } else { s.sink }).map(|s| s.name).collect();
             let help = did_you_mean(&c.kind.name, names.iter().copied())
                 .map(|s| format!("did you mean `{s}`?"))
                 .unwrap_or_else(|| {
                     format!(
                         "{role} connectors: {}",
-                        names
-                            .iter()
-                            .map(|n| format!("`{n}`"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
                     )
                 });
             self.error(
-                Diagnostic::error(
-                    "E0110",
-                    c.kind.span,
-                    format!("unknown connector `{}`", c.kind.name),
-                )
-                .label(format!("not a {role} connector"))
-                .help(help),
+                Diagnostic::error("E0110", c.kind.span, format!("unknown connector `{}`", c.kind.name))
+                    .label(format!("not a {role} connector"))
+                    .help(help),
             );
             return None;
         };
         if (for_source && !spec.source) || (!for_source && !spec.sink) {
-            let names: Vec<&str> = CONNECTORS
-                .iter()
-                .filter(|s| if for_source { s.source } else { s.sink })
-                .map(|s| s.name)
-                .collect();
+            let names: Vec<&str> =
+                CONNECTORS.iter().filter(|s| if for_source { s.source } else { s.sink }).map(|s| s.name).collect();
             self.error(
-                Diagnostic::error(
-                    "E0110",
-                    c.kind.span,
-                    format!("`{}` cannot be used as a {role}", spec.name),
-                )
-                .label(format!("not a {role} connector"))
-                .help(format!(
-                    "{role} connectors: {}",
-                    names
-                        .iter()
-                        .map(|n| format!("`{n}`"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )),
+                Diagnostic::error("E0110", c.kind.span, format!("`{}` cannot be used as a {role}", spec.name))
+                    .label(format!("not a {role} connector"))
+                    .help(format!(
+                        "{role} connectors: {}",
+                        names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+                    )),
             );
             return None;
         }
-        let args: Vec<_> = c
-            .args
-            .iter()
-            .map(|a| (a.name.as_ref(), &a.value, a.span))
-            .collect();
+        let args: Vec<_> = c.args.iter().map(|a| (a.name.as_ref(), &a.value, a.span)).collect();
         let what = format!("connector `{}`", spec.name);
         let o = self.options(&args, spec.positional, spec.named, &what, None);
         let mut missing = false;
         for r in spec.required {
             if !o.vals.contains_key(r)
-                && !self.diags.iter().any(|d| {
-                    d.primary.span.start >= c.span.start && d.primary.span.end <= c.span.end
-                })
+                && !self.diags.iter().any(|d| d.primary.span.start >= c.span.start && d.primary.span.end <= c.span.end)
             {
                 let how = if spec.positional.iter().any(|(n, _)| n == r) {
                     format!("pass it first: `{}(<{r}>, ...)`", spec.name)
@@ -1202,13 +1007,9 @@ impl<'a> Checker<'a> {
                     Some((d, span)) => {
                         if d.len() != 1 {
                             self.error(
-                                Diagnostic::error(
-                                    "E0209",
-                                    span,
-                                    "a CSV delimiter is one ASCII character",
-                                )
-                                .label(format!("this is {} bytes", d.len()))
-                                .help("write e.g. `delimiter: \";\"`"),
+                                Diagnostic::error("E0209", span, "a CSV delimiter is one ASCII character")
+                                    .label(format!("this is {} bytes", d.len()))
+                                    .help("write e.g. `delimiter: \";\"`"),
                             );
                         }
                         d.bytes().next().unwrap_or(b',')
@@ -1216,32 +1017,19 @@ impl<'a> Checker<'a> {
                     None => b',',
                 };
                 let format = format_of(&o, Some(&path));
-                Connector::File {
-                    format,
-                    header: o.bool("header").unwrap_or(format == Format::Csv),
-                    delimiter,
-                    path,
-                }
+                Connector::File { format, header: o.bool("header").unwrap_or(format == Format::Csv), delimiter, path }
             }
-            "stdin" => Connector::Stdin {
-                format: format_of(&o, None),
-            },
-            "stdout" => Connector::Stdout {
-                format: format_of(&o, None),
-            },
+            "stdin" => Connector::Stdin { format: format_of(&o, None) },
+            "stdout" => Connector::Stdout { format: format_of(&o, None) },
             "generator" => {
                 let kind = match (o.word("kind").map(|w| w.0), o.word("stream").map(|w| w.0)) {
                     (Some("transactions"), None) => GeneratorKind::Transactions,
                     (Some("transactions"), Some(_)) => {
                         let span = o.word("stream").map_or(c.span, |w| w.1);
                         self.error(
-                            Diagnostic::error(
-                                "E0111",
-                                span,
-                                "the `transactions` generator has one stream",
-                            )
-                            .label("`stream` is for `nexmark`")
-                            .help("remove `stream: ...`"),
+                            Diagnostic::error("E0111", span, "the `transactions` generator has one stream")
+                                .label("`stream` is for `nexmark`")
+                                .help("remove `stream: ...`"),
                         );
                         return None;
                     }
@@ -1250,13 +1038,9 @@ impl<'a> Checker<'a> {
                     (_, Some(_)) => GeneratorKind::NexmarkBids,
                     (_, None) => {
                         self.error(
-                            Diagnostic::error(
-                                "E0112",
-                                c.span,
-                                "the `nexmark` generator needs `stream`",
-                            )
-                            .label("which Nexmark stream?")
-                            .help("add `stream: persons`, `stream: auctions` or `stream: bids`"),
+                            Diagnostic::error("E0112", c.span, "the `nexmark` generator needs `stream`")
+                                .label("which Nexmark stream?")
+                                .help("add `stream: persons`, `stream: auctions` or `stream: bids`"),
                         );
                         return None;
                     }
@@ -1285,10 +1069,7 @@ impl<'a> Checker<'a> {
                 }
             }
             _ => Connector::Kafka {
-                brokers: o
-                    .word("brokers")
-                    .map(|w| w.0.to_string())
-                    .unwrap_or_default(),
+                brokers: o.word("brokers").map(|w| w.0.to_string()).unwrap_or_default(),
                 topic: o.word("topic").map(|w| w.0.to_string()).unwrap_or_default(),
                 group: o.word("group").map(|w| w.0.to_string()),
                 format: format_of(&o, None),
@@ -1296,12 +1077,7 @@ impl<'a> Checker<'a> {
         })
     }
 
-    fn check_generator_schema(
-        &mut self,
-        kind: GeneratorKind,
-        schema: &RecordType,
-        c: &ast::Connector,
-    ) {
+    fn check_generator_schema(&mut self, kind: GeneratorKind, schema: &RecordType, c: &ast::Connector) {
         let produced = generator_fields(kind);
         for f in &schema.fields {
             match produced.iter().find(|(n, _)| *n == f.name) {
@@ -1310,10 +1086,7 @@ impl<'a> Checker<'a> {
                     Diagnostic::error(
                         "E0305",
                         c.span,
-                        format!(
-                            "the generator produces `{}` as `{t}`, but the schema declares `{}`",
-                            f.name, f.ty
-                        ),
+                        format!("the generator produces `{}` as `{t}`, but the schema declares `{}`", f.name, f.ty),
                     )
                     .label("generated records would not match the schema")
                     .help(format!("declare `{}: {t}` in the schema", f.name)),
@@ -1325,11 +1098,7 @@ impl<'a> Checker<'a> {
                         .unwrap_or_else(|| {
                             format!(
                                 "it produces {}",
-                                names
-                                    .iter()
-                                    .map(|n| format!("`{n}`"))
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
+                                names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
                             )
                         });
                     self.error(
@@ -1349,11 +1118,7 @@ impl<'a> Checker<'a> {
     // ------------------------------------------------------------ sources and sinks
 
     pub(super) fn check_source(&mut self, s: &ast::SourceDecl) {
-        if self
-            .globals
-            .get(&s.name.name)
-            .is_none_or(|g| g.kind != DeclKind::Source)
-        {
+        if self.globals.get(&s.name.name).is_none_or(|g| g.kind != DeclKind::Source) {
             return;
         }
         let schema = self.lookup_schema(&s.schema);
@@ -1361,27 +1126,21 @@ impl<'a> Checker<'a> {
         let mut event_time = None;
         let mut watermark_ms = 0;
         let mut ok = schema.is_some() && connector.is_some();
+        if let (Some(Connector::File { format: Format::Csv, .. }), Some(rec)) = (&connector, &schema) {
+            ok &= self.csv_flat(rec, s.connector.span);
+        }
         if let (Some(et), Some(rec)) = (&s.event_time, &schema) {
             match rec.index_of(&et.field.name) {
                 None => {
-                    let help =
-                        did_you_mean(&et.field.name, rec.fields.iter().map(|f| f.name.as_str()))
-                            .map(|x| format!("did you mean `{x}`?"))
-                            .unwrap_or_else(|| {
-                                format!(
-                                    "the timestamp fields of `{}` are {}",
-                                    s.schema.name,
-                                    ts_fields(rec)
-                                )
-                            });
+                    let help = did_you_mean(&et.field.name, rec.fields.iter().map(|f| f.name.as_str()))
+                        .map(|x| format!("did you mean `{x}`?"))
+                        .unwrap_or_else(|| {
+                            format!("the timestamp fields of `{}` are {}", s.schema.name, ts_fields(rec))
+                        });
                     self.error(
-                        Diagnostic::error(
-                            "E0103",
-                            et.field.span,
-                            format!("unknown field `{}`", et.field.name),
-                        )
-                        .label(format!("`{}` has no such field", s.schema.name))
-                        .help(help),
+                        Diagnostic::error("E0103", et.field.span, format!("unknown field `{}`", et.field.name))
+                            .label(format!("`{}` has no such field", s.schema.name))
+                            .help(help),
                     );
                     ok = false;
                 }
@@ -1398,34 +1157,18 @@ impl<'a> Checker<'a> {
                         );
                         ok = false;
                     } else {
-                        event_time = Some(ir::EventTime {
-                            field: i,
-                            offset_ms: 0,
-                        });
+                        event_time = Some(ir::EventTime { field: i, offset_ms: 0 });
                     }
                 }
             }
             if let Some(w) = &et.watermark {
-                let o = self.options(
-                    &[(None, w, w.span)],
-                    &[("watermark", Want::Duration)],
-                    &[],
-                    "`watermark`",
-                    None,
-                );
-                watermark_ms = self
-                    .positive_ms(o.int("watermark"), "the watermark delay", true)
-                    .unwrap_or(0);
+                let o = self.options(&[(None, w, w.span)], &[("watermark", Want::Duration)], &[], "`watermark`", None);
+                watermark_ms = self.positive_ms(o.int("watermark"), "the watermark delay", true).unwrap_or(0);
             }
         }
         let idle_timeout_ms = s.idle_timeout.as_ref().and_then(|e| {
-            let o = self.options(
-                &[(None, e, e.span)],
-                &[("idle_timeout", Want::Duration)],
-                &[],
-                "`idle_timeout`",
-                None,
-            );
+            let o =
+                self.options(&[(None, e, e.span)], &[("idle_timeout", Want::Duration)], &[], "`idle_timeout`", None);
             self.positive_ms(o.int("idle_timeout"), "idle_timeout", false)
         });
         if s.idle_timeout.is_some() && s.event_time.is_none() {
@@ -1437,8 +1180,7 @@ impl<'a> Checker<'a> {
                 );
             }
         }
-        self.stream_schemas
-            .insert(s.name.name.clone(), schema.clone());
+        self.stream_schemas.insert(s.name.name.clone(), schema.clone());
         match (ok, schema, connector) {
             (true, Some(schema), Some(connector)) => {
                 let src = ir::Source {
@@ -1465,12 +1207,7 @@ impl<'a> Checker<'a> {
         let Some(target) = self.target(dl) else {
             return;
         };
-        self.check_write(
-            &target,
-            &dead_letter_record(),
-            dl.span,
-            "dead-letter records",
-        );
+        self.check_write(&target, &dead_letter_record(), dl.span, "dead-letter records");
         if let Some(src) = self.out.sources.iter_mut().find(|x| x.name == s.name.name) {
             src.dead_letter = Some(target.clone());
         }
@@ -1480,11 +1217,7 @@ impl<'a> Checker<'a> {
     }
 
     pub(super) fn check_sink(&mut self, s: &ast::SinkDecl) {
-        if self
-            .globals
-            .get(&s.name.name)
-            .is_none_or(|g| g.kind != DeclKind::Sink)
-        {
+        if self.globals.get(&s.name.name).is_none_or(|g| g.kind != DeclKind::Sink) {
             return;
         }
         let schema = match &s.schema {
@@ -1501,13 +1234,7 @@ impl<'a> Checker<'a> {
             self.broken.insert(s.name.name.clone());
             return;
         };
-        if let (
-            Connector::Stdout {
-                format: Format::Text,
-            },
-            Some(r),
-        ) = (&connector, &schema)
-        {
+        if let (Connector::Stdout { format: Format::Text }, Some(r)) = (&connector, &schema) {
             if r.fields.len() != 1 {
                 self.error(
                     Diagnostic::error(
@@ -1520,14 +1247,32 @@ impl<'a> Checker<'a> {
                 );
             }
         }
-        self.stream_schemas
-            .insert(s.name.name.clone(), schema.clone());
+        self.stream_schemas.insert(s.name.name.clone(), schema.clone());
         self.out.sinks.push(ir::Sink {
             name: s.name.name.clone(),
             schema: schema.unwrap_or_else(|| Arc::new(RecordType::new(None, Vec::new()))),
             connector,
             span: s.name.span,
         });
+    }
+
+    /// CSV holds one scalar per column: nested records and lists do not fit.
+    pub(super) fn csv_flat(&mut self, rec: &RecordType, span: Span) -> bool {
+        let nested: Vec<String> = rec
+            .fields
+            .iter()
+            .filter(|f| matches!(f.ty.kind, Kind::Record(_) | Kind::List(_)))
+            .map(|f| format!("`{}: {}`", f.name, f.ty))
+            .collect();
+        if nested.is_empty() {
+            return true;
+        }
+        self.error(
+            Diagnostic::error("E0209", span, "CSV cannot hold nested records or lists")
+                .label(format!("{} has no CSV column form", nested.join(", ")))
+                .help("use `format: json`, or `select` the nested values into scalar fields first"),
+        );
+        false
     }
 
     /// Resolves `-> name` to a topic or sink.
@@ -1544,6 +1289,18 @@ impl<'a> Checker<'a> {
 
     /// Checks that records of type `rec` may be written to `target`.
     pub(super) fn check_write(&mut self, target: &ir::Target, rec: &Record, at: Span, what: &str) {
+        if let ir::Target::Sink(n) = target {
+            let csv = self.out.sinks.iter().any(|s| {
+                s.name == *n
+                    && matches!(
+                        s.connector,
+                        Connector::File { format: Format::Csv, .. } | Connector::Stdout { format: Format::Csv }
+                    )
+            });
+            if csv && !self.csv_flat(rec, at) {
+                return;
+            }
+        }
         let (name, noun) = match target {
             ir::Target::Topic(n) => (n.clone(), "topic"),
             ir::Target::Sink(n) => (n.clone(), "sink"),
@@ -1580,17 +1337,10 @@ impl<'a> Checker<'a> {
         }
         let decl_span = self.globals.get(&name).map(|g| g.span);
         let schema_name = declared.name.clone().unwrap_or_else(|| "its schema".into());
-        let mut d = Diagnostic::error(
-            "E0301",
-            at,
-            format!("{what} do not match schema `{schema_name}` of {noun} `{name}`"),
-        )
-        .label(format!(
-            "{} mismatch{}",
-            problems.len(),
-            if problems.len() == 1 { "" } else { "es" }
-        ))
-        .help(problems.join("\n"));
+        let mut d =
+            Diagnostic::error("E0301", at, format!("{what} do not match schema `{schema_name}` of {noun} `{name}`"))
+                .label(format!("{} mismatch{}", problems.len(), if problems.len() == 1 { "" } else { "es" }))
+                .help(problems.join("\n"));
         if let Some(s) = decl_span {
             d = d.with_secondary(s, format!("{noun} declared here"));
         }
@@ -1614,48 +1364,31 @@ pub fn mismatches(got: &RecordType, want: &RecordType) -> Vec<String> {
         match got.field(&w.name) {
             None => out.push(format!("missing field `{}: {}`", w.name, w.ty)),
             Some(g) if !g.ty.assignable_to(&w.ty) => {
-                let fix = if g.ty.nullable
-                    && !w.ty.nullable
-                    && g.ty.clone().non_null().assignable_to(&w.ty)
-                {
+                let fix = if g.ty.nullable && !w.ty.nullable && g.ty.clone().non_null().assignable_to(&w.ty) {
                     format!(" (give a default: `{}: {} ?? ...`)", w.name, w.name)
                 } else {
                     format!(" (convert with `{}: {} as {}`)", w.name, w.name, w.ty)
                 };
-                out.push(format!(
-                    "field `{}` is `{}`, but the schema declares `{}`{fix}",
-                    w.name, g.ty, w.ty
-                ));
+                out.push(format!("field `{}` is `{}`, but the schema declares `{}`{fix}", w.name, g.ty, w.ty));
             }
             Some(_) => {}
         }
     }
     for g in &got.fields {
         if want.field(&g.name).is_none() {
-            out.push(format!(
-                "extra field `{}: {}` (drop it with a `select`)",
-                g.name, g.ty
-            ));
+            out.push(format!("extra field `{}: {}` (drop it with a `select`)", g.name, g.ty));
         }
     }
     out
 }
 
 fn field_list(rec: &RecordType) -> String {
-    rec.fields
-        .iter()
-        .map(|f| format!("`{}`", f.name))
-        .collect::<Vec<_>>()
-        .join(", ")
+    rec.fields.iter().map(|f| format!("`{}`", f.name)).collect::<Vec<_>>().join(", ")
 }
 
 fn ts_fields(rec: &RecordType) -> String {
-    let v: Vec<String> = rec
-        .fields
-        .iter()
-        .filter(|f| matches!(f.ty.kind, Kind::Timestamp))
-        .map(|f| format!("`{}`", f.name))
-        .collect();
+    let v: Vec<String> =
+        rec.fields.iter().filter(|f| matches!(f.ty.kind, Kind::Timestamp)).map(|f| format!("`{}`", f.name)).collect();
     if v.is_empty() {
         "none".into()
     } else {
@@ -1663,23 +1396,30 @@ fn ts_fields(rec: &RecordType) -> String {
     }
 }
 
+/// Whether constant `v` can be stored exactly in `to`.
+fn value_fits(v: &Value, to: &Type) -> bool {
+    let Kind::Decimal { precision, scale } = to.kind else { return false };
+    let limit = 10i128.pow(precision as u32);
+    match v {
+        Value::Int(i) => (*i as i128).checked_mul(10i128.pow(scale as u32)).is_some_and(|u| u.abs() < limit),
+        Value::Decimal { units, scale: s } if *s <= scale => {
+            units.checked_mul(10i128.pow((scale - s) as u32)).is_some_and(|u| u.abs() < limit)
+        }
+        _ => false,
+    }
+}
+
 /// A const's value converted to its declared type (e.g. int literal to float const).
 fn convert_const(v: Value, to: &Type) -> Value {
     match (&v, &to.kind) {
         (Value::Int(i), Kind::Float) => Value::Float(*i as f64),
-        (Value::Int(i), Kind::Decimal { scale, .. }) => Value::Decimal {
-            units: *i as i128 * 10i128.pow(*scale as u32),
-            scale: *scale,
-        },
+        (Value::Int(i), Kind::Decimal { scale, .. }) => {
+            Value::Decimal { units: *i as i128 * 10i128.pow(*scale as u32), scale: *scale }
+        }
         (Value::Decimal { units, scale: s1 }, Kind::Decimal { scale: s2, .. }) if s2 > s1 => {
-            Value::Decimal {
-                units: units * 10i128.pow((*s2 - *s1) as u32),
-                scale: *s2,
-            }
+            Value::Decimal { units: units * 10i128.pow((*s2 - *s1) as u32), scale: *s2 }
         }
-        (Value::Decimal { units, scale }, Kind::Float) => {
-            Value::Float(*units as f64 / 10f64.powi(*scale as i32))
-        }
+        (Value::Decimal { units, scale }, Kind::Float) => Value::Float(*units as f64 / 10f64.powi(*scale as i32)),
         _ => v,
     }
 }
@@ -1691,14 +1431,10 @@ fn collect_calls(e: &ir::Expr, out: &mut Vec<usize>) {
             out.push(*i);
             args.iter().for_each(|a| collect_calls(a, out));
         }
-        K::Call(_, args) | K::List(args) | K::Record(args) => {
-            args.iter().for_each(|a| collect_calls(a, out))
+        K::Call(_, args) | K::List(args) | K::Record(args) => args.iter().for_each(|a| collect_calls(a, out)),
+        K::GetField(x, _) | K::SafeGetField(x, _) | K::Unary(_, x) | K::Cast(x) | K::IsNull { expr: x, .. } => {
+            collect_calls(x, out)
         }
-        K::GetField(x, _)
-        | K::SafeGetField(x, _)
-        | K::Unary(_, x)
-        | K::Cast(x)
-        | K::IsNull { expr: x, .. } => collect_calls(x, out),
         K::Index(a, b) | K::Binary(_, a, b) => {
             collect_calls(a, out);
             collect_calls(b, out);
@@ -1726,12 +1462,7 @@ fn collect_calls(e: &ir::Expr, out: &mut Vec<usize>) {
 }
 
 /// Depth-first search for a call cycle through `start`; `state`: 0 new, 1 on stack, 2 done.
-fn find_cycle(
-    start: usize,
-    calls: &[Vec<usize>],
-    state: &mut [u8],
-    stack: &mut Vec<usize>,
-) -> Option<Vec<usize>> {
+fn find_cycle(start: usize, calls: &[Vec<usize>], state: &mut [u8], stack: &mut Vec<usize>) -> Option<Vec<usize>> {
     if state[start] == 2 {
         return None;
     }

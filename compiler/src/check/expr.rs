@@ -35,16 +35,10 @@ impl Ctx {
         Ctx::default()
     }
     pub fn function(params: Vec<(String, Type)>) -> Ctx {
-        Ctx {
-            params,
-            ..Ctx::default()
-        }
+        Ctx { params, ..Ctx::default() }
     }
     pub fn row(record: Record) -> Ctx {
-        Ctx {
-            record: Some(record),
-            ..Ctx::default()
-        }
+        Ctx { record: Some(record), ..Ctx::default() }
     }
 }
 
@@ -58,11 +52,7 @@ pub(super) enum Folded {
 }
 
 fn err_expr(span: Span) -> ir::Expr {
-    ir::Expr {
-        kind: ir::ExprKind::Literal(Value::Null),
-        ty: Type::error(),
-        span,
-    }
+    ir::Expr { kind: ir::ExprKind::Literal(Value::Null), ty: Type::error(), span }
 }
 
 fn mk(kind: ir::ExprKind, ty: Type, span: Span) -> ir::Expr {
@@ -90,16 +80,7 @@ pub fn cast_rule(from: &Kind, to: &Kind) -> Option<bool> {
         // Fallible when the target has fewer integer digits (overflow gives null).
         (Int, Decimal { precision, scale }) => precision - scale < 19,
         (Decimal { precision, scale }, Int) => precision - scale > 18,
-        (
-            Decimal {
-                precision: p1,
-                scale: s1,
-            },
-            Decimal {
-                precision: p2,
-                scale: s2,
-            },
-        ) => p2 - s2 < p1 - s1,
+        (Decimal { precision: p1, scale: s1 }, Decimal { precision: p2, scale: s2 }) => p2 - s2 < p1 - s1,
         (Float, Int) | (Float, Decimal { .. }) => true,
         (Int | Float | Decimal { .. } | Bool | Timestamp | Duration, String) => false,
         (String, Int | Float | Decimal { .. } | Bool | Timestamp | Duration) => true,
@@ -116,24 +97,11 @@ impl Checker<'_> {
         let span = e.span;
         match &e.kind {
             A::Int(v) => mk(K::Literal(Value::Int(*v)), Type::int(), span),
-            A::Decimal {
-                units,
-                precision,
-                scale,
-            } => mk(
-                K::Literal(Value::Decimal {
-                    units: *units,
-                    scale: *scale,
-                }),
-                Type::decimal(*precision, *scale),
-                span,
-            ),
+            A::Decimal { units, precision, scale } => {
+                mk(K::Literal(Value::Decimal { units: *units, scale: *scale }), Type::decimal(*precision, *scale), span)
+            }
             A::Float(v) => mk(K::Literal(Value::Float(*v)), Type::float(), span),
-            A::Str(s) => mk(
-                K::Literal(Value::String(s.as_str().into())),
-                Type::string(),
-                span,
-            ),
+            A::Str(s) => mk(K::Literal(Value::String(s.as_str().into())), Type::string(), span),
             A::Bool(b) => mk(K::Literal(Value::Bool(*b)), Type::bool(), span),
             A::Null => mk(K::Literal(Value::Null), Type::null(), span),
             A::Duration(ms) => mk(K::Literal(Value::Duration(*ms)), Type::duration(), span),
@@ -157,25 +125,17 @@ impl Checker<'_> {
                 }
                 let Kind::List(elem) = &b.ty.kind else {
                     self.error(
-                        Diagnostic::error(
-                            "E0217",
-                            base.span,
-                            format!("cannot index into `{}`", b.ty),
-                        )
-                        .label("not a list")
-                        .help("only lists can be indexed with `[i]`"),
+                        Diagnostic::error("E0217", base.span, format!("cannot index into `{}`", b.ty))
+                            .label("not a list")
+                            .help("only lists can be indexed with `[i]`"),
                     );
                     return err_expr(span);
                 };
                 if !matches!(i.ty.kind, Kind::Int) {
                     self.error(
-                        Diagnostic::error(
-                            "E0217",
-                            idx.span,
-                            format!("a list index must be `int`, found `{}`", i.ty),
-                        )
-                        .label("not an int")
-                        .help("index with a 0-based int position"),
+                        Diagnostic::error("E0217", idx.span, format!("a list index must be `int`, found `{}`", i.ty))
+                            .label("not an int")
+                            .help("index with a 0-based int position"),
                     );
                     return err_expr(span);
                 }
@@ -192,13 +152,9 @@ impl Checker<'_> {
                     ast::UnOp::Neg => {
                         if !(v.ty.is_numeric() || matches!(v.ty.kind, Kind::Duration)) {
                             self.error(
-                                Diagnostic::error(
-                                    "E0214",
-                                    x.span,
-                                    format!("cannot negate `{}`", v.ty),
-                                )
-                                .label(format!("this is `{}`", v.ty))
-                                .help("`-` applies to numbers and durations"),
+                                Diagnostic::error("E0214", x.span, format!("cannot negate `{}`", v.ty))
+                                    .label(format!("this is `{}`", v.ty))
+                                    .help("`-` applies to numbers and durations"),
                             );
                             return err_expr(span);
                         }
@@ -218,23 +174,13 @@ impl Checker<'_> {
                 let c_ir = self.expect_bool(c_ir, c.span, "an `if` condition");
                 let t_ir = self.expr(cx, t);
                 let x_ir = self.expr(cx, x);
-                let Some(ty) =
-                    self.branches(&[(&t_ir, t.span), (&x_ir, x.span)], span, "`if` branches")
-                else {
+                let Some(ty) = self.branches(&[(&t_ir, t.span), (&x_ir, x.span)], span, "`if` branches") else {
                     return err_expr(span);
                 };
                 let (t_ir, x_ir) = (cast_to(t_ir, &ty), cast_to(x_ir, &ty));
-                mk(
-                    K::If(Box::new(c_ir), Box::new(t_ir), Box::new(x_ir)),
-                    ty,
-                    span,
-                )
+                mk(K::If(Box::new(c_ir), Box::new(t_ir), Box::new(x_ir)), ty, span)
             }
-            A::Case {
-                subject,
-                arms,
-                otherwise,
-            } => {
+            A::Case { subject, arms, otherwise } => {
                 let subj = subject.as_ref().map(|s| (self.expr(cx, s), s.span));
                 let mut ir_arms = Vec::new();
                 let mut results = Vec::new();
@@ -252,8 +198,7 @@ impl Checker<'_> {
                     ir_arms.push(cond);
                 }
                 let other = otherwise.as_ref().map(|o| (self.expr(cx, o), o.span));
-                let mut all: Vec<(&ir::Expr, Span)> =
-                    results.iter().map(|(e, s)| (e, *s)).collect();
+                let mut all: Vec<(&ir::Expr, Span)> = results.iter().map(|(e, s)| (e, *s)).collect();
                 if let Some((o, s)) = &other {
                     all.push((o, *s));
                 }
@@ -263,11 +208,7 @@ impl Checker<'_> {
                 if other.is_none() {
                     ty = ty.nullable();
                 }
-                let arms = ir_arms
-                    .into_iter()
-                    .zip(results)
-                    .map(|(c, (r, _))| (c, cast_to(r, &ty)))
-                    .collect();
+                let arms = ir_arms.into_iter().zip(results).map(|(c, (r, _))| (c, cast_to(r, &ty))).collect();
                 let otherwise = other.map(|(o, _)| Box::new(cast_to(o, &ty)));
                 mk(K::Case { arms, otherwise }, ty, span)
             }
@@ -279,9 +220,7 @@ impl Checker<'_> {
                 }
                 match cast_rule(&v.ty.kind, &to.kind) {
                     Some(fallible) => {
-                        let ty = to
-                            .clone()
-                            .with_nullable(to.nullable || v.ty.nullable || fallible);
+                        let ty = to.clone().with_nullable(to.nullable || v.ty.nullable || fallible);
                         if v.ty.kind == to.kind {
                             let mut v = v;
                             v.ty = ty;
@@ -291,23 +230,15 @@ impl Checker<'_> {
                     }
                     None => {
                         self.error(
-                            Diagnostic::error(
-                                "E0206",
-                                span,
-                                format!("cannot cast `{}` to `{}`", v.ty, to),
-                            )
-                            .label("no conversion between these types")
-                            .help(cast_help(&v.ty.kind, &to.kind)),
+                            Diagnostic::error("E0206", span, format!("cannot cast `{}` to `{}`", v.ty, to))
+                                .label("no conversion between these types")
+                                .help(cast_help(&v.ty.kind, &to.kind)),
                         );
                         err_expr(span)
                     }
                 }
             }
-            A::In {
-                expr,
-                list,
-                negated,
-            } => {
+            A::In { expr, list, negated } => {
                 let mut l = self.expr(cx, expr);
                 let mut items = Vec::new();
                 let mut ty = l.ty.clone();
@@ -340,11 +271,7 @@ impl Checker<'_> {
                 let items = items.into_iter().map(|i| cast_to(i, &ty)).collect();
                 let nullable = l.ty.nullable;
                 mk(
-                    K::In {
-                        expr: Box::new(l),
-                        list: items,
-                        negated: *negated,
-                    },
+                    K::In { expr: Box::new(l), list: items, negated: *negated },
                     Type::bool().with_nullable(nullable),
                     span,
                 )
@@ -353,30 +280,12 @@ impl Checker<'_> {
                 let v = self.expr(cx, expr);
                 if !v.ty.nullable && !v.ty.is_error() {
                     self.error(
-                        Diagnostic::warning(
-                            "W0003",
-                            span,
-                            format!("`{}` is never null", self.snippet_name(expr)),
-                        )
-                        .label(format!(
-                            "`is{} null` is always {}",
-                            if *negated { " not" } else { "" },
-                            *negated
-                        ))
-                        .help(format!(
-                            "its type `{}` is not nullable: remove the test",
-                            v.ty
-                        )),
+                        Diagnostic::warning("W0003", span, format!("`{}` is never null", self.snippet_name(expr)))
+                            .label(format!("`is{} null` is always {}", if *negated { " not" } else { "" }, *negated))
+                            .help(format!("its type `{}` is not nullable: remove the test", v.ty)),
                     );
                 }
-                mk(
-                    K::IsNull {
-                        expr: Box::new(v),
-                        negated: *negated,
-                    },
-                    Type::bool(),
-                    span,
-                )
+                mk(K::IsNull { expr: Box::new(v), negated: *negated }, Type::bool(), span)
             }
             A::List(items) => {
                 let mut irs = Vec::new();
@@ -386,10 +295,7 @@ impl Checker<'_> {
                     let v = self.expr(cx, it);
                     if v.ty.is_error() {
                         ok = false;
-                    } else if let Some(t) = ty
-                        .as_ref()
-                        .map_or(Some(v.ty.clone()), |t| common_type(t, &v.ty))
-                    {
+                    } else if let Some(t) = ty.as_ref().map_or(Some(v.ty.clone()), |t| common_type(t, &v.ty)) {
                         ty = Some(t);
                     } else if ok {
                         self.error(
@@ -436,20 +342,13 @@ impl Checker<'_> {
                     }
                     seen.push((&it.name.name, it.name.span));
                     let v = self.expr(cx, &it.value);
-                    fields.push(Field {
-                        name: it.name.name.clone(),
-                        ty: v.ty.clone(),
-                    });
+                    fields.push(Field { name: it.name.name.clone(), ty: v.ty.clone() });
                     irs.push(v);
                 }
                 if irs.iter().any(|i| i.ty.is_error()) {
                     return err_expr(span);
                 }
-                mk(
-                    K::Record(irs),
-                    Type::record(RecordType::new(None, fields)),
-                    span,
-                )
+                mk(K::Record(irs), Type::record(RecordType::new(None, fields)), span)
             }
         }
     }
@@ -474,7 +373,10 @@ impl Checker<'_> {
                 self.error(
                     Diagnostic::error("E0418", span, format!("step `{}` can match several records", id.name))
                         .label("which one?")
-                        .help(format!("aggregate over them, e.g. `count({0})`, `last({0}.field)` or `sum({0}.field)`", id.name)),
+                        .help(format!(
+                            "aggregate over them, e.g. `count({0})`, `last({0}.field)` or `sum({0}.field)`",
+                            id.name
+                        )),
                 );
                 return err_expr(span);
             }
@@ -484,15 +386,9 @@ impl Checker<'_> {
             if let Some(i) = rec.index_of(&id.name) {
                 if cx.fields_only_in_agg && !cx.in_agg_arg {
                     let help = if cx.keys.contains(&id.name) {
-                        format!(
-                            "`{}` is a key: it is in the output already, next to the aggregates",
-                            id.name
-                        )
+                        format!("`{}` is a key: it is in the output already, next to the aggregates", id.name)
                     } else {
-                        format!(
-                            "wrap it in an aggregate, e.g. `last({0})`, or add it to `key_by`",
-                            id.name
-                        )
+                        format!("wrap it in an aggregate, e.g. `last({0})`, or add it to `key_by`", id.name)
                     };
                     self.error(
                         Diagnostic::error(
@@ -532,31 +428,22 @@ impl Checker<'_> {
                 "`window_start` and `window_end` exist only after `window ... | aggregate { ... }`"
             };
             self.error(
-                Diagnostic::error(
-                    "E0407",
-                    span,
-                    format!("`{}` is not available here", id.name),
-                )
-                .label("no window bounds here")
-                .help(help),
+                Diagnostic::error("E0407", span, format!("`{}` is not available here", id.name))
+                    .label("no window bounds here")
+                    .help(help),
             );
             return err_expr(span);
         }
         if let Some(g) = self.globals.get(&id.name).copied() {
             self.used.insert(id.name.clone());
             self.error(
-                Diagnostic::error(
-                    "E0106",
-                    span,
-                    format!("`{}` is a {}, not a value", id.name, g.kind.noun()),
-                )
-                .label("expected a field, parameter or const")
-                .with_secondary(g.span, "declared here")
-                .help(match g.kind {
-                    super::DeclKind::Fn => format!("call it: `{}(...)`", id.name),
-                    _ => "only fields of the current record, fn parameters and consts are values"
-                        .into(),
-                }),
+                Diagnostic::error("E0106", span, format!("`{}` is a {}, not a value", id.name, g.kind.noun()))
+                    .label("expected a field, parameter or const")
+                    .with_secondary(g.span, "declared here")
+                    .help(match g.kind {
+                        super::DeclKind::Fn => format!("call it: `{}(...)`", id.name),
+                        _ => "only fields of the current record, fn parameters and consts are values".into(),
+                    }),
             );
             return err_expr(span);
         }
@@ -568,19 +455,14 @@ impl Checker<'_> {
         }
         cands.extend(self.names_of(&[super::DeclKind::Const]));
         let mut d = Diagnostic::error("E0103", span, format!("unknown field `{}`", id.name));
-        d = match (
-            &cx.record,
-            did_you_mean(&id.name, cands.iter().map(String::as_str)),
-        ) {
-            (_, Some(s)) => d
-                .label("not a field of the record here")
-                .help(format!("did you mean `{s}`?")),
-            (Some(r), None) => d
-                .label("not a field of the record here")
-                .help(format!("the record here has {}", ir::record_fields(r))),
-            (None, None) => d
-                .label("no field, parameter or const has this name")
-                .help("declare a `const` or use a parameter"),
+        d = match (&cx.record, did_you_mean(&id.name, cands.iter().map(String::as_str))) {
+            (_, Some(s)) => d.label("not a field of the record here").help(format!("did you mean `{s}`?")),
+            (Some(r), None) => {
+                d.label("not a field of the record here").help(format!("the record here has {}", ir::record_fields(r)))
+            }
+            (None, None) => {
+                d.label("no field, parameter or const has this name").help("declare a `const` or use a parameter")
+            }
         };
         self.error(d);
         err_expr(span)
@@ -606,26 +488,16 @@ impl Checker<'_> {
                 .unwrap_or_else(|| format!("it has {}", ir::record_fields(&rec)));
             self.error(
                 Diagnostic::error("E0103", f.span, format!("unknown field `{}`", f.name))
-                    .label(format!(
-                        "`{}` has no such field",
-                        base.ty.clone().non_null()
-                    ))
+                    .label(format!("`{}` has no such field", base.ty.clone().non_null()))
                     .help(help),
             );
             return err_expr(span);
         };
         if base.ty.nullable && !safe {
             self.error(
-                Diagnostic::error(
-                    "E0207",
-                    f.span,
-                    format!("`.{}` on a value that may be null", f.name),
-                )
-                .label(format!("the record is `{}`", base.ty))
-                .help(format!(
-                    "use `?.{}` (null when the record is) or give a default with `??`",
-                    f.name
-                )),
+                Diagnostic::error("E0207", f.span, format!("`.{}` on a value that may be null", f.name))
+                    .label(format!("the record is `{}`", base.ty))
+                    .help(format!("use `?.{}` (null when the record is) or give a default with `??`", f.name)),
             );
             return err_expr(span);
         }
@@ -638,11 +510,7 @@ impl Checker<'_> {
         }
         let fty = rec.fields[i].ty.clone();
         if base.ty.nullable {
-            mk(
-                ir::ExprKind::SafeGetField(Box::new(base), i),
-                fty.nullable(),
-                span,
-            )
+            mk(ir::ExprKind::SafeGetField(Box::new(base), i), fty.nullable(), span)
         } else {
             mk(ir::ExprKind::GetField(Box::new(base), i), fty, span)
         }
@@ -660,13 +528,9 @@ impl Checker<'_> {
             "write a condition such as `a == b`".to_string()
         };
         self.error(
-            Diagnostic::error(
-                "E0202",
-                span,
-                format!("{what} must be `bool`, found `{}`", e.ty),
-            )
-            .label(format!("this is `{}`", e.ty))
-            .help(help),
+            Diagnostic::error("E0202", span, format!("{what} must be `bool`, found `{}`", e.ty))
+                .label(format!("this is `{}`", e.ty))
+                .help(help),
         );
         err_expr(span)
     }
@@ -683,14 +547,10 @@ impl Checker<'_> {
                 None => {
                     let (ft, fs) = first.clone().unwrap_or((ty.clone(), span));
                     self.error(
-                        Diagnostic::error(
-                            "E0205",
-                            *s,
-                            format!("{what} have different types: `{ft}` and `{}`", e.ty),
-                        )
-                        .label(format!("this is `{}`", e.ty))
-                        .with_secondary(fs, format!("this is `{ft}`"))
-                        .help("make every branch the same type, converting one with `as`"),
+                        Diagnostic::error("E0205", *s, format!("{what} have different types: `{ft}` and `{}`", e.ty))
+                            .label(format!("this is `{}`", e.ty))
+                            .with_secondary(fs, format!("this is `{ft}`"))
+                            .help("make every branch the same type, converting one with `as`"),
                     );
                     return None;
                 }
@@ -724,48 +584,27 @@ impl Checker<'_> {
             return err_expr(span);
         }
         let ordering = !matches!(op, ir::BinOp::Eq | ir::BinOp::Ne);
-        match common_type(&l.ty, &r.ty).filter(|t| {
-            if ordering {
-                t.is_orderable()
-            } else {
-                t.is_equatable()
-            }
-        }) {
+        match common_type(&l.ty, &r.ty).filter(|t| if ordering { t.is_orderable() } else { t.is_equatable() }) {
             Some(t) => {
                 let nullable = t.nullable;
                 let (l, r) = (cast_to(l, &t), cast_to(r, &t));
-                mk(
-                    ir::ExprKind::Binary(op, Box::new(l), Box::new(r)),
-                    Type::bool().with_nullable(nullable),
-                    span,
-                )
+                mk(ir::ExprKind::Binary(op, Box::new(l), Box::new(r)), Type::bool().with_nullable(nullable), span)
             }
             None => {
                 let help = compare_help(&l.ty, &r.ty);
                 self.error(
-                    Diagnostic::error(
-                        "E0201",
-                        span,
-                        format!("cannot compare `{}` with `{}`", l.ty, r.ty),
-                    )
-                    .label(format!("`{}` {} `{}`", l.ty, op.symbol(), r.ty))
-                    .with_secondary(l_span, format!("this is `{}`", l.ty))
-                    .with_secondary(r_span, format!("this is `{}`", r.ty))
-                    .help(help),
+                    Diagnostic::error("E0201", span, format!("cannot compare `{}` with `{}`", l.ty, r.ty))
+                        .label(format!("`{}` {} `{}`", l.ty, op.symbol(), r.ty))
+                        .with_secondary(l_span, format!("this is `{}`", l.ty))
+                        .with_secondary(r_span, format!("this is `{}`", r.ty))
+                        .help(help),
                 );
                 err_expr(span)
             }
         }
     }
 
-    fn binary(
-        &mut self,
-        cx: &mut Ctx,
-        op: ast::BinOp,
-        a: &ast::Expr,
-        b: &ast::Expr,
-        span: Span,
-    ) -> ir::Expr {
+    fn binary(&mut self, cx: &mut Ctx, op: ast::BinOp, a: &ast::Expr, b: &ast::Expr, span: Span) -> ir::Expr {
         use ast::BinOp as B;
         let l = self.expr(cx, a);
         let r = self.expr(cx, b);
@@ -788,34 +627,23 @@ impl Checker<'_> {
         match op {
             B::Or | B::And => {
                 let l = self.expect_bool(l, a.span, &format!("the left side of `{}`", op.symbol()));
-                let r =
-                    self.expect_bool(r, b.span, &format!("the right side of `{}`", op.symbol()));
+                let r = self.expect_bool(r, b.span, &format!("the right side of `{}`", op.symbol()));
                 if l.ty.is_error() || r.ty.is_error() {
                     return err_expr(span);
                 }
                 let nullable = l.ty.nullable || r.ty.nullable;
-                mk(
-                    ir::ExprKind::Binary(iop, Box::new(l), Box::new(r)),
-                    Type::bool().with_nullable(nullable),
-                    span,
-                )
+                mk(ir::ExprKind::Binary(iop, Box::new(l), Box::new(r)), Type::bool().with_nullable(nullable), span)
             }
-            B::Eq | B::Ne | B::Lt | B::Le | B::Gt | B::Ge => {
-                self.equality(iop, l, r, a.span, b.span, span)
-            }
+            B::Eq | B::Ne | B::Lt | B::Le | B::Gt | B::Ge => self.equality(iop, l, r, a.span, b.span, span),
             B::Coalesce => {
                 if l.ty.is_error() || r.ty.is_error() {
                     return err_expr(span);
                 }
                 if !l.ty.nullable {
                     self.error(
-                        Diagnostic::warning(
-                            "W0003",
-                            a.span,
-                            format!("`{}` is never null", self.snippet_name(a)),
-                        )
-                        .label(format!("its type `{}` is not nullable", l.ty))
-                        .help("the default after `??` is never used: remove it"),
+                        Diagnostic::warning("W0003", a.span, format!("`{}` is never null", self.snippet_name(a)))
+                            .label(format!("its type `{}` is not nullable", l.ty))
+                            .help("the default after `??` is never used: remove it"),
                     );
                 }
                 match common_type(&l.ty, &r.ty) {
@@ -865,22 +693,14 @@ impl Checker<'_> {
                 let (lk, rk) = (&l.ty.kind, &r.ty.kind);
                 use Kind::*;
                 let time = match (lk, rk, op) {
-                    (Timestamp, Duration, B::Add | B::Sub) | (Duration, Timestamp, B::Add) => {
-                        Some(Type::timestamp())
-                    }
+                    (Timestamp, Duration, B::Add | B::Sub) | (Duration, Timestamp, B::Add) => Some(Type::timestamp()),
                     (Timestamp, Timestamp, B::Sub) => Some(Type::duration()),
                     (Duration, Duration, B::Add | B::Sub | B::Rem) => Some(Type::duration()),
-                    (Duration, Int, B::Mul | B::Div) | (Int, Duration, B::Mul) => {
-                        Some(Type::duration())
-                    }
+                    (Duration, Int, B::Mul | B::Div) | (Int, Duration, B::Mul) => Some(Type::duration()),
                     _ => None,
                 };
                 if let Some(t) = time {
-                    return mk(
-                        ir::ExprKind::Binary(iop, Box::new(l), Box::new(r)),
-                        t.with_nullable(nullable),
-                        span,
-                    );
+                    return mk(ir::ExprKind::Binary(iop, Box::new(l), Box::new(r)), t.with_nullable(nullable), span);
                 }
                 match arith_result(aop, lk, rk) {
                     Some(k) => {
@@ -904,11 +724,11 @@ impl Checker<'_> {
                         )
                     }
                     None => {
-                        let help = if matches!((lk, rk), (String, _) | (_, String)) && op == B::Add
-                        {
+                        let help = if matches!((lk, rk), (String, _) | (_, String)) && op == B::Add {
                             "join strings with `concat(a, b)`".to_string()
                         } else if matches!((lk, rk), (Timestamp, Timestamp)) {
-                            "only `-` applies to two timestamps (giving a duration); add a duration to a timestamp".to_string()
+                            "only `-` applies to two timestamps (giving a duration); add a duration to a timestamp"
+                                .to_string()
                         } else {
                             "arithmetic applies to numbers; durations add to timestamps".to_string()
                         };
@@ -916,12 +736,7 @@ impl Checker<'_> {
                             Diagnostic::error(
                                 "E0214",
                                 span,
-                                format!(
-                                    "cannot apply `{}` to `{}` and `{}`",
-                                    op.symbol(),
-                                    l.ty,
-                                    r.ty
-                                ),
+                                format!("cannot apply `{}` to `{}` and `{}`", op.symbol(), l.ty, r.ty),
                             )
                             .label(format!("`{}` {} `{}`", l.ty, op.symbol(), r.ty))
                             .help(help),
@@ -933,13 +748,7 @@ impl Checker<'_> {
         }
     }
 
-    fn call(
-        &mut self,
-        cx: &mut Ctx,
-        name: &ast::Ident,
-        args: &[ast::Expr],
-        span: Span,
-    ) -> ir::Expr {
+    fn call(&mut self, cx: &mut Ctx, name: &ast::Ident, args: &[ast::Expr], span: Span) -> ir::Expr {
         use ir::ExprKind as K;
         // User fns.
         if let Some(entry) = self.fn_index.get(&name.name).copied() {
@@ -967,15 +776,8 @@ impl Checker<'_> {
                         ),
                     )
                     .label(format!("{} argument{}", irs.len(), plural(irs.len())))
-                    .with_secondary(
-                        decl,
-                        format!("`{}({})` declared here", name.name, sig.join(", ")),
-                    )
-                    .help(format!(
-                        "call it as `{}({})`",
-                        name.name,
-                        sig.join(", ")
-                    )),
+                    .with_secondary(decl, format!("`{}({})` declared here", name.name, sig.join(", ")))
+                    .help(format!("call it as `{}({})`", name.name, sig.join(", "))),
                 );
                 return err_expr(span);
             }
@@ -990,19 +792,14 @@ impl Checker<'_> {
                         Diagnostic::error(
                             "E0204",
                             arg.span,
-                            format!(
-                                "argument `{pname}` of `{}` must be `{pty}`, found `{}`",
-                                name.name, a.ty
-                            ),
+                            format!("argument `{pname}` of `{}` must be `{pty}`, found `{}`", name.name, a.ty),
                         )
                         .label(format!("this is `{}`", a.ty))
-                        .help(
-                            if a.ty.nullable && a.ty.clone().non_null().assignable_to(pty) {
-                                "it may be null: give a default with `?? value`".to_string()
-                            } else {
-                                format!("convert it with `as {pty}`")
-                            },
-                        ),
+                        .help(if a.ty.nullable && a.ty.clone().non_null().assignable_to(pty) {
+                            "it may be null: give a default with `?? value`".to_string()
+                        } else {
+                            format!("convert it with `as {pty}`")
+                        }),
                     );
                 }
                 out_args.push(cast_to(a, pty));
@@ -1027,9 +824,13 @@ impl Checker<'_> {
             }
             if cx.in_agg_arg {
                 self.error(
-                    Diagnostic::error("E0404", name.span, format!("aggregate `{}` inside another aggregate", name.name))
-                        .label("nested aggregate")
-                        .help("aggregate once per group; aggregate again with a second `key_by ... | aggregate` stage"),
+                    Diagnostic::error(
+                        "E0404",
+                        name.span,
+                        format!("aggregate `{}` inside another aggregate", name.name),
+                    )
+                    .label("nested aggregate")
+                    .help("aggregate once per group; aggregate again with a second `key_by ... | aggregate` stage"),
                 );
                 return err_expr(span);
             }
@@ -1051,11 +852,7 @@ impl Checker<'_> {
                         format!(
                             "`{}` takes {}, but {} argument{} {} given",
                             agg.name,
-                            if agg.arg_optional {
-                                "at most one argument"
-                            } else {
-                                "one argument"
-                            },
+                            if agg.arg_optional { "at most one argument" } else { "one argument" },
                             args.len(),
                             plural(args.len()),
                             if args.len() == 1 { "was" } else { "were" }
@@ -1078,11 +875,7 @@ impl Checker<'_> {
             return match flow_stdlib::aggregate_result(agg, arg.as_ref().map(|a| &a.ty)) {
                 Ok(ty) => {
                     let idx = cx.aggs.len();
-                    cx.aggs.push(ir::AggCall {
-                        func: agg.name,
-                        arg,
-                        ty: ty.clone(),
-                    });
+                    cx.aggs.push(ir::AggCall { func: agg.name, arg, ty: ty.clone() });
                     mk(K::Agg(idx), ty, span)
                 }
                 Err(CallError::Arg { expected, got, .. }) => {
@@ -1093,13 +886,9 @@ impl Checker<'_> {
                         format!("`{}` takes {expected}", agg.name)
                     };
                     self.error(
-                        Diagnostic::error(
-                            "E0204",
-                            a_span,
-                            format!("cannot `{}` values of type `{got}`", agg.name),
-                        )
-                        .label(format!("this is `{got}`"))
-                        .help(help),
+                        Diagnostic::error("E0204", a_span, format!("cannot `{}` values of type `{got}`", agg.name))
+                            .label(format!("this is `{got}`"))
+                            .help(help),
                     );
                     err_expr(span)
                 }
@@ -1116,15 +905,14 @@ impl Checker<'_> {
             cands.extend(self.fn_index.keys().cloned());
             let help = did_you_mean(&name.name, cands.iter().map(String::as_str))
                 .map(|s| format!("did you mean `{s}`?"))
-                .unwrap_or_else(|| "declare it with `fn name(param: type) -> type = ...`; `flowc explain E0104` lists the built-ins".into());
+                .unwrap_or_else(|| {
+                    "declare it with `fn name(param: type) -> type = ...`; `flowc explain E0104` lists the built-ins"
+                        .into()
+                });
             self.error(
-                Diagnostic::error(
-                    "E0104",
-                    name.span,
-                    format!("unknown function `{}`", name.name),
-                )
-                .label("no built-in or declared fn has this name")
-                .help(help),
+                Diagnostic::error("E0104", name.span, format!("unknown function `{}`", name.name))
+                    .label("no built-in or declared fn has this name")
+                    .help(help),
             );
             return err_expr(span);
         };
@@ -1136,9 +924,7 @@ impl Checker<'_> {
             Ok(ty) => {
                 // Bring the arguments of common-type functions to that type.
                 let irs = if matches!(f.ret, flow_stdlib::Ret::Common) {
-                    irs.into_iter()
-                        .map(|a| cast_to(a, &ty.clone().with_nullable(true)))
-                        .collect()
+                    irs.into_iter().map(|a| cast_to(a, &ty.clone().with_nullable(true))).collect()
                 } else {
                     irs
                 };
@@ -1165,20 +951,12 @@ impl Checker<'_> {
                 );
                 err_expr(span)
             }
-            Err(CallError::Arg {
-                index,
-                expected,
-                got,
-            }) => {
+            Err(CallError::Arg { index, expected, got }) => {
                 self.error(
                     Diagnostic::error(
                         "E0204",
                         args[index].span,
-                        format!(
-                            "argument {} of `{}` must be {expected}, found `{got}`",
-                            index + 1,
-                            f.name
-                        ),
+                        format!("argument {} of `{}` must be {expected}, found `{got}`", index + 1, f.name),
                     )
                     .label(format!("this is `{got}`"))
                     .help(format!("{}: {}", f.signature(), f.doc)),
@@ -1190,10 +968,7 @@ impl Checker<'_> {
                     Diagnostic::error(
                         "E0204",
                         args[index].span,
-                        format!(
-                            "arguments of `{}` must share a type: `{so_far}` and `{got}`",
-                            f.name
-                        ),
+                        format!("arguments of `{}` must share a type: `{so_far}` and `{got}`", f.name),
                     )
                     .label(format!("this is `{got}`"))
                     .help("convert the arguments to one type with `as`"),
@@ -1213,13 +988,8 @@ impl Checker<'_> {
                 Folded::Value(v) => match v {
                     Value::Int(i) => self.checked(i.checked_neg().map(Value::Int), e.span),
                     Value::Float(f) => Folded::Value(Value::Float(-f)),
-                    Value::Duration(d) => {
-                        self.checked(d.checked_neg().map(Value::Duration), e.span)
-                    }
-                    Value::Decimal { units, scale } => Folded::Value(Value::Decimal {
-                        units: -units,
-                        scale,
-                    }),
+                    Value::Duration(d) => self.checked(d.checked_neg().map(Value::Duration), e.span),
+                    Value::Decimal { units, scale } => Folded::Value(Value::Decimal { units: -units, scale }),
                     _ => Folded::NotConst(e.span),
                 },
                 other => other,
@@ -1246,13 +1016,9 @@ impl Checker<'_> {
                     Ok(None) => Folded::NotConst(e.span),
                     Err(why) => {
                         self.error(
-                            Diagnostic::error(
-                                "E0215",
-                                e.span,
-                                format!("constant arithmetic {why}"),
-                            )
-                            .label(why)
-                            .help("change the constants so the result fits"),
+                            Diagnostic::error("E0215", e.span, format!("constant arithmetic {why}"))
+                                .label(why)
+                                .help("change the constants so the result fits"),
                         );
                         Folded::Failed
                     }
@@ -1300,7 +1066,9 @@ fn compare_help(a: &Type, b: &Type) -> String {
         (String, Int | Float | Decimal { .. }) | (Int | Float | Decimal { .. }, String) => {
             "convert one side: `x as int`, or compare with a string literal".into()
         }
-        (Timestamp, Int) | (Int, Timestamp) => "compare timestamps with timestamps: write `@2024-01-01T00:00:00Z` or `from_epoch_ms(n)`".into(),
+        (Timestamp, Int) | (Int, Timestamp) => {
+            "compare timestamps with timestamps: write `@2024-01-01T00:00:00Z` or `from_epoch_ms(n)`".into()
+        }
         (Duration, Int) | (Int, Duration) => "add a unit to the number, e.g. `30s`".into(),
         (Record(_), _) | (_, Record(_)) => "compare fields of the records, not the records".into(),
         _ => "both sides of a comparison must have compatible types".into(),
@@ -1327,24 +1095,15 @@ fn convert(v: &Value, to: &Kind) -> Option<Value> {
         (Value::Null, _) => Value::Null,
         (Value::Int(i), Kind::Int) => Value::Int(*i),
         (Value::Int(i), Kind::Float) => Value::Float(*i as f64),
-        (Value::Int(i), Kind::Decimal { scale, .. }) => Value::Decimal {
-            units: (*i as i128).checked_mul(pow10(*scale))?,
-            scale: *scale,
-        },
-        (Value::Decimal { units, scale }, Kind::Float) => {
-            Value::Float(*units as f64 / 10f64.powi(*scale as i32))
+        (Value::Int(i), Kind::Decimal { scale, .. }) => {
+            Value::Decimal { units: (*i as i128).checked_mul(pow10(*scale))?, scale: *scale }
         }
+        (Value::Decimal { units, scale }, Kind::Float) => Value::Float(*units as f64 / 10f64.powi(*scale as i32)),
         (Value::Decimal { units, scale: s1 }, Kind::Decimal { scale: s2, .. }) => {
             if s2 >= s1 {
-                Value::Decimal {
-                    units: units.checked_mul(pow10(s2 - s1))?,
-                    scale: *s2,
-                }
+                Value::Decimal { units: units.checked_mul(pow10(s2 - s1))?, scale: *s2 }
             } else {
-                Value::Decimal {
-                    units: round_div(*units, pow10(s1 - s2)),
-                    scale: *s2,
-                }
+                Value::Decimal { units: round_div(*units, pow10(s1 - s2)), scale: *s2 }
             }
         }
         (Value::Duration(d), Kind::Int) | (Value::Timestamp(d), Kind::Int) => Value::Int(*d),
@@ -1367,12 +1126,7 @@ fn round_div(a: i128, b: i128) -> i128 {
 }
 
 /// Folds one arithmetic operation; `Ok(None)` when it is not foldable here.
-fn arith(
-    op: ir::BinOp,
-    a: &Value,
-    b: &Value,
-    result: &Kind,
-) -> Result<Option<Value>, &'static str> {
+fn arith(op: ir::BinOp, a: &Value, b: &Value, result: &Kind) -> Result<Option<Value>, &'static str> {
     use ir::BinOp as O;
     const OVERFLOW: &str = "overflows";
     const DIV0: &str = "divides by zero";
@@ -1395,16 +1149,7 @@ fn arith(
             O::Rem => x % y,
             _ => return Ok(None),
         }),
-        (
-            Value::Decimal {
-                units: x,
-                scale: sx,
-            },
-            Value::Decimal {
-                units: y,
-                scale: sy,
-            },
-        ) => {
+        (Value::Decimal { units: x, scale: sx }, Value::Decimal { units: y, scale: sy }) => {
             let Kind::Decimal { scale: rs, .. } = result else {
                 return Ok(None);
             };
@@ -1421,9 +1166,7 @@ fn arith(
                     };
                     rescale(r, s, *rs).ok_or(OVERFLOW)?
                 }
-                O::Mul => {
-                    rescale(x.checked_mul(*y).ok_or(OVERFLOW)?, sx + sy, *rs).ok_or(OVERFLOW)?
-                }
+                O::Mul => rescale(x.checked_mul(*y).ok_or(OVERFLOW)?, sx + sy, *rs).ok_or(OVERFLOW)?,
                 O::Div => {
                     if *y == 0 {
                         return Err(DIV0);
@@ -1431,8 +1174,7 @@ fn arith(
                     // x/10^sx / (y/10^sy) = x * 10^(rs - sx + sy) / y
                     let shift = *rs as i32 - *sx as i32 + *sy as i32;
                     let num = if shift >= 0 {
-                        x.checked_mul(10i128.checked_pow(shift as u32).ok_or(OVERFLOW)?)
-                            .ok_or(OVERFLOW)?
+                        x.checked_mul(10i128.checked_pow(shift as u32).ok_or(OVERFLOW)?).ok_or(OVERFLOW)?
                     } else {
                         x / 10i128.pow((-shift) as u32)
                     };
@@ -1452,14 +1194,12 @@ fn arith(
             O::Rem => x % y,
             _ => return Ok(None),
         }),
-        (Value::Duration(x), Value::Int(y)) | (Value::Int(y), Value::Duration(x)) => {
-            Value::Duration(match op {
-                O::Mul => x.checked_mul(*y).ok_or(OVERFLOW)?,
-                O::Div if *y == 0 => return Err(DIV0),
-                O::Div => x.checked_div(*y).ok_or(OVERFLOW)?,
-                _ => return Ok(None),
-            })
-        }
+        (Value::Duration(x), Value::Int(y)) | (Value::Int(y), Value::Duration(x)) => Value::Duration(match op {
+            O::Mul => x.checked_mul(*y).ok_or(OVERFLOW)?,
+            O::Div if *y == 0 => return Err(DIV0),
+            O::Div => x.checked_div(*y).ok_or(OVERFLOW)?,
+            _ => return Ok(None),
+        }),
         (Value::Timestamp(t), Value::Duration(d)) | (Value::Duration(d), Value::Timestamp(t)) => {
             Value::Timestamp(match op {
                 O::Add => t.checked_add(*d).ok_or(OVERFLOW)?,

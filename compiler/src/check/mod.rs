@@ -78,20 +78,21 @@ pub struct Checked {
 }
 
 /// Checks one program made of `files` (a root file first, then its imports).
-pub fn check(files: &[&ast::File]) -> Checked {
+/// `syntax_errors` says whether parsing reported errors (then no unused warnings).
+pub fn check(files: &[&ast::File], syntax_errors: bool) -> Checked {
     let mut c = Checker::default();
     c.collect(files);
     c.check_all();
-    let errors = c.diags.iter().any(Diagnostic::is_error);
-    c.warn_unused();
+    let errors =
+        syntax_errors || c.diags.iter().any(Diagnostic::is_error) || files.iter().any(|f| !f.broken.is_empty());
+    // With errors, "unused" is unreliable (the user may be broken): warn only when clean.
+    if !errors {
+        c.warn_unused();
+    }
     let mut diagnostics = std::mem::take(&mut c.diags);
     sort_diagnostics(&mut diagnostics);
     let globals = c.globals.clone();
-    Checked {
-        program: if errors { None } else { Some(c.out) },
-        diagnostics,
-        globals,
-    }
+    Checked { program: if errors { None } else { Some(c.out) }, diagnostics, globals }
 }
 
 /// Orders diagnostics by file and position, keeping the order of equal ones.
@@ -141,6 +142,8 @@ struct Checker<'a> {
     inferred_sinks: HashMap<String, (ir::Record, Span)>,
     /// Event time topics get from the pipelines writing them.
     topic_time: HashMap<String, pipeline::TopicTime>,
+    /// Some pipeline failed to parse: what it writes is unknown.
+    broken_pipelines: bool,
     out: ir::Program,
 }
 
@@ -152,15 +155,14 @@ impl<'a> Checker<'a> {
     fn collect(&mut self, files: &[&'a ast::File]) {
         for f in files {
             for b in &f.broken {
+                if b.keyword == "pipeline" {
+                    self.broken_pipelines = true;
+                }
                 if let Some(n) = &b.name {
                     self.broken.insert(n.clone());
                     if let Some(k) = DeclKind::from_keyword(&b.keyword) {
                         // Known name, unknown content: its uses stay silent.
-                        self.globals.entry(n.clone()).or_insert(Global {
-                            kind: k,
-                            index: usize::MAX,
-                            span: b.span,
-                        });
+                        self.globals.entry(n.clone()).or_insert(Global { kind: k, index: usize::MAX, span: b.span });
                     }
                 }
             }
@@ -209,30 +211,21 @@ impl<'a> Checker<'a> {
 
     fn declare(&mut self, kind: DeclKind, name: &ast::Ident, index: usize) {
         if kind == DeclKind::Fn
-            && (flow_stdlib::scalar(&name.name).is_some()
-                || flow_stdlib::aggregate(&name.name).is_some())
+            && (flow_stdlib::scalar(&name.name).is_some() || flow_stdlib::aggregate(&name.name).is_some())
         {
             self.error(
-                Diagnostic::error(
-                    "E0105",
-                    name.span,
-                    format!("`{}` is already a built-in function", name.name),
-                )
-                .label("this fn would hide the built-in")
-                .help("give the fn another name"),
+                Diagnostic::error("E0105", name.span, format!("`{}` is already a built-in function", name.name))
+                    .label("this fn would hide the built-in")
+                    .help("give the fn another name"),
             );
             self.broken.insert(name.name.clone());
             return;
         }
         if matches!(name.name.as_str(), "window_start" | "window_end") {
             self.error(
-                Diagnostic::error(
-                    "E0105",
-                    name.span,
-                    format!("`{}` is a reserved name", name.name),
-                )
-                .label("reserved for the bounds of a window")
-                .help("choose another name"),
+                Diagnostic::error("E0105", name.span, format!("`{}` is a reserved name", name.name))
+                    .label("reserved for the bounds of a window")
+                    .help("choose another name"),
             );
             return;
         }
@@ -247,31 +240,20 @@ impl<'a> Checker<'a> {
             self.error(d);
             return;
         }
-        self.globals.insert(
-            name.name.clone(),
-            Global {
-                kind,
-                index,
-                span: name.span,
-            },
-        );
+        self.globals.insert(name.name.clone(), Global { kind, index, span: name.span });
     }
 
     fn check_all(&mut self) {
-        let names: Vec<String> = self
-            .decls
-            .schemas
-            .iter()
-            .map(|s| s.name.name.clone())
-            .collect();
+        let names: Vec<String> = self.decls.schemas.iter().map(|s| s.name.name.clone()).collect();
         for n in names {
             self.resolve_schema_by_name(&n);
         }
+        self.fn_signatures();
         let consts: Vec<&'a ast::ConstDecl> = self.decls.consts.clone();
         for c in consts {
             self.resolve_const(c);
         }
-        self.check_fns();
+        self.fn_bodies();
         self.check_config();
         let topics = self.decls.topics.clone();
         for t in topics {
@@ -313,17 +295,10 @@ impl<'a> Checker<'a> {
                 let d = Diagnostic::error(
                     "E0106",
                     name.span,
-                    format!(
-                        "`{}` is a {}, but {expected} is expected here",
-                        name.name,
-                        g.kind.noun()
-                    ),
+                    format!("`{}` is a {}, but {expected} is expected here", name.name, g.kind.noun()),
                 )
                 .label(format!("expected {expected}"))
-                .with_secondary(
-                    g.span,
-                    format!("`{}` is declared here as a {}", name.name, g.kind.noun()),
-                )
+                .with_secondary(g.span, format!("`{}` is declared here as a {}", name.name, g.kind.noun()))
                 .help(help);
                 self.error(d);
                 None
@@ -333,18 +308,12 @@ impl<'a> Checker<'a> {
                     return None;
                 }
                 let candidates: Vec<String> = self.names_of(kinds);
-                let mut d =
-                    Diagnostic::error("E0101", name.span, format!("unknown name `{}`", name.name))
-                        .label(format!("no {expected} has this name"));
+                let mut d = Diagnostic::error("E0101", name.span, format!("unknown name `{}`", name.name))
+                    .label(format!("no {expected} has this name"));
                 d = match did_you_mean(&name.name, candidates.iter().map(String::as_str)) {
                     Some(s) => d.help(format!("did you mean `{s}`?")),
-                    None if candidates.is_empty() => {
-                        d.help(format!("declare {expected} named `{}` first", name.name))
-                    }
-                    None => d.help(format!(
-                        "declared names of this kind: {}",
-                        list_names(&candidates)
-                    )),
+                    None if candidates.is_empty() => d.help(format!("declare {expected} named `{}` first", name.name)),
+                    None => d.help(format!("declared names of this kind: {}", list_names(&candidates))),
                 };
                 self.error(d);
                 None
@@ -353,12 +322,8 @@ impl<'a> Checker<'a> {
     }
 
     fn names_of(&self, kinds: &[DeclKind]) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .globals
-            .iter()
-            .filter(|(_, g)| kinds.contains(&g.kind))
-            .map(|(n, _)| n.clone())
-            .collect();
+        let mut v: Vec<String> =
+            self.globals.iter().filter(|(_, g)| kinds.contains(&g.kind)).map(|(n, _)| n.clone()).collect();
         v.sort();
         v
     }
@@ -378,28 +343,19 @@ impl<'a> Checker<'a> {
         unused.sort_by_key(|(_, g)| (g.span.file, g.span.start));
         for (name, g) in unused {
             let (what, help) = match g.kind {
-                DeclKind::Source => (
-                    "is never read",
-                    "read it in a pipeline (`pipeline p = from NAME -> ...`) or remove it",
-                ),
-                DeclKind::Sink => (
-                    "is never written",
-                    "send a pipeline to it (`... -> NAME`) or remove it",
-                ),
-                DeclKind::Topic => (
-                    "is never read or written",
-                    "write to it or read from it in a pipeline, or remove it",
-                ),
+                DeclKind::Source => {
+                    ("is never read", "read it in a pipeline (`pipeline p = from NAME -> ...`) or remove it")
+                }
+                DeclKind::Sink => ("is never written", "send a pipeline to it (`... -> NAME`) or remove it"),
+                DeclKind::Topic => {
+                    ("is never read or written", "write to it or read from it in a pipeline, or remove it")
+                }
                 _ => ("is never used", "use it or remove it"),
             };
             self.diags.push(
-                Diagnostic::warning(
-                    "W0001",
-                    g.span,
-                    format!("{} `{name}` {what}", g.kind.noun()),
-                )
-                .label("declared here")
-                .help(help),
+                Diagnostic::warning("W0001", g.span, format!("{} `{name}` {what}", g.kind.noun()))
+                    .label("declared here")
+                    .help(help),
             );
         }
     }
@@ -416,10 +372,6 @@ fn kind_help(found: DeclKind, expected: &str) -> String {
 
 fn list_names(names: &[String]) -> String {
     let shown: Vec<String> = names.iter().take(8).map(|n| format!("`{n}`")).collect();
-    let more = if names.len() > 8 {
-        format!(" and {} more", names.len() - 8)
-    } else {
-        String::new()
-    };
+    let more = if names.len() > 8 { format!(" and {} more", names.len() - 8) } else { String::new() };
     format!("{}{more}", shown.join(", "))
 }

@@ -12,6 +12,7 @@ use crate::source::Span;
 use crate::syntax::ast;
 use flow_types::{Field, Kind, Type};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// What is known about the stream between two operators.
 #[derive(Clone)]
@@ -24,6 +25,9 @@ struct Stream {
     keys: Option<Vec<(String, ir::Expr)>>,
     /// The stream is a window's results (for `top`).
     windowed: bool,
+    /// Whether the stream has event time is unknown (a writer of its topic is
+    /// broken): checks that need it stay silent.
+    time_unknown: bool,
 }
 
 struct PendingWindow {
@@ -43,6 +47,8 @@ pub(super) enum TopicTime {
         watermark_ms: i64,
     },
     Conflict,
+    /// A writer failed to check: say nothing about the topic's event time.
+    Unknown,
 }
 
 impl<'a> Checker<'a> {
@@ -67,9 +73,7 @@ impl<'a> Checker<'a> {
         let mut order = Vec::with_capacity(n);
         while order.len() < n {
             // The first ready pipeline in declaration order; on a cycle, the first left.
-            let next = (0..n)
-                .find(|&i| !done[i] && indegree[i] == 0)
-                .or_else(|| (0..n).find(|&i| !done[i]));
+            let next = (0..n).find(|&i| !done[i] && indegree[i] == 0).or_else(|| (0..n).find(|&i| !done[i]));
             let Some(i) = next else { break };
             done[i] = true;
             order.push(i);
@@ -85,39 +89,21 @@ impl<'a> Checker<'a> {
             if t.event_time.is_some() {
                 continue;
             }
-            if let Some(TopicTime::Known {
-                field,
-                offset_ms,
-                watermark_ms,
-            }) = self.topic_time.get(&t.name)
-            {
+            if let Some(TopicTime::Known { field, offset_ms, watermark_ms }) = self.topic_time.get(&t.name) {
                 if let Some(i) = t.schema.index_of(field) {
-                    t.event_time = Some(ir::EventTime {
-                        field: i,
-                        offset_ms: *offset_ms,
-                    });
+                    t.event_time = Some(ir::EventTime { field: i, offset_ms: *offset_ms });
                     t.watermark_ms = *watermark_ms;
                 }
             }
         }
         // Keep the program's pipelines in declaration order.
-        let order: HashMap<&str, usize> = ps
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (p.name.name.as_str(), i))
-            .collect();
-        self.out
-            .pipelines
-            .sort_by_key(|p| order.get(p.name.as_str()).copied().unwrap_or(usize::MAX));
+        let order: HashMap<&str, usize> = ps.iter().enumerate().map(|(i, p)| (p.name.name.as_str(), i)).collect();
+        self.out.pipelines.sort_by_key(|p| order.get(p.name.as_str()).copied().unwrap_or(usize::MAX));
     }
 
     /// The stream read from source or topic `id`.
     fn input_stream(&mut self, id: &ast::Ident) -> Option<(ir::Input, Stream)> {
-        let g = self.lookup(
-            id,
-            &[DeclKind::Source, DeclKind::Topic],
-            "a source or a topic",
-        )?;
+        let g = self.lookup(id, &[DeclKind::Source, DeclKind::Topic], "a source or a topic")?;
         if self.broken.contains(&id.name) {
             return None;
         }
@@ -129,6 +115,7 @@ impl<'a> Checker<'a> {
             no_time: None,
             keys: None,
             windowed: false,
+            time_unknown: false,
         };
         match g.kind {
             DeclKind::Source => {
@@ -136,10 +123,7 @@ impl<'a> Checker<'a> {
                 s.event_time = src.event_time.clone();
                 s.watermark_ms = src.watermark_ms;
                 if s.event_time.is_none() {
-                    s.no_time = Some((
-                        g.span,
-                        format!("source `{}` is declared without `event_time`", id.name),
-                    ));
+                    s.no_time = Some((g.span, format!("source `{}` is declared without `event_time`", id.name)));
                 }
                 Some((ir::Input::Source(id.name.clone()), s))
             }
@@ -148,21 +132,18 @@ impl<'a> Checker<'a> {
                 if let Some(et) = &topic.event_time {
                     s.event_time = Some(et.clone());
                     s.watermark_ms = topic.watermark_ms;
-                } else if let Some(TopicTime::Known {
-                    field,
-                    offset_ms,
-                    watermark_ms,
-                }) = self.topic_time.get(&id.name)
+                } else if let Some(TopicTime::Known { field, offset_ms, watermark_ms }) = self.topic_time.get(&id.name)
                 {
                     if let Some(i) = s.record.index_of(field) {
-                        s.event_time = Some(ir::EventTime {
-                            field: i,
-                            offset_ms: *offset_ms,
-                        });
+                        s.event_time = Some(ir::EventTime { field: i, offset_ms: *offset_ms });
                         s.watermark_ms = *watermark_ms;
                     }
                 }
-                if s.event_time.is_none() {
+                let writer_broken =
+                    matches!(self.topic_time.get(&id.name), Some(TopicTime::Unknown)) || self.broken_pipelines;
+                if s.event_time.is_none() && writer_broken {
+                    s.time_unknown = true;
+                } else if s.event_time.is_none() {
                     s.no_time = Some((
                         g.span,
                         format!("topic `{}` has no event time: no pipeline with event time writes it, and it declares no `event_time`", id.name),
@@ -177,12 +158,11 @@ impl<'a> Checker<'a> {
         if s.event_time.is_some() {
             return true;
         }
-        let mut d = Diagnostic::error(
-            "E0401",
-            span,
-            format!("{what} needs event time, but this stream has none"),
-        )
-        .label("no event time here");
+        if s.time_unknown {
+            return false;
+        }
+        let mut d = Diagnostic::error("E0401", span, format!("{what} needs event time, but this stream has none"))
+            .label("no event time here");
         let help = match &s.no_time {
             Some((at, why)) => {
                 d = d.with_secondary(*at, why.clone());
@@ -203,17 +183,16 @@ impl<'a> Checker<'a> {
     }
 
     pub(super) fn check_pipeline(&mut self, p: &'a ast::PipelineDecl) {
-        if self
-            .globals
-            .get(&p.name.name)
-            .is_none_or(|g| g.kind != DeclKind::Pipeline)
-        {
+        if self.globals.get(&p.name.name).is_none_or(|g| g.kind != DeclKind::Pipeline) {
             return;
         }
         let Some((input, mut s)) = self.input_stream(&p.input) else {
             // Still resolve targets so their names count as used and typos are found.
             for t in &p.targets {
                 self.target(t);
+            }
+            for t in pipeline_writes(p) {
+                self.topic_time.insert(t.to_string(), TopicTime::Unknown);
             }
             return;
         };
@@ -224,14 +203,25 @@ impl<'a> Checker<'a> {
         let mut outputs: Vec<ir::Output> = Vec::new();
         let mut routed = false;
         let n_ops = p.ops.len();
+        // Once an operator that shapes the record fails, what follows cannot be
+        // checked reliably: stop there rather than report a cascade.
+        let mut poisoned = false;
         for (i, op) in p.ops.iter().enumerate() {
+            if poisoned {
+                break;
+            }
+            let ok_before = ok;
             if let Some(w) = &pending {
                 if !matches!(op.kind, ast::OpKind::Aggregate { .. }) {
                     self.error(
-                        Diagnostic::error("E0408", op.span, format!("`window` must be followed by `aggregate`, found `{}`", op.kind.keyword()))
-                            .label("expected `aggregate { ... }` here")
-                            .with_secondary(w.span, "window opened here")
-                            .help("a window groups records; say what to compute per window with `| aggregate { ... }`"),
+                        Diagnostic::error(
+                            "E0408",
+                            op.span,
+                            format!("`window` must be followed by `aggregate`, found `{}`", op.kind.keyword()),
+                        )
+                        .label("expected `aggregate { ... }` here")
+                        .with_secondary(w.span, "window opened here")
+                        .help("a window groups records; say what to compute per window with `| aggregate { ... }`"),
                     );
                     pending = None;
                     ok = false;
@@ -261,7 +251,7 @@ impl<'a> Checker<'a> {
                         }
                         if !v.ty.is_equatable() || matches!(v.ty.kind, Kind::Float) {
                             self.error(
-                                Diagnostic::error("E0216", e.span, format!("a key cannot be `{}`", v.ty))
+                                Diagnostic::error("E0220", e.span, format!("a key cannot be `{}`", v.ty))
                                     .label("not usable as a key")
                                     .help("keys are hashed and compared exactly: use strings, ints, decimals, bools or timestamps"),
                             );
@@ -270,25 +260,16 @@ impl<'a> Checker<'a> {
                         }
                         let name = match &e.kind {
                             ast::ExprKind::Name(id) => id.name.clone(),
-                            ast::ExprKind::Field(_, f) | ast::ExprKind::SafeField(_, f) => {
-                                f.name.clone()
-                            }
+                            ast::ExprKind::Field(_, f) | ast::ExprKind::SafeField(_, f) => f.name.clone(),
                             _ if exprs.len() == 1 => "key".to_string(),
                             _ => format!("key{}", k + 1),
                         };
-                        if let Some(prev) = keys
-                            .iter()
-                            .position(|(n, _): &(String, ir::Expr)| *n == name)
-                        {
+                        if let Some(prev) = keys.iter().position(|(n, _): &(String, ir::Expr)| *n == name) {
                             self.error(
-                                Diagnostic::error(
-                                    "E0009",
-                                    e.span,
-                                    format!("key `{name}` is given twice"),
-                                )
-                                .label("second time")
-                                .with_secondary(exprs[prev].span, "first time")
-                                .help("remove the repeated key"),
+                                Diagnostic::error("E0009", e.span, format!("key `{name}` is given twice"))
+                                    .label("second time")
+                                    .with_secondary(exprs[prev].span, "first time")
+                                    .help("remove the repeated key"),
                             );
                             ok = false;
                             continue;
@@ -299,20 +280,12 @@ impl<'a> Checker<'a> {
                     s.windowed = false;
                     ops.push(self.op(ir::OpKind::KeyBy(keys), &s, op.span));
                 }
-                ast::OpKind::Window {
-                    spec,
-                    lateness,
-                    late,
-                    emit_every,
-                } => {
+                ast::OpKind::Window { spec, lateness, late, emit_every } => {
                     let has_time = self.require_time(&s, spec.kind.span, "`window`");
                     let w = self.window_spec(spec);
-                    let lateness_ms = lateness
-                        .as_ref()
-                        .map_or(Some(0), |e| self.duration_arg(e, "allowed_lateness", true));
-                    let emit_every_ms = emit_every
-                        .as_ref()
-                        .and_then(|e| self.duration_arg(e, "emit every", false));
+                    let lateness_ms =
+                        lateness.as_ref().map_or(Some(0), |e| self.duration_arg(e, "allowed_lateness", true));
+                    let emit_every_ms = emit_every.as_ref().and_then(|e| self.duration_arg(e, "emit every", false));
                     let late_target = late.as_ref().and_then(|t| {
                         let target = self.target(t)?;
                         self.check_write(&target, &s.record, t.span, "late records");
@@ -332,13 +305,9 @@ impl<'a> Checker<'a> {
                     }
                     if i + 1 == n_ops {
                         self.error(
-                            Diagnostic::error(
-                                "E0408",
-                                op.span,
-                                "`window` must be followed by `aggregate`",
-                            )
-                            .label("nothing is computed per window")
-                            .help("add `| aggregate { name: count(), ... }` after the window"),
+                            Diagnostic::error("E0408", op.span, "`window` must be followed by `aggregate`")
+                                .label("nothing is computed per window")
+                                .help("add `| aggregate { name: count(), ... }` after the window"),
                         );
                         ok = false;
                     }
@@ -360,9 +329,13 @@ impl<'a> Checker<'a> {
                         (None, Some(k)) => k.iter().map(|(_, e)| e.clone()).collect(),
                         (None, None) => {
                             self.error(
-                                Diagnostic::error("E0411", op.span, "`dedup` needs to know what makes records duplicates")
-                                    .label("no key and no `by`")
-                                    .help("write `dedup by <field> within <duration>`, or `key_by` before it"),
+                                Diagnostic::error(
+                                    "E0411",
+                                    op.span,
+                                    "`dedup` needs to know what makes records duplicates",
+                                )
+                                .label("no key and no `by`")
+                                .help("write `dedup by <field> within <duration>`, or `key_by` before it"),
                             );
                             ok = false;
                             Vec::new()
@@ -372,46 +345,28 @@ impl<'a> Checker<'a> {
                         ok = false;
                     }
                     match (has_time, within_ms) {
-                        (true, Some(within_ms)) => ops.push(self.op(
-                            ir::OpKind::Dedup {
-                                by: keys,
-                                within_ms,
-                            },
-                            &s,
-                            op.span,
-                        )),
+                        (true, Some(within_ms)) => {
+                            ops.push(self.op(ir::OpKind::Dedup { by: keys, within_ms }, &s, op.span))
+                        }
                         _ => ok = false,
                     }
                 }
-                ast::OpKind::Top {
-                    n,
-                    n_span,
-                    by,
-                    descending,
-                } => {
+                ast::OpKind::Top { n, n_span, by, descending } => {
                     let mut cx = Ctx::row(s.record.clone());
                     let by_ir = self.expr(&mut cx, by);
                     if *n == 0 || *n > 10_000 {
                         self.error(
-                            Diagnostic::error(
-                                "E0417",
-                                *n_span,
-                                format!("`top {n}` is out of range"),
-                            )
-                            .label("must be between 1 and 10000")
-                            .help("top-N keeps N records per group in state"),
+                            Diagnostic::error("E0417", *n_span, format!("`top {n}` is out of range"))
+                                .label("must be between 1 and 10000")
+                                .help("top-N keeps N records per group in state"),
                         );
                         ok = false;
                     }
                     if !by_ir.ty.is_error() && !by_ir.ty.is_orderable() {
                         self.error(
-                            Diagnostic::error(
-                                "E0417",
-                                by.span,
-                                format!("cannot rank by `{}`", by_ir.ty),
-                            )
-                            .label("not orderable")
-                            .help("rank by a number, string or time"),
+                            Diagnostic::error("E0417", by.span, format!("cannot rank by `{}`", by_ir.ty))
+                                .label("not orderable")
+                                .help("rank by a number, string or time"),
                         );
                         ok = false;
                     }
@@ -430,45 +385,20 @@ impl<'a> Checker<'a> {
                         );
                     }
                     ok &= !by_ir.ty.is_error();
-                    ops.push(self.op(
-                        ir::OpKind::TopN {
-                            n: *n,
-                            by: by_ir,
-                            descending: *descending,
-                        },
-                        &s,
-                        op.span,
-                    ));
+                    ops.push(self.op(ir::OpKind::TopN { n: *n, by: by_ir, descending: *descending }, &s, op.span));
                 }
-                ast::OpKind::Join {
-                    left_outer,
-                    other,
-                    alias,
-                    on,
-                    bound,
-                } => {
-                    match self.join(
-                        &mut s,
-                        *left_outer,
-                        other,
-                        alias.as_ref(),
-                        on,
-                        bound,
-                        op.span,
-                    ) {
+                ast::OpKind::Join { left_outer, other, alias, on, bound } => {
+                    match self.join(&mut s, *left_outer, other, alias.as_ref(), on, bound, op.span) {
                         Some(kind) => ops.push(self.op(kind, &s, op.span)),
                         None => ok = false,
                     }
                 }
-                ast::OpKind::Lookup {
-                    left_outer,
-                    table,
-                    alias,
-                    on,
-                } => match self.lookup_join(&mut s, *left_outer, table, alias.as_ref(), on) {
-                    Some(kind) => ops.push(self.op(kind, &s, op.span)),
-                    None => ok = false,
-                },
+                ast::OpKind::Lookup { left_outer, table, alias, on } => {
+                    match self.lookup_join(&mut s, *left_outer, table, alias.as_ref(), on) {
+                        Some(kind) => ops.push(self.op(kind, &s, op.span)),
+                        None => ok = false,
+                    }
+                }
                 ast::OpKind::Union(others) => {
                     let mut inputs = Vec::new();
                     for o in others {
@@ -486,9 +416,20 @@ impl<'a> Checker<'a> {
                         problems.dedup();
                         if !problems.is_empty() {
                             self.error(
-                                Diagnostic::error("E0302", o.span, format!("`{}` does not have the fields of the stream it joins in `union`", o.name))
-                                    .label(format!("{} mismatch{}", problems.len(), if problems.len() == 1 { "" } else { "es" }))
-                                    .help(format!("union needs identical fields; `select` them into the same shape first:\n{}", problems.join("\n"))),
+                                Diagnostic::error(
+                                    "E0302",
+                                    o.span,
+                                    format!("`{}` does not have the fields of the stream it joins in `union`", o.name),
+                                )
+                                .label(format!(
+                                    "{} mismatch{}",
+                                    problems.len(),
+                                    if problems.len() == 1 { "" } else { "es" }
+                                ))
+                                .help(format!(
+                                    "union needs identical fields; `select` them into the same shape first:\n{}",
+                                    problems.join("\n")
+                                )),
                             );
                             ok = false;
                         }
@@ -501,7 +442,10 @@ impl<'a> Checker<'a> {
                         };
                         if !same_time && s.event_time.is_some() {
                             s.event_time = None;
-                            s.no_time = Some((o.span, format!("`{}` has no event time on the same field, so the union has none", o.name)));
+                            s.no_time = Some((
+                                o.span,
+                                format!("`{}` has no event time on the same field, so the union has none", o.name),
+                            ));
                         }
                         s.watermark_ms = s.watermark_ms.max(os.watermark_ms);
                         inputs.push(inp);
@@ -517,15 +461,9 @@ impl<'a> Checker<'a> {
                         (ir::ExprKind::Field(idx), Kind::List(elem)) => {
                             let idx = *idx;
                             let mut fields = s.record.fields.clone();
-                            let name = alias
-                                .as_ref()
-                                .map_or(fields[idx].name.clone(), |a| a.name.clone());
+                            let name = alias.as_ref().map_or(fields[idx].name.clone(), |a| a.name.clone());
                             if let Some(a) = alias {
-                                if fields
-                                    .iter()
-                                    .enumerate()
-                                    .any(|(j, f)| j != idx && f.name == a.name)
-                                {
+                                if fields.iter().enumerate().any(|(j, f)| j != idx && f.name == a.name) {
                                     self.error(
                                         Diagnostic::error(
                                             "E0009",
@@ -538,10 +476,7 @@ impl<'a> Checker<'a> {
                                     ok = false;
                                 }
                             }
-                            fields[idx] = Field {
-                                name,
-                                ty: (**elem).clone(),
-                            };
+                            fields[idx] = Field { name, ty: (**elem).clone() };
                             s.record = record(fields);
                             ops.push(self.op(ir::OpKind::Unnest { field: idx }, &s, op.span));
                         }
@@ -556,41 +491,28 @@ impl<'a> Checker<'a> {
                         }
                     }
                 }
-                ast::OpKind::Pattern {
-                    steps,
-                    within,
-                    measures,
-                } => match self.pattern(&mut s, steps, within, measures, op.span) {
-                    Some(kind) => ops.push(self.op(kind, &s, op.span)),
-                    None => ok = false,
-                },
+                ast::OpKind::Pattern { steps, within, measures } => {
+                    match self.pattern(&mut s, steps, within, measures, op.span) {
+                        Some(kind) => ops.push(self.op(kind, &s, op.span)),
+                        None => ok = false,
+                    }
+                }
                 ast::OpKind::Route(arms) => {
                     routed = true;
                     if i + 1 != n_ops {
                         self.error(
-                            Diagnostic::error(
-                                "E0310",
-                                op.span,
-                                "`route` must be the last operator",
-                            )
-                            .label("operators follow it")
-                            .with_secondary(
-                                p.ops[i + 1].span,
-                                "this operator would never see a record",
-                            )
-                            .help("move the operators before `route`"),
+                            Diagnostic::error("E0310", op.span, "`route` must be the last operator")
+                                .label("operators follow it")
+                                .with_secondary(p.ops[i + 1].span, "this operator would never see a record")
+                                .help("move the operators before `route`"),
                         );
                         ok = false;
                     }
                     if let Some(t) = p.targets.first() {
                         self.error(
-                            Diagnostic::error(
-                                "E0307",
-                                t.span,
-                                "a pipeline ending in `route` has no `->` output",
-                            )
-                            .label("route already sends every record somewhere")
-                            .help("add this target as a route arm: `else -> target`"),
+                            Diagnostic::error("E0307", t.span, "a pipeline ending in `route` has no `->` output")
+                                .label("route already sends every record somewhere")
+                                .help("add this target as a route arm: `else -> target`"),
                         );
                         ok = false;
                     }
@@ -598,13 +520,9 @@ impl<'a> Checker<'a> {
                     for (j, arm) in arms.iter().enumerate() {
                         if arm.cond.is_none() && j + 1 != arms.len() {
                             self.error(
-                                Diagnostic::error(
-                                    "E0310",
-                                    arm.span,
-                                    "`else` must be the last arm of `route`",
-                                )
-                                .label("arms after it are never taken")
-                                .help("move `else -> ...` to the end"),
+                                Diagnostic::error("E0310", arm.span, "`else` must be the last arm of `route`")
+                                    .label("arms after it are never taken")
+                                    .help("move `else -> ...` to the end"),
                             );
                             ok = false;
                         }
@@ -616,12 +534,7 @@ impl<'a> Checker<'a> {
                             ok = false;
                         }
                         if let Some(target) = self.target(&arm.target) {
-                            self.check_write(
-                                &target,
-                                &s.record,
-                                arm.target.span,
-                                "the routed records",
-                            );
+                            self.check_write(&target, &s.record, arm.target.span, "the routed records");
                             self.note_topic_time(&target, &s);
                             outputs.push(ir::Output { when, target });
                         } else {
@@ -630,7 +543,13 @@ impl<'a> Checker<'a> {
                     }
                 }
             }
-            let _ = before;
+            let shapes = !matches!(
+                op.kind,
+                ast::OpKind::Where(_) | ast::OpKind::Dedup { .. } | ast::OpKind::Top { .. } | ast::OpKind::KeyBy(_)
+            );
+            if ok_before && !ok && (shapes || !Arc::ptr_eq(&before, &s.record)) {
+                poisoned = true;
+            }
         }
         if let Some(w) = pending {
             // Reported above when the window is last; nothing more to add.
@@ -639,26 +558,18 @@ impl<'a> Checker<'a> {
         if !routed {
             if p.targets.is_empty() {
                 self.error(
-                    Diagnostic::error(
-                        "E0307",
-                        p.name.span,
-                        format!("pipeline `{}` has no output", p.name.name),
-                    )
-                    .label("its records go nowhere")
-                    .help("end it with `-> <topic or sink>` or a `route { ... }`"),
+                    Diagnostic::error("E0307", p.name.span, format!("pipeline `{}` has no output", p.name.name))
+                        .label("its records go nowhere")
+                        .help("end it with `-> <topic or sink>` or a `route { ... }`"),
                 );
                 ok = false;
             }
             let at = p.ops.last().map_or(p.input.span, |o| o.span);
             for t in &p.targets {
                 match self.target(t) {
+                    Some(_) if poisoned => ok = false,
                     Some(target) => {
-                        self.check_write(
-                            &target,
-                            &s.record,
-                            t.span,
-                            &format!("records of pipeline `{}`", p.name.name),
-                        );
+                        self.check_write(&target, &s.record, t.span, &format!("records of pipeline `{}`", p.name.name));
                         self.note_topic_time(&target, &s);
                         outputs.push(ir::Output { when: None, target });
                     }
@@ -666,6 +577,12 @@ impl<'a> Checker<'a> {
                 }
             }
             let _ = at;
+        }
+        if !ok {
+            // Readers of what this pipeline writes cannot know its event time.
+            for t in pipeline_writes(p) {
+                self.topic_time.insert(t.to_string(), TopicTime::Unknown);
+            }
         }
         if ok {
             self.out.pipelines.push(ir::Pipeline {
@@ -692,45 +609,23 @@ impl<'a> Checker<'a> {
             None => TopicTime::Conflict,
         };
         let merged = match (self.topic_time.get(name), now) {
+            (Some(TopicTime::Unknown), _) => TopicTime::Unknown,
             (None, n) => n,
             (
-                Some(TopicTime::Known {
-                    field: f1,
-                    offset_ms: o1,
-                    watermark_ms: w1,
-                }),
-                TopicTime::Known {
-                    field: f2,
-                    offset_ms: o2,
-                    watermark_ms: w2,
-                },
-            ) if *f1 == f2 && *o1 == o2 => TopicTime::Known {
-                field: f2,
-                offset_ms: o2,
-                watermark_ms: (*w1).max(w2),
-            },
+                Some(TopicTime::Known { field: f1, offset_ms: o1, watermark_ms: w1 }),
+                TopicTime::Known { field: f2, offset_ms: o2, watermark_ms: w2 },
+            ) if *f1 == f2 && *o1 == o2 => TopicTime::Known { field: f2, offset_ms: o2, watermark_ms: (*w1).max(w2) },
             _ => TopicTime::Conflict,
         };
         self.topic_time.insert(name.clone(), merged);
     }
 
     fn op(&self, kind: ir::OpKind, s: &Stream, span: Span) -> ir::Op {
-        ir::Op {
-            kind,
-            output: s.record.clone(),
-            event_time: s.event_time.clone(),
-            span,
-        }
+        ir::Op { kind, output: s.record.clone(), event_time: s.event_time.clone(), span }
     }
 
     fn duration_arg(&mut self, e: &ast::Expr, what: &str, allow_zero: bool) -> Option<i64> {
-        let o = self.options(
-            &[(None, e, e.span)],
-            &[("value", Want::Duration)],
-            &[],
-            &format!("`{what}`"),
-            None,
-        );
+        let o = self.options(&[(None, e, e.span)], &[("value", Want::Duration)], &[], &format!("`{what}`"), None);
         self.positive_ms(o.int("value"), what, allow_zero)
     }
 
@@ -743,35 +638,26 @@ impl<'a> Checker<'a> {
         if !kinds.contains(&kind) {
             let help = crate::diag::did_you_mean(&spec.kind.name, kinds.iter().copied())
                 .map(|s| format!("did you mean `{s}`?"))
-                .unwrap_or_else(|| "windows are `tumbling(size)`, `sliding(size, every: slide)` and `session(gap: g)`".into());
+                .unwrap_or_else(|| {
+                    "windows are `tumbling(size)`, `sliding(size, every: slide)` and `session(gap: g)`".into()
+                });
             self.error(
-                Diagnostic::error(
-                    "E0406",
-                    spec.kind.span,
-                    format!("unknown window `{}`", spec.kind.name),
-                )
-                .label("not a kind of window")
-                .help(help),
+                Diagnostic::error("E0406", spec.kind.span, format!("unknown window `{}`", spec.kind.name))
+                    .label("not a kind of window")
+                    .help(help),
             );
             return None;
         }
-        let args: Vec<_> = spec
-            .args
-            .iter()
-            .map(|a| (a.name.as_ref(), &a.value, a.span))
-            .collect();
-        let (positional, named): (&[(&str, Want)], &[(&str, Want)]) = match kind {
-            "tumbling" => (&[("size", Want::Duration)], &[]),
-            "sliding" => (&[("size", Want::Duration), ("every", Want::Duration)], &[]),
-            _ => (&[("gap", Want::Duration)], &[]),
+        let args: Vec<_> = spec.args.iter().map(|a| (a.name.as_ref(), &a.value, a.span)).collect();
+        let positional: &[(&str, Want)] = match kind {
+            "tumbling" => &[("size", Want::Duration)],
+            "sliding" => &[("size", Want::Duration), ("every", Want::Duration)],
+            _ => &[("gap", Want::Duration)],
         };
-        let o = self.options(&args, positional, named, &format!("`{kind}` window"), None);
+        let o = self.options(&args, positional, &[], &format!("`{kind}` window"), None);
         let need = |c: &mut Self, k: &str, example: &str| -> Option<i64> {
             if o.int(k).is_none()
-                && !spec
-                    .args
-                    .iter()
-                    .any(|a| a.name.as_ref().is_some_and(|n| n.name == k))
+                && !spec.args.iter().any(|a| a.name.as_ref().is_some_and(|n| n.name == k))
                 && o.vals.len() < positional.len()
             {
                 c.error(
@@ -784,9 +670,7 @@ impl<'a> Checker<'a> {
             c.positive_ms(o.int(k), &format!("window {k}"), false)
         };
         match kind {
-            "tumbling" => Some(ir::Window::Tumbling {
-                size_ms: need(self, "size", "tumbling(1m)")?,
-            }),
+            "tumbling" => Some(ir::Window::Tumbling { size_ms: need(self, "size", "tumbling(1m)")? }),
             "sliding" => {
                 let size = need(self, "size", "sliding(5m, every: 1m)");
                 let slide = need(self, "every", "sliding(5m, every: 1m)");
@@ -801,61 +685,42 @@ impl<'a> Checker<'a> {
                 }
                 if size_ms % slide_ms != 0 {
                     self.error(
-                        Diagnostic::warning("W0005", spec.span, "the window size is not a multiple of the slide")
+                        Diagnostic::warning("W0004", spec.span, "the window size is not a multiple of the slide")
                             .label(format!("size {}, every {}", ir::fmt_ms(size_ms), ir::fmt_ms(slide_ms)))
                             .help("records then fall into different numbers of windows; choose a size that `every` divides"),
                     );
                 }
                 Some(ir::Window::Sliding { size_ms, slide_ms })
             }
-            _ => Some(ir::Window::Session {
-                gap_ms: need(self, "gap", "session(gap: 30s)")?,
-            }),
+            _ => Some(ir::Window::Session { gap_ms: need(self, "gap", "session(gap: 30s)")? }),
         }
     }
 
-    fn select(
-        &mut self,
-        s: &mut Stream,
-        items: &[ast::SelectItem],
-        span: Span,
-    ) -> Option<Vec<(String, ir::Expr)>> {
+    fn select(&mut self, s: &mut Stream, items: &[ast::SelectItem], span: Span) -> Option<Vec<(String, ir::Expr)>> {
         let mut cx = Ctx::row(s.record.clone());
         let mut out: Vec<(String, ir::Expr)> = Vec::new();
         let mut spans: Vec<Span> = Vec::new();
         let mut ok = true;
-        let mut push = |c: &mut Self,
-                        name: String,
-                        e: ir::Expr,
-                        at: Span,
-                        out: &mut Vec<(String, ir::Expr)>,
-                        ok: &mut bool| {
-            if let Some(prev) = out.iter().position(|(n, _)| *n == name) {
-                c.error(
-                    Diagnostic::error(
-                        "E0009",
-                        at,
-                        format!("field `{name}` appears twice in the output"),
-                    )
-                    .label("second time")
-                    .with_secondary(spans[prev], "first time")
-                    .help("rename one of them: `new_name: expression`"),
-                );
-                *ok = false;
-                return;
-            }
-            spans.push(at);
-            out.push((name, e));
-        };
+        let mut push =
+            |c: &mut Self, name: String, e: ir::Expr, at: Span, out: &mut Vec<(String, ir::Expr)>, ok: &mut bool| {
+                if let Some(prev) = out.iter().position(|(n, _)| *n == name) {
+                    c.error(
+                        Diagnostic::error("E0009", at, format!("field `{name}` appears twice in the output"))
+                            .label("second time")
+                            .with_secondary(spans[prev], "first time")
+                            .help("rename one of them: `new_name: expression`"),
+                    );
+                    *ok = false;
+                    return;
+                }
+                spans.push(at);
+                out.push((name, e));
+            };
         for item in items {
             match item {
                 ast::SelectItem::All(at) => {
                     for (i, f) in s.record.fields.iter().enumerate() {
-                        let e = ir::Expr {
-                            kind: ir::ExprKind::Field(i),
-                            ty: f.ty.clone(),
-                            span: *at,
-                        };
+                        let e = ir::Expr { kind: ir::ExprKind::Field(i), ty: f.ty.clone(), span: *at };
                         push(self, f.name.clone(), e, *at, &mut out, &mut ok);
                     }
                 }
@@ -867,9 +732,7 @@ impl<'a> Checker<'a> {
                 ast::SelectItem::Expr(x) => {
                     let name = match &x.kind {
                         ast::ExprKind::Name(id) => Some(id.name.clone()),
-                        ast::ExprKind::Field(_, f) | ast::ExprKind::SafeField(_, f) => {
-                            Some(f.name.clone())
-                        }
+                        ast::ExprKind::Field(_, f) | ast::ExprKind::SafeField(_, f) => Some(f.name.clone()),
                         _ => None,
                     };
                     let e = self.expr(&mut cx, x);
@@ -893,34 +756,17 @@ impl<'a> Checker<'a> {
         }
         // Event time follows its field if it is kept as a plain field reference.
         if let Some(et) = &s.event_time {
-            let kept = out
-                .iter()
-                .position(|(_, e)| matches!(e.kind, ir::ExprKind::Field(i) if i == et.field));
+            let kept = out.iter().position(|(_, e)| matches!(e.kind, ir::ExprKind::Field(i) if i == et.field));
             match kept {
-                Some(j) => {
-                    s.event_time = Some(ir::EventTime {
-                        field: j,
-                        offset_ms: et.offset_ms,
-                    })
-                }
+                Some(j) => s.event_time = Some(ir::EventTime { field: j, offset_ms: et.offset_ms }),
                 None => {
                     let name = s.record.fields[et.field].name.clone();
                     s.event_time = None;
-                    s.no_time = Some((
-                        span,
-                        format!("this `select` drops the event-time field `{name}`"),
-                    ));
+                    s.no_time = Some((span, format!("this `select` drops the event-time field `{name}`")));
                 }
             }
         }
-        s.record = record(
-            out.iter()
-                .map(|(n, e)| Field {
-                    name: n.clone(),
-                    ty: e.ty.clone(),
-                })
-                .collect(),
-        );
+        s.record = record(out.iter().map(|(n, e)| Field { name: n.clone(), ty: e.ty.clone() }).collect());
         s.windowed = false;
         Some(out)
     }
@@ -947,22 +793,10 @@ impl<'a> Checker<'a> {
         cx.aggs_allowed = true;
         cx.keys = keys.iter().map(|(n, _)| n.clone()).collect();
         cx.after_window = window.is_some();
-        let mut fields: Vec<Field> = keys
-            .iter()
-            .map(|(n, e)| Field {
-                name: n.clone(),
-                ty: e.ty.clone(),
-            })
-            .collect();
+        let mut fields: Vec<Field> = keys.iter().map(|(n, e)| Field { name: n.clone(), ty: e.ty.clone() }).collect();
         if window.is_some() {
-            fields.push(Field {
-                name: "window_start".into(),
-                ty: Type::timestamp(),
-            });
-            fields.push(Field {
-                name: "window_end".into(),
-                ty: Type::timestamp(),
-            });
+            fields.push(Field { name: "window_start".into(), ty: Type::timestamp() });
+            fields.push(Field { name: "window_end".into(), ty: Type::timestamp() });
         }
         let mut outputs = Vec::new();
         let mut ok = true;
@@ -972,10 +806,7 @@ impl<'a> Checker<'a> {
             if fields.iter().any(|f| f.name == item.name.name) {
                 let why = if keys.iter().any(|(n, _)| *n == item.name.name) {
                     "a key of the same name is already in the output"
-                } else if outputs
-                    .iter()
-                    .any(|(n, _): &(String, ir::Expr)| *n == item.name.name)
-                {
+                } else if outputs.iter().any(|(n, _): &(String, ir::Expr)| *n == item.name.name) {
                     "an aggregate of the same name comes earlier"
                 } else {
                     "the window's bounds are already in the output"
@@ -992,10 +823,7 @@ impl<'a> Checker<'a> {
                 ok = false;
                 continue;
             }
-            fields.push(Field {
-                name: item.name.name.clone(),
-                ty: e.ty.clone(),
-            });
+            fields.push(Field { name: item.name.name.clone(), ty: e.ty.clone() });
             outputs.push((item.name.name.clone(), e));
         }
         if items.is_empty() {
@@ -1028,10 +856,7 @@ impl<'a> Checker<'a> {
             Some(w) => {
                 // Results carry window_end - 1 as their event time, as Flink's window_time.
                 let end = s.record.index_of("window_end").unwrap_or(0);
-                s.event_time = Some(ir::EventTime {
-                    field: end,
-                    offset_ms: -1,
-                });
+                s.event_time = Some(ir::EventTime { field: end, offset_ms: -1 });
                 s.windowed = true;
                 ir::OpKind::WindowAggregate {
                     window: w.window,
@@ -1046,23 +871,20 @@ impl<'a> Checker<'a> {
             None => {
                 if ttl_ms.is_none() {
                     self.error(
-                        Diagnostic::warning("W0002", span, "aggregate without a window keeps state for every key forever")
-                            .label("unbounded state")
-                            .help("add `ttl <duration>` to forget keys idle that long, or window the stream first"),
+                        Diagnostic::warning(
+                            "W0002",
+                            span,
+                            "aggregate without a window keeps state for every key forever",
+                        )
+                        .label("unbounded state")
+                        .help("add `ttl <duration>` to forget keys idle that long, or window the stream first"),
                     );
                 }
                 s.event_time = None;
-                s.no_time = Some((
-                    span,
-                    "an aggregate without a window emits updates, which have no event time".into(),
-                ));
+                s.no_time =
+                    Some((span, "an aggregate without a window emits updates, which have no event time".into()));
                 s.windowed = false;
-                ir::OpKind::Aggregate {
-                    keys: key_names,
-                    aggs: cx.aggs,
-                    outputs,
-                    ttl_ms,
-                }
+                ir::OpKind::Aggregate { keys: key_names, aggs: cx.aggs, outputs, ttl_ms }
             }
         })
     }
@@ -1083,16 +905,9 @@ impl<'a> Checker<'a> {
         let alias_span = alias.map_or(other.span, |a| a.span);
         if s.record.field(&alias_name).is_some() {
             self.error(
-                Diagnostic::error(
-                    "E0009",
-                    alias_span,
-                    format!("the record already has a field `{alias_name}`"),
-                )
-                .label("the joined record would be stored under this name")
-                .help(format!(
-                    "name the other side: `join {} as <alias> on ...`",
-                    other.name
-                )),
+                Diagnostic::error("E0009", alias_span, format!("the record already has a field `{alias_name}`"))
+                    .label("the joined record would be stored under this name")
+                    .help(format!("name the other side: `join {} as <alias> on ...`", other.name)),
             );
             return None;
         }
@@ -1101,50 +916,43 @@ impl<'a> Checker<'a> {
             let mut d = Diagnostic::error(
                 "E0401",
                 other.span,
-                format!(
-                    "`{}` has no event time, so it cannot be joined in time",
-                    other.name
-                ),
+                format!("`{}` has no event time, so it cannot be joined in time", other.name),
             )
             .label("no event time on this side");
             if let Some((at, why)) = &os.no_time {
                 d = d.with_secondary(*at, why.clone());
             }
-            self.error(d.help("declare `event_time` on it, or use `lookup` to join with the latest value per key of a topic"));
+            self.error(
+                d.help("declare `event_time` on it, or use `lookup` to join with the latest value per key of a topic"),
+            );
             ok = false;
         }
+        // In the condition both sides exist; after a left join the right one may not.
         let mut fields = s.record.fields.clone();
-        let right_ty = Type::new(Kind::Record(os.record.clone())).with_nullable(left_outer);
-        fields.push(Field {
-            name: alias_name.clone(),
-            ty: right_ty,
-        });
+        fields.push(Field { name: alias_name.clone(), ty: Type::new(Kind::Record(os.record.clone())) });
+        let in_condition = record(fields.clone());
+        if let Some(last) = fields.last_mut() {
+            last.ty.nullable = left_outer;
+        }
         let joined = record(fields);
-        let mut cx = Ctx::row(joined.clone());
+        let mut cx = Ctx::row(in_condition);
         let on_ir = self.expr(&mut cx, on);
         let on_ir = self.expect_bool(on_ir, on.span, "a join condition");
         if on_ir.ty.is_error() {
+            s.record = joined;
             return None;
         }
         let right_idx = joined.fields.len() - 1;
         if !has_equi_condition(&on_ir, right_idx) {
             self.error(
-                Diagnostic::error(
-                    "E0412",
-                    on.span,
-                    "a join needs an equality between the two sides",
-                )
-                .label("no `left_field == alias.field` here")
-                .help(format!(
-                    "join on a shared key, e.g. `on order_id == {alias_name}.order_id`"
-                )),
+                Diagnostic::error("E0412", on.span, "a join needs an equality between the two sides")
+                    .label("no `left_field == alias.field` here")
+                    .help(format!("join on a shared key, e.g. `on order_id == {alias_name}.order_id`")),
             );
             ok = false;
         }
         let bound = match bound {
-            ast::JoinBound::Within(e) => self
-                .duration_arg(e, "join `within`", false)
-                .map(ir::JoinBound::Within),
+            ast::JoinBound::Within(e) => self.duration_arg(e, "join `within`", false).map(ir::JoinBound::Within),
             ast::JoinBound::Window(w) => self.window_spec(w).map(ir::JoinBound::Window),
             ast::JoinBound::None => {
                 self.error(
@@ -1155,19 +963,15 @@ impl<'a> Checker<'a> {
                 None
             }
         };
+        s.record = joined;
+        s.keys = None;
         let bound = bound?;
         if !ok {
             return None;
         }
-        s.record = joined;
-        s.keys = None;
         s.windowed = false;
         Some(ir::OpKind::Join {
-            kind: if left_outer {
-                ir::JoinKind::LeftOuter
-            } else {
-                ir::JoinKind::Inner
-            },
+            kind: if left_outer { ir::JoinKind::LeftOuter } else { ir::JoinKind::Inner },
             other: input,
             alias: alias_name,
             on: on_ir,
@@ -1185,25 +989,13 @@ impl<'a> Checker<'a> {
     ) -> Option<ir::OpKind> {
         let g = self.lookup(table, &[DeclKind::Topic], "a topic")?;
         let _ = g;
-        let topic = self
-            .out
-            .topics
-            .iter()
-            .find(|t| t.name == table.name)?
-            .clone();
+        let topic = self.out.topics.iter().find(|t| t.name == table.name)?.clone();
         let Some(key) = topic.key else {
             self.error(
-                Diagnostic::error(
-                    "E0413",
-                    table.span,
-                    format!("topic `{}` has no key to look up by", table.name),
-                )
-                .label("lookup needs a keyed topic")
-                .with_secondary(topic.span, "topic declared here")
-                .help(format!(
-                    "add `key: <field>` to the options of topic `{}`",
-                    table.name
-                )),
+                Diagnostic::error("E0413", table.span, format!("topic `{}` has no key to look up by", table.name))
+                    .label("lookup needs a keyed topic")
+                    .with_secondary(topic.span, "topic declared here")
+                    .help(format!("add `key: <field>` to the options of topic `{}`", table.name)),
             );
             return None;
         };
@@ -1211,16 +1003,9 @@ impl<'a> Checker<'a> {
         let alias_span = alias.map_or(table.span, |a| a.span);
         if s.record.field(&alias_name).is_some() {
             self.error(
-                Diagnostic::error(
-                    "E0009",
-                    alias_span,
-                    format!("the record already has a field `{alias_name}`"),
-                )
-                .label("the looked-up record would be stored under this name")
-                .help(format!(
-                    "name it: `lookup {} as <alias> on ...`",
-                    table.name
-                )),
+                Diagnostic::error("E0009", alias_span, format!("the record already has a field `{alias_name}`"))
+                    .label("the looked-up record would be stored under this name")
+                    .help(format!("name it: `lookup {} as <alias> on ...`", table.name)),
             );
             return None;
         }
@@ -1255,11 +1040,7 @@ impl<'a> Checker<'a> {
         });
         s.record = record(fields);
         Some(ir::OpKind::Lookup {
-            kind: if left_outer {
-                ir::JoinKind::LeftOuter
-            } else {
-                ir::JoinKind::Inner
-            },
+            kind: if left_outer { ir::JoinKind::LeftOuter } else { ir::JoinKind::Inner },
             topic: table.name.clone(),
             alias: alias_name,
             key: k,
@@ -1289,14 +1070,10 @@ impl<'a> Checker<'a> {
         for st in steps {
             if let Some((_, prev)) = seen.iter().find(|(n, _)| *n == st.name.name) {
                 self.error(
-                    Diagnostic::error(
-                        "E0009",
-                        st.name.span,
-                        format!("step `{}` is declared twice", st.name.name),
-                    )
-                    .label("second declaration")
-                    .with_secondary(*prev, "first declared here")
-                    .help("give each step its own name"),
+                    Diagnostic::error("E0009", st.name.span, format!("step `{}` is declared twice", st.name.name))
+                        .label("second declaration")
+                        .with_secondary(*prev, "first declared here")
+                        .help("give each step its own name"),
                 );
                 ok = false;
             }
@@ -1304,16 +1081,9 @@ impl<'a> Checker<'a> {
             let c = self.expr(&mut cx, &st.cond);
             let c = self.expect_bool(c, st.cond.span, "a pattern step");
             ok &= !c.ty.is_error();
-            let (min, max) = st
-                .quantifier
-                .as_ref()
-                .map_or((1, Some(1)), |q| (q.min, q.max));
+            let (min, max) = st.quantifier.as_ref().map_or((1, Some(1)), |q| (q.min, q.max));
             if let Some(q) = &st.quantifier {
-                if min == 0
-                    || max.is_some_and(|m| m < min)
-                    || min > 1000
-                    || max.is_some_and(|m| m > 1000)
-                {
+                if min == 0 || max.is_some_and(|m| m < min) || min > 1000 || max.is_some_and(|m| m > 1000) {
                     self.error(
                         Diagnostic::error("E0419", q.span, "invalid repetition")
                             .label(match max {
@@ -1326,36 +1096,16 @@ impl<'a> Checker<'a> {
                     ok = false;
                 }
             }
-            ir_steps.push(ir::PatternStep {
-                name: st.name.name.clone(),
-                cond: c,
-                min,
-                max,
-            });
+            ir_steps.push(ir::PatternStep { name: st.name.name.clone(), cond: c, min, max });
         }
         let within_ms = self.duration_arg(within, "pattern `within`", false);
         let mut mcx = Ctx::default();
         mcx.aggs_allowed = true;
         mcx.keys = keys.iter().map(|(n, _)| n.clone()).collect();
-        mcx.steps = ir_steps
-            .iter()
-            .map(|st| (st.name.clone(), s.record.clone(), st.max != Some(1)))
-            .collect();
-        let mut fields: Vec<Field> = keys
-            .iter()
-            .map(|(n, e)| Field {
-                name: n.clone(),
-                ty: e.ty.clone(),
-            })
-            .collect();
-        fields.push(Field {
-            name: "match_start".into(),
-            ty: Type::timestamp(),
-        });
-        fields.push(Field {
-            name: "match_end".into(),
-            ty: Type::timestamp(),
-        });
+        mcx.steps = ir_steps.iter().map(|st| (st.name.clone(), s.record.clone(), st.max != Some(1))).collect();
+        let mut fields: Vec<Field> = keys.iter().map(|(n, e)| Field { name: n.clone(), ty: e.ty.clone() }).collect();
+        fields.push(Field { name: "match_start".into(), ty: Type::timestamp() });
+        fields.push(Field { name: "match_end".into(), ty: Type::timestamp() });
         let mut out = Vec::new();
         for m in measures {
             let e = self.expr(&mut mcx, &m.value);
@@ -1373,10 +1123,7 @@ impl<'a> Checker<'a> {
                 ok = false;
                 continue;
             }
-            fields.push(Field {
-                name: m.name.name.clone(),
-                ty: e.ty.clone(),
-            });
+            fields.push(Field { name: m.name.name.clone(), ty: e.ty.clone() });
             out.push((m.name.name.clone(), e));
         }
         let within_ms = within_ms?;
@@ -1385,10 +1132,7 @@ impl<'a> Checker<'a> {
         }
         s.record = record(fields);
         let end = s.record.index_of("match_end").unwrap_or(0);
-        s.event_time = Some(ir::EventTime {
-            field: end,
-            offset_ms: 0,
-        });
+        s.event_time = Some(ir::EventTime { field: end, offset_ms: 0 });
         s.windowed = false;
         Some(ir::OpKind::Pattern {
             keys: keys.into_iter().map(|(n, _)| n).collect(),
@@ -1404,9 +1148,7 @@ impl<'a> Checker<'a> {
 /// expression of the left fields only and one of the right record (field `right`).
 fn has_equi_condition(e: &ir::Expr, right: usize) -> bool {
     match &e.kind {
-        ir::ExprKind::Binary(ir::BinOp::And, a, b) => {
-            has_equi_condition(a, right) || has_equi_condition(b, right)
-        }
+        ir::ExprKind::Binary(ir::BinOp::And, a, b) => has_equi_condition(a, right) || has_equi_condition(b, right),
         ir::ExprKind::Binary(ir::BinOp::Eq, a, b) => {
             let (la, ra) = sides(a, right);
             let (lb, rb) = sides(b, right);
@@ -1436,11 +1178,9 @@ fn visit(e: &ir::Expr, f: &mut impl FnMut(&ir::Expr)) {
     use ir::ExprKind as K;
     f(e);
     match &e.kind {
-        K::GetField(x, _)
-        | K::SafeGetField(x, _)
-        | K::Unary(_, x)
-        | K::Cast(x)
-        | K::IsNull { expr: x, .. } => visit(x, f),
+        K::GetField(x, _) | K::SafeGetField(x, _) | K::Unary(_, x) | K::Cast(x) | K::IsNull { expr: x, .. } => {
+            visit(x, f)
+        }
         K::Index(a, b) | K::Binary(_, a, b) => {
             visit(a, f);
             visit(b, f);

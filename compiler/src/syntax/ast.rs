@@ -26,6 +26,9 @@ pub struct BrokenDecl {
     pub span: Span,
 }
 
+/// Items are built once per declaration and never moved in bulk, so their size
+/// difference costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Item {
     Import(Import),
@@ -203,50 +206,16 @@ pub enum OpKind {
     Where(Expr),
     Select(Vec<SelectItem>),
     KeyBy(Vec<Expr>),
-    Window {
-        spec: Connector,
-        lateness: Option<Expr>,
-        late: Option<Ident>,
-        emit_every: Option<Expr>,
-    },
-    Aggregate {
-        items: Vec<NamedExpr>,
-        ttl: Option<Expr>,
-    },
-    Dedup {
-        by: Option<Expr>,
-        within: Expr,
-    },
-    Top {
-        n: u64,
-        n_span: Span,
-        by: Expr,
-        descending: bool,
-    },
-    Join {
-        left_outer: bool,
-        other: Ident,
-        alias: Option<Ident>,
-        on: Expr,
-        bound: JoinBound,
-    },
-    Lookup {
-        left_outer: bool,
-        table: Ident,
-        alias: Option<Ident>,
-        on: Expr,
-    },
+    Window { spec: Connector, lateness: Option<Expr>, late: Option<Ident>, emit_every: Option<Expr> },
+    Aggregate { items: Vec<NamedExpr>, ttl: Option<Expr> },
+    Dedup { by: Option<Expr>, within: Expr },
+    Top { n: u64, n_span: Span, by: Expr, descending: bool },
+    Join { left_outer: bool, other: Ident, alias: Option<Ident>, on: Expr, bound: JoinBound },
+    Lookup { left_outer: bool, table: Ident, alias: Option<Ident>, on: Expr },
     Union(Vec<Ident>),
     Route(Vec<RouteArm>),
-    Unnest {
-        field: Expr,
-        alias: Option<Ident>,
-    },
-    Pattern {
-        steps: Vec<PatternStep>,
-        within: Expr,
-        measures: Vec<NamedExpr>,
-    },
+    Unnest { field: Expr, alias: Option<Ident> },
+    Pattern { steps: Vec<PatternStep>, within: Expr, measures: Vec<NamedExpr> },
 }
 
 impl OpKind {

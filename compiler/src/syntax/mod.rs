@@ -79,10 +79,7 @@ mod tests {
     fn keywords_match_the_grammar() {
         let g = flow_grammar::GRAMMAR;
         let start = g.find("keyword = @{").expect("keyword rule");
-        let end = start
-            + g[start..]
-                .find("~ !ident_char")
-                .expect("end of keyword rule");
+        let end = start + g[start..].find("~ !ident_char").expect("end of keyword rule");
         let mut words: Vec<&str> = g[start..end].split('"').skip(1).step_by(2).collect();
         let mut ours = super::KEYWORDS.to_vec();
         words.sort();

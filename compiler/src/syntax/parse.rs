@@ -17,9 +17,7 @@ use pest::Parser;
 /// The deepest nesting of brackets (and of expressions) the front end accepts.
 pub const NESTING_DEPTH_MAX: usize = 128;
 
-const DECL_KEYWORDS: &[&str] = &[
-    "schema", "topic", "source", "sink", "pipeline", "const", "fn", "import", "config",
-];
+const DECL_KEYWORDS: &[&str] = &["schema", "topic", "source", "sink", "pipeline", "const", "fn", "import", "config"];
 
 /// Parses a whole file. Never fails: syntax errors come back as diagnostics and the
 /// declarations they hit are listed in [`File::broken`].
@@ -45,12 +43,7 @@ pub fn parse(file: FileId, text: &str) -> (File, Vec<Diagnostic>) {
                 let Some(item_only) = pairs.next() else {
                     continue;
                 };
-                let mut b = Builder {
-                    file,
-                    offset: chunk.start,
-                    diags: &mut diags,
-                    depth: 0,
-                };
+                let mut b = Builder { file, offset: chunk.start, diags: &mut diags, depth: 0 };
                 for p in item_only.into_inner() {
                     if p.as_rule() != Rule::EOI {
                         if let Some(item) = b.item(p) {
@@ -96,9 +89,7 @@ fn is_ident_char(b: u8) -> bool {
 
 /// If a declaration starts at `i`, its keyword and name.
 fn decl_at(bytes: &[u8], i: usize) -> Option<(&'static str, Option<String>)> {
-    let kw = DECL_KEYWORDS
-        .iter()
-        .find(|k| bytes[i..].starts_with(k.as_bytes()))?;
+    let kw = DECL_KEYWORDS.iter().find(|k| bytes[i..].starts_with(k.as_bytes()))?;
     let mut j = i + kw.len();
     if j < bytes.len() && is_ident_char(bytes[j]) {
         return None;
@@ -194,13 +185,9 @@ fn split(file: FileId, text: &str, diags: &mut Vec<Diagnostic>) -> Vec<Chunk> {
                     c.lexical_error = true;
                     c.has_code = true;
                     diags.push(
-                        Diagnostic::error(
-                            "E0007",
-                            Span::new(file, start, start + 2),
-                            "unterminated block comment",
-                        )
-                        .label("this comment is never closed")
-                        .help("close the comment with `*/`"),
+                        Diagnostic::error("E0007", Span::new(file, start, start + 2), "unterminated block comment")
+                            .label("this comment is never closed")
+                            .help("close the comment with `*/`"),
                     );
                 }
                 continue;
@@ -261,13 +248,9 @@ fn split(file: FileId, text: &str, diags: &mut Vec<Diagnostic>) -> Vec<Chunk> {
                     chunk.lexical_error = true;
                     chunk.too_deep = true;
                     diags.push(
-                        Diagnostic::error(
-                            "E0011",
-                            Span::new(file, i, i + 1),
-                            "nesting is too deep",
-                        )
-                        .label(format!("more than {NESTING_DEPTH_MAX} levels of brackets"))
-                        .help("split the expression into a `fn` or several steps"),
+                        Diagnostic::error("E0011", Span::new(file, i, i + 1), "nesting is too deep")
+                            .label(format!("more than {NESTING_DEPTH_MAX} levels of brackets"))
+                            .help("split the expression into a `fn` or several steps"),
                     );
                 }
             }
@@ -295,19 +278,57 @@ fn rule_name(r: Rule) -> Option<&'static str> {
         Rule::field_name | Rule::name_ref => "a field name",
         Rule::string => "a string",
         Rule::int_lit => "an integer",
-        Rule::expr | Rule::or_expr | Rule::and_expr | Rule::not_expr | Rule::cmp_expr | Rule::coalesce_expr
-        | Rule::add_expr | Rule::mul_expr | Rule::unary_expr | Rule::postfix_expr | Rule::literal | Rule::call
-        | Rule::paren | Rule::if_expr | Rule::case_expr | Rule::list_lit | Rule::record_lit | Rule::decimal_lit
-        | Rule::float_lit | Rule::duration_lit | Rule::size_lit | Rule::timestamp_lit | Rule::bool_lit
+        Rule::expr
+        | Rule::or_expr
+        | Rule::and_expr
+        | Rule::not_expr
+        | Rule::cmp_expr
+        | Rule::coalesce_expr
+        | Rule::add_expr
+        | Rule::mul_expr
+        | Rule::unary_expr
+        | Rule::postfix_expr
+        | Rule::literal
+        | Rule::call
+        | Rule::paren
+        | Rule::if_expr
+        | Rule::case_expr
+        | Rule::list_lit
+        | Rule::record_lit
+        | Rule::decimal_lit
+        | Rule::float_lit
+        | Rule::duration_lit
+        | Rule::size_lit
+        | Rule::timestamp_lit
+        | Rule::bool_lit
         | Rule::null_lit => "an expression",
         Rule::type_expr | Rule::named_type | Rule::decimal_type | Rule::list_type => "a type",
-        Rule::item | Rule::import_decl | Rule::schema_decl | Rule::topic_decl | Rule::source_decl
-        | Rule::sink_decl | Rule::pipeline_decl | Rule::const_decl | Rule::fn_decl | Rule::config_decl => {
+        Rule::item
+        | Rule::import_decl
+        | Rule::schema_decl
+        | Rule::topic_decl
+        | Rule::source_decl
+        | Rule::sink_decl
+        | Rule::pipeline_decl
+        | Rule::const_decl
+        | Rule::fn_decl
+        | Rule::config_decl => {
             "a declaration (`schema`, `topic`, `source`, `sink`, `pipeline`, `const`, `fn`, `import`, `config`)"
         }
-        Rule::op | Rule::where_op | Rule::select_op | Rule::key_by_op | Rule::window_op | Rule::aggregate_op
-        | Rule::dedup_op | Rule::top_op | Rule::join_op | Rule::lookup_op | Rule::union_op | Rule::route_op
-        | Rule::unnest_op | Rule::pattern_op => "an operator",
+        Rule::op
+        | Rule::where_op
+        | Rule::select_op
+        | Rule::key_by_op
+        | Rule::window_op
+        | Rule::aggregate_op
+        | Rule::dedup_op
+        | Rule::top_op
+        | Rule::join_op
+        | Rule::lookup_op
+        | Rule::union_op
+        | Rule::route_op
+        | Rule::unnest_op
+        | Rule::pattern_op => "an operator",
         Rule::output => "`->`",
         Rule::cmp_op => "a comparison",
         Rule::or_op => "`or`",
@@ -335,9 +356,7 @@ fn token_at(text: &str, pos: usize) -> (String, usize) {
         return ("end of file".into(), 0);
     };
     if c.is_ascii_alphanumeric() || c == '_' {
-        let len = rest
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .unwrap_or(rest.len());
+        let len = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len());
         return (format!("`{}`", &rest[..len]), len);
     }
     for two in ["->", "==", "!=", "<=", ">=", "&&", "||", "??", "?."] {
@@ -356,10 +375,31 @@ fn syntax_error(
     src: &str,
     e: pest::error::Error<Rule>,
 ) -> Diagnostic {
-    let rel = match e.location {
+    let mut rel = match e.location {
         pest::error::InputLocation::Pos(p) => p,
         pest::error::InputLocation::Span((s, _)) => s,
     };
+    // The farthest position any attempt reached is where the text went wrong, unless
+    // pest stopped at a reserved word used as a name.
+    let original = rel;
+    let (orig_token, _) = token_at(src, rel.min(src.len()));
+    let reserved = crate::syntax::is_keyword(orig_token.trim_matches('`'));
+    if let Some(a) = e.parse_attempts() {
+        if !reserved {
+            rel = rel.max(a.max_position.min(src.len()));
+        }
+    }
+    // Skip whitespace and comments up to the offending token.
+    while rel < src.len() {
+        let rest = &src[rel..];
+        if rest.starts_with(char::is_whitespace) {
+            rel += rest.chars().next().map_or(1, char::len_utf8);
+        } else if rest.starts_with("//") {
+            rel += rest.find('\n').unwrap_or(rest.len());
+        } else {
+            break;
+        }
+    }
     // Report at the first character that is not whitespace or a comment.
     let mut pos = chunk_start + rel;
     let at_chunk_end = pos >= chunk_end || src[rel..].trim().is_empty();
@@ -371,9 +411,11 @@ fn syntax_error(
         token_at(text, pos)
     };
 
-    // What was expected: rule names and, with error detail on, literal tokens.
+    // What was expected: rule names (valid at pest's own position only) and, with
+    // error detail on, literal tokens.
     let mut expected: Vec<String> = Vec::new();
-    if let pest::error::ErrorVariant::ParsingError { positives, .. } = &e.variant {
+    let moved = rel > original;
+    if let (false, pest::error::ErrorVariant::ParsingError { positives, .. }) = (moved, &e.variant) {
         for r in positives {
             if let Some(n) = rule_name(*r) {
                 if !expected.iter().any(|x| x == n) {
@@ -403,7 +445,11 @@ fn syntax_error(
     literal.dedup();
     // Punctuation first: it is usually the fix.
     let mut all = literal.clone();
-    all.extend(expected.iter().cloned());
+    for e in &expected {
+        if !all.contains(e) {
+            all.push(e.clone());
+        }
+    }
     let message = match all.len() {
         0 => format!("unexpected {found}"),
         1 => format!("expected {}, found {found}", all[0]),
@@ -415,30 +461,25 @@ fn syntax_error(
     };
 
     let found_text = &text[pos..pos + len];
-    let help = syntax_help(found_text, &literal, &expected, text, pos);
+    let help = if at_chunk_end && literal.iter().any(|l| l == "`}`") {
+        Some("a `{` of this declaration is never closed: add `}`".to_string())
+    } else if at_chunk_end && literal.iter().any(|l| l == "`)`") {
+        Some("a `(` of this declaration is never closed: add `)`".to_string())
+    } else {
+        syntax_help(found_text, &literal, &expected, text, pos)
+    };
     let label = if found.starts_with("end of file") {
         "the declaration ends here".to_string()
     } else {
         "unexpected here".to_string()
     };
     let span = Span::new(file, pos, pos + len);
-    Diagnostic::error("E0001", span, message)
-        .label(label)
-        .help_opt(help)
+    Diagnostic::error("E0001", span, message).label(label).help_opt(help)
 }
 
-fn syntax_help(
-    found: &str,
-    literal: &[String],
-    expected: &[String],
-    text: &str,
-    pos: usize,
-) -> Option<String> {
+fn syntax_help(found: &str, literal: &[String], expected: &[String], text: &str, pos: usize) -> Option<String> {
     let has = |t: &str| literal.iter().any(|l| l == t);
-    let first_word = found
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    let first_word = found.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
     let op_kw = [
         "where",
         "select",
@@ -455,10 +496,7 @@ fn syntax_help(
         "pattern",
     ];
     match found {
-        "=" if has("`==`")
-            || expected.iter().any(|e| e == "a comparison")
-            || text[pos..].starts_with("= ") =>
-        {
+        "=" if has("`==`") || expected.iter().any(|e| e == "a comparison") || text[pos..].starts_with("= ") => {
             return Some("use `==` to compare values; `=` only appears in declarations".into())
         }
         "&&" => return Some("write `and` instead of `&&`".into()),
@@ -469,22 +507,13 @@ fn syntax_help(
         _ => {}
     }
     if op_kw.contains(&found) && (has("`|`") || has("`->`")) {
-        return Some(format!(
-            "operators are chained with `|`: write `| {found} ...`"
-        ));
+        return Some(format!("operators are chained with `|`: write `| {found} ...`"));
     }
     if first_word && has("`,`") {
         return Some("items in a list are separated by `,`: add one before this".into());
     }
-    if first_word
-        && expected
-            .iter()
-            .any(|e| e == "a name" || e == "a field name")
-        && crate::syntax::is_keyword(found)
-    {
-        return Some(format!(
-            "`{found}` is a reserved word and cannot name a declaration; choose another name"
-        ));
+    if first_word && expected.iter().any(|e| e == "a name" || e == "a field name") && crate::syntax::is_keyword(found) {
+        return Some(format!("`{found}` is a reserved word and cannot name a declaration; choose another name"));
     }
     if has("`}`") && found.starts_with("end of file") {
         return Some("a `{` is never closed: add `}`".into());
@@ -513,10 +542,7 @@ impl Builder<'_> {
     }
 
     fn ident(&self, p: P<'_>) -> Ident {
-        Ident {
-            name: p.as_str().to_string(),
-            span: self.span(&p),
-        }
+        Ident { name: p.as_str().to_string(), span: self.span(&p) }
     }
 
     fn item(&mut self, p: P<'_>) -> Option<Item> {
@@ -526,11 +552,7 @@ impl Builder<'_> {
                 let s = p.into_inner().next()?;
                 let path_span = self.span(&s);
                 let path = self.string(&s);
-                Item::Import(Import {
-                    path,
-                    path_span,
-                    span,
-                })
+                Item::Import(Import { path, path_span, span })
             }
             Rule::schema_decl => {
                 let mut it = p.into_inner();
@@ -543,12 +565,7 @@ impl Builder<'_> {
                 let name = self.ident(it.next()?);
                 let schema = self.ident(it.next()?);
                 let options = it.next().map(|o| self.options(o)).unwrap_or_default();
-                Item::Topic(TopicDecl {
-                    name,
-                    schema,
-                    options,
-                    span,
-                })
+                Item::Topic(TopicDecl { name, schema, options, span })
             }
             Rule::source_decl => {
                 let mut it = p.into_inner();
@@ -571,18 +588,10 @@ impl Builder<'_> {
                             let mut ci = c.into_inner();
                             let field = self.ident(ci.next()?);
                             let watermark = ci.next().map(|e| self.expr(e));
-                            d.event_time = Some(EventTime {
-                                field,
-                                watermark,
-                                span: cspan,
-                            });
+                            d.event_time = Some(EventTime { field, watermark, span: cspan });
                         }
-                        Rule::idle_clause => {
-                            d.idle_timeout = c.into_inner().next().map(|e| self.expr(e))
-                        }
-                        Rule::dead_letter_clause => {
-                            d.dead_letter = c.into_inner().next().map(|i| self.ident(i))
-                        }
+                        Rule::idle_clause => d.idle_timeout = c.into_inner().next().map(|e| self.expr(e)),
+                        Rule::dead_letter_clause => d.dead_letter = c.into_inner().next().map(|i| self.ident(i)),
                         _ => {}
                     }
                 }
@@ -600,12 +609,7 @@ impl Builder<'_> {
                         _ => {}
                     }
                 }
-                Item::Sink(SinkDecl {
-                    name: name?,
-                    schema,
-                    connector: connector?,
-                    span,
-                })
+                Item::Sink(SinkDecl { name: name?, schema, connector: connector?, span })
             }
             Rule::const_decl => {
                 let mut name = None;
@@ -619,12 +623,7 @@ impl Builder<'_> {
                         _ => {}
                     }
                 }
-                Item::Const(ConstDecl {
-                    name: name?,
-                    ty,
-                    value: value?,
-                    span,
-                })
+                Item::Const(ConstDecl { name: name?, ty, value: value?, span })
             }
             Rule::fn_decl => {
                 let mut name = None;
@@ -638,30 +637,17 @@ impl Builder<'_> {
                             let mut pi = c.into_inner();
                             let pname = self.ident(pi.next()?);
                             let pty = self.type_expr(pi.next()?);
-                            params.push(Param {
-                                name: pname,
-                                ty: pty,
-                            });
+                            params.push(Param { name: pname, ty: pty });
                         }
                         Rule::type_expr => ret = Some(self.type_expr(c)),
                         Rule::expr => body = Some(self.expr(c)),
                         _ => {}
                     }
                 }
-                Item::Fn(FnDecl {
-                    name: name?,
-                    params,
-                    ret: ret?,
-                    body: body?,
-                    span,
-                })
+                Item::Fn(FnDecl { name: name?, params, ret: ret?, body: body?, span })
             }
             Rule::config_decl => {
-                let options = p
-                    .into_inner()
-                    .next()
-                    .map(|o| self.options(o))
-                    .unwrap_or_default();
+                let options = p.into_inner().next().map(|o| self.options(o)).unwrap_or_default();
                 Item::Config(ConfigDecl { options, span })
             }
             Rule::pipeline_decl => {
@@ -679,13 +665,7 @@ impl Builder<'_> {
                         ops.push(op);
                     }
                 }
-                Item::Pipeline(PipelineDecl {
-                    name,
-                    input,
-                    ops,
-                    targets,
-                    span,
-                })
+                Item::Pipeline(PipelineDecl { name, input, ops, targets, span })
             }
             _ => return None,
         })
@@ -702,10 +682,7 @@ impl Builder<'_> {
     fn type_expr(&mut self, p: P<'_>) -> TypeExpr {
         let span = self.span(&p);
         let mut nullable = false;
-        let mut kind = TypeExprKind::Named(Ident {
-            name: String::new(),
-            span,
-        });
+        let mut kind = TypeExprKind::Named(Ident { name: String::new(), span });
         for c in p.into_inner() {
             match c.as_rule() {
                 Rule::nullable_mark => nullable = true,
@@ -727,21 +704,12 @@ impl Builder<'_> {
                     let (precision_span, scale_span) = (self.span(&pp), self.span(&sp));
                     let precision = pp.as_str().replace('_', "").parse().unwrap_or(u64::MAX);
                     let scale = sp.as_str().replace('_', "").parse().unwrap_or(u64::MAX);
-                    kind = TypeExprKind::Decimal {
-                        precision,
-                        scale,
-                        precision_span,
-                        scale_span,
-                    };
+                    kind = TypeExprKind::Decimal { precision, scale, precision_span, scale_span };
                 }
                 _ => {}
             }
         }
-        TypeExpr {
-            kind,
-            nullable,
-            span,
-        }
+        TypeExpr { kind, nullable, span }
     }
 
     fn options(&mut self, p: P<'_>) -> Vec<Opt> {
@@ -759,10 +727,7 @@ impl Builder<'_> {
     fn connector(&mut self, p: P<'_>) -> Connector {
         let span = self.span(&p);
         let mut it = p.into_inner();
-        let kind = it.next().map(|k| self.ident(k)).unwrap_or(Ident {
-            name: String::new(),
-            span,
-        });
+        let kind = it.next().map(|k| self.ident(k)).unwrap_or(Ident { name: String::new(), span });
         let args = it.map(|a| self.arg(a)).collect();
         Connector { kind, args, span }
     }
@@ -774,25 +739,11 @@ impl Builder<'_> {
             Some(n) if n.as_rule() == Rule::named_arg => {
                 let mut it = n.into_inner();
                 let name = it.next().map(|i| self.ident(i));
-                let value = it.next().map(|e| self.expr(e)).unwrap_or(Expr {
-                    kind: ExprKind::Error,
-                    span,
-                });
+                let value = it.next().map(|e| self.expr(e)).unwrap_or(Expr { kind: ExprKind::Error, span });
                 Arg { name, value, span }
             }
-            Some(e) => Arg {
-                name: None,
-                value: self.expr(e),
-                span,
-            },
-            None => Arg {
-                name: None,
-                value: Expr {
-                    kind: ExprKind::Error,
-                    span,
-                },
-                span,
-            },
+            Some(e) => Arg { name: None, value: self.expr(e), span },
+            None => Arg { name: None, value: Expr { kind: ExprKind::Error, span }, span },
         }
     }
 
@@ -813,10 +764,7 @@ impl Builder<'_> {
                     .filter_map(|c| match c.as_rule() {
                         Rule::select_all => Some(SelectItem::All(self.span(&c))),
                         Rule::select_named => self.named(c).map(SelectItem::Named),
-                        Rule::select_field => c
-                            .into_inner()
-                            .next()
-                            .map(|e| SelectItem::Expr(self.expr(e))),
+                        Rule::select_field => c.into_inner().next().map(|e| SelectItem::Expr(self.expr(e))),
                         _ => None,
                     })
                     .collect();
@@ -829,22 +777,13 @@ impl Builder<'_> {
                 let (mut lateness, mut late, mut emit_every) = (None, None, None);
                 for c in it {
                     match c.as_rule() {
-                        Rule::lateness_clause => {
-                            lateness = c.into_inner().next().map(|e| self.expr(e))
-                        }
+                        Rule::lateness_clause => lateness = c.into_inner().next().map(|e| self.expr(e)),
                         Rule::late_clause => late = c.into_inner().next().map(|i| self.ident(i)),
-                        Rule::emit_clause => {
-                            emit_every = c.into_inner().next().map(|e| self.expr(e))
-                        }
+                        Rule::emit_clause => emit_every = c.into_inner().next().map(|e| self.expr(e)),
                         _ => {}
                     }
                 }
-                OpKind::Window {
-                    spec,
-                    lateness,
-                    late,
-                    emit_every,
-                }
+                OpKind::Window { spec, lateness, late, emit_every }
             }
             Rule::aggregate_op => {
                 let mut items = Vec::new();
@@ -868,10 +807,7 @@ impl Builder<'_> {
                         _ => {}
                     }
                 }
-                OpKind::Dedup {
-                    by,
-                    within: within?,
-                }
+                OpKind::Dedup { by, within: within? }
             }
             Rule::top_op => {
                 let mut it = p.into_inner();
@@ -880,12 +816,7 @@ impl Builder<'_> {
                 let n = self.int_value(&np).map_or(u64::MAX, |v| v as u64);
                 let by = self.expr(it.next()?);
                 let descending = it.next().is_none_or(|o| o.as_str() == "desc");
-                OpKind::Top {
-                    n,
-                    n_span,
-                    by,
-                    descending,
-                }
+                OpKind::Top { n, n_span, by, descending }
             }
             Rule::join_op | Rule::lookup_op => {
                 let is_join = p.as_rule() == Rule::join_op;
@@ -901,9 +832,7 @@ impl Builder<'_> {
                         Rule::within_clause => {
                             bound = JoinBound::Within(self.expr(c.into_inner().next()?));
                         }
-                        Rule::join_window => {
-                            bound = JoinBound::Window(self.connector(c.into_inner().next()?))
-                        }
+                        Rule::join_window => bound = JoinBound::Window(self.connector(c.into_inner().next()?)),
                         _ => {}
                     }
                 }
@@ -911,20 +840,9 @@ impl Builder<'_> {
                 let other = names.next()?;
                 let alias = names.next();
                 if is_join {
-                    OpKind::Join {
-                        left_outer,
-                        other,
-                        alias,
-                        on: on?,
-                        bound,
-                    }
+                    OpKind::Join { left_outer, other, alias, on: on?, bound }
                 } else {
-                    OpKind::Lookup {
-                        left_outer,
-                        table: other,
-                        alias,
-                        on: on?,
-                    }
+                    OpKind::Lookup { left_outer, table: other, alias, on: on? }
                 }
             }
             Rule::union_op => OpKind::Union(p.into_inner().map(|i| self.ident(i)).collect()),
@@ -935,17 +853,9 @@ impl Builder<'_> {
                         let aspan = self.span(&arm);
                         let mut it = arm.into_inner();
                         let first = it.next()?;
-                        let cond = if first.as_rule() == Rule::route_else {
-                            None
-                        } else {
-                            Some(self.expr(first))
-                        };
+                        let cond = if first.as_rule() == Rule::route_else { None } else { Some(self.expr(first)) };
                         let target = self.ident(it.next()?);
-                        Some(RouteArm {
-                            cond,
-                            target,
-                            span: aspan,
-                        })
+                        Some(RouteArm { cond, target, span: aspan })
                     })
                     .collect();
                 OpKind::Route(arms)
@@ -969,25 +879,14 @@ impl Builder<'_> {
                             let name = self.ident(it.next()?);
                             let cond = self.expr(it.next()?);
                             let quantifier = it.next().map(|q| self.quantifier(q));
-                            steps.push(PatternStep {
-                                name,
-                                cond,
-                                quantifier,
-                                span: sspan,
-                            });
+                            steps.push(PatternStep { name, cond, quantifier, span: sspan });
                         }
                         Rule::within_clause => within = c.into_inner().next().map(|e| self.expr(e)),
-                        Rule::measures => {
-                            measures = c.into_inner().filter_map(|m| self.named(m)).collect()
-                        }
+                        Rule::measures => measures = c.into_inner().filter_map(|m| self.named(m)).collect(),
                         _ => {}
                     }
                 }
-                OpKind::Pattern {
-                    steps,
-                    within: within?,
-                    measures,
-                }
+                OpKind::Pattern { steps, within: within?, measures }
             }
             _ => return None,
         };
@@ -1032,10 +931,7 @@ impl Builder<'_> {
                         .help("split the expression into a `fn` or several steps"),
                 );
             }
-            Expr {
-                kind: ExprKind::Error,
-                span,
-            }
+            Expr { kind: ExprKind::Error, span }
         } else {
             self.expr_inner(p)
         };
@@ -1048,22 +944,12 @@ impl Builder<'_> {
         match p.as_rule() {
             Rule::expr => match p.into_inner().next() {
                 Some(c) => self.expr(c),
-                None => Expr {
-                    kind: ExprKind::Error,
-                    span,
-                },
+                None => Expr { kind: ExprKind::Error, span },
             },
-            Rule::or_expr
-            | Rule::and_expr
-            | Rule::add_expr
-            | Rule::mul_expr
-            | Rule::coalesce_expr => {
+            Rule::or_expr | Rule::and_expr | Rule::add_expr | Rule::mul_expr | Rule::coalesce_expr => {
                 let mut it = p.into_inner();
                 let Some(first) = it.next() else {
-                    return Expr {
-                        kind: ExprKind::Error,
-                        span,
-                    };
+                    return Expr { kind: ExprKind::Error, span };
                 };
                 let mut acc = self.expr(first);
                 while let (Some(op), Some(rhs)) = (it.next(), it.next()) {
@@ -1079,43 +965,28 @@ impl Builder<'_> {
                     };
                     let rhs = self.expr(rhs);
                     let s = acc.span.to(rhs.span);
-                    acc = Expr {
-                        kind: ExprKind::Binary(op, Box::new(acc), Box::new(rhs)),
-                        span: s,
-                    };
+                    acc = Expr { kind: ExprKind::Binary(op, Box::new(acc), Box::new(rhs)), span: s };
                 }
                 acc
             }
             Rule::not_expr => {
                 let parts: Vec<_> = p.into_inner().collect();
-                let nots: Vec<Span> = parts
-                    .iter()
-                    .filter(|c| c.as_rule() == Rule::not_op)
-                    .map(|c| self.span(c))
-                    .collect();
+                let nots: Vec<Span> =
+                    parts.iter().filter(|c| c.as_rule() == Rule::not_op).map(|c| self.span(c)).collect();
                 let Some(last) = parts.into_iter().last() else {
-                    return Expr {
-                        kind: ExprKind::Error,
-                        span,
-                    };
+                    return Expr { kind: ExprKind::Error, span };
                 };
                 let mut e = self.expr(last);
                 for ns in nots.into_iter().rev() {
                     let s = ns.to(e.span);
-                    e = Expr {
-                        kind: ExprKind::Unary(UnOp::Not, Box::new(e)),
-                        span: s,
-                    };
+                    e = Expr { kind: ExprKind::Unary(UnOp::Not, Box::new(e)), span: s };
                 }
                 e
             }
             Rule::cmp_expr => {
                 let mut it = p.into_inner();
                 let Some(first) = it.next() else {
-                    return Expr {
-                        kind: ExprKind::Error,
-                        span,
-                    };
+                    return Expr { kind: ExprKind::Error, span };
                 };
                 let lhs = self.expr(first);
                 let Some(next) = it.next() else { return lhs };
@@ -1131,15 +1002,9 @@ impl Builder<'_> {
                         };
                         let rhs = match it.next() {
                             Some(r) => self.expr(r),
-                            None => Expr {
-                                kind: ExprKind::Error,
-                                span,
-                            },
+                            None => Expr { kind: ExprKind::Error, span },
                         };
-                        Expr {
-                            kind: ExprKind::Binary(op, Box::new(lhs), Box::new(rhs)),
-                            span,
-                        }
+                        Expr { kind: ExprKind::Binary(op, Box::new(lhs), Box::new(rhs)), span }
                     }
                     Rule::in_suffix => {
                         let mut negated = false;
@@ -1151,24 +1016,11 @@ impl Builder<'_> {
                                 list.push(self.expr(c));
                             }
                         }
-                        Expr {
-                            kind: ExprKind::In {
-                                expr: Box::new(lhs),
-                                list,
-                                negated,
-                            },
-                            span,
-                        }
+                        Expr { kind: ExprKind::In { expr: Box::new(lhs), list, negated }, span }
                     }
                     _ => {
                         let negated = next.into_inner().any(|c| c.as_rule() == Rule::not_op);
-                        Expr {
-                            kind: ExprKind::IsNull {
-                                expr: Box::new(lhs),
-                                negated,
-                            },
-                            span,
-                        }
+                        Expr { kind: ExprKind::IsNull { expr: Box::new(lhs), negated }, span }
                     }
                 }
             }
@@ -1176,10 +1028,7 @@ impl Builder<'_> {
                 let parts: Vec<_> = p.into_inner().collect();
                 let negs = parts.iter().filter(|c| c.as_rule() == Rule::neg_op).count();
                 let Some(last) = parts.into_iter().last() else {
-                    return Expr {
-                        kind: ExprKind::Error,
-                        span,
-                    };
+                    return Expr { kind: ExprKind::Error, span };
                 };
                 // `-9223372036854775808` is a literal, not the negation of an overflowing one.
                 let (mut e, mut negs) = match (negs, self.negated_literal(&last)) {
@@ -1187,10 +1036,7 @@ impl Builder<'_> {
                     _ => (self.expr(last), negs),
                 };
                 while negs > 0 {
-                    e = Expr {
-                        kind: ExprKind::Unary(UnOp::Neg, Box::new(e)),
-                        span,
-                    };
+                    e = Expr { kind: ExprKind::Unary(UnOp::Neg, Box::new(e)), span };
                     negs -= 1;
                 }
                 e
@@ -1198,10 +1044,7 @@ impl Builder<'_> {
             Rule::postfix_expr => {
                 let mut it = p.into_inner();
                 let Some(first) = it.next() else {
-                    return Expr {
-                        kind: ExprKind::Error,
-                        span,
-                    };
+                    return Expr { kind: ExprKind::Error, span };
                 };
                 let mut e = self.primary(first);
                 for post in it {
@@ -1212,27 +1055,17 @@ impl Builder<'_> {
                         continue;
                     };
                     e = match rule {
-                        Rule::field_access => Expr {
-                            kind: ExprKind::Field(Box::new(e), self.ident(inner)),
-                            span: s,
-                        },
-                        Rule::safe_access => Expr {
-                            kind: ExprKind::SafeField(Box::new(e), self.ident(inner)),
-                            span: s,
-                        },
+                        Rule::field_access => Expr { kind: ExprKind::Field(Box::new(e), self.ident(inner)), span: s },
+                        Rule::safe_access => {
+                            Expr { kind: ExprKind::SafeField(Box::new(e), self.ident(inner)), span: s }
+                        }
                         Rule::index_access => {
                             let idx = self.expr(inner);
-                            Expr {
-                                kind: ExprKind::Index(Box::new(e), Box::new(idx)),
-                                span: s,
-                            }
+                            Expr { kind: ExprKind::Index(Box::new(e), Box::new(idx)), span: s }
                         }
                         _ => {
                             let t = self.type_expr(inner);
-                            Expr {
-                                kind: ExprKind::Cast(Box::new(e), t),
-                                span: s,
-                            }
+                            Expr { kind: ExprKind::Cast(Box::new(e), t), span: s }
                         }
                     };
                 }
@@ -1265,11 +1098,7 @@ impl Builder<'_> {
                 self.diags.push(
                     Diagnostic::error("E0004", self.span(p), "integer literal out of range")
                         .label("does not fit in a 64-bit signed integer")
-                        .help(format!(
-                            "the largest int is {}; use a float (`{}e0`) or a decimal",
-                            i64::MAX,
-                            digits
-                        )),
+                        .help(format!("the largest int is {}; use a float (`{}e0`) or a decimal", i64::MAX, digits)),
                 );
                 None
             }
@@ -1278,10 +1107,7 @@ impl Builder<'_> {
 
     fn primary(&mut self, p: P<'_>) -> Expr {
         let span = self.span(&p);
-        let err = Expr {
-            kind: ExprKind::Error,
-            span,
-        };
+        let err = Expr { kind: ExprKind::Error, span };
         let kind = match p.as_rule() {
             Rule::int_lit => self.int_value(&p).map_or(ExprKind::Error, ExprKind::Int),
             Rule::decimal_lit => {
@@ -1291,14 +1117,8 @@ impl Builder<'_> {
                 let precision = (int_trim.len() + frac.len()).max(1);
                 let all = format!("{int_part}{frac}");
                 match (u8::try_from(precision), all.parse::<i128>()) {
-                    (Ok(pr), Ok(units))
-                        if precision <= flow_types::DECIMAL_PRECISION_MAX as usize =>
-                    {
-                        ExprKind::Decimal {
-                            units,
-                            precision: pr,
-                            scale: frac.len() as u8,
-                        }
+                    (Ok(pr), Ok(units)) if precision <= flow_types::DECIMAL_PRECISION_MAX as usize => {
+                        ExprKind::Decimal { units, precision: pr, scale: frac.len() as u8 }
                     }
                     _ => {
                         self.diags.push(
@@ -1325,9 +1145,7 @@ impl Builder<'_> {
             }
             Rule::duration_lit | Rule::size_lit => {
                 let text = p.as_str();
-                let unit_start = text
-                    .find(|c: char| c.is_ascii_alphabetic())
-                    .unwrap_or(text.len());
+                let unit_start = text.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(text.len());
                 let n: Option<i64> = text[..unit_start].replace('_', "").parse().ok();
                 let unit = &text[unit_start..];
                 let mult: i64 = match unit {
@@ -1351,9 +1169,8 @@ impl Builder<'_> {
                     Some(v) => ExprKind::Size(v),
                     None => {
                         self.diags.push(
-                            Diagnostic::error("E0004", span, "literal out of range").label(
-                                format!("does not fit in 64 bits once converted from `{unit}`"),
-                            ),
+                            Diagnostic::error("E0004", span, "literal out of range")
+                                .label(format!("does not fit in 64 bits once converted from `{unit}`")),
                         );
                         ExprKind::Error
                     }
@@ -1385,9 +1202,7 @@ impl Builder<'_> {
             Rule::if_expr => {
                 let mut it = p.into_inner().map(|e| self.expr(e));
                 match (it.next(), it.next(), it.next()) {
-                    (Some(c), Some(t), Some(e)) => {
-                        ExprKind::If(Box::new(c), Box::new(t), Box::new(e))
-                    }
+                    (Some(c), Some(t), Some(e)) => ExprKind::If(Box::new(c), Box::new(t), Box::new(e)),
                     _ => ExprKind::Error,
                 }
             }
@@ -1408,16 +1223,10 @@ impl Builder<'_> {
                         _ => {}
                     }
                 }
-                ExprKind::Case {
-                    subject,
-                    arms,
-                    otherwise,
-                }
+                ExprKind::Case { subject, arms, otherwise }
             }
             Rule::list_lit => ExprKind::List(p.into_inner().map(|e| self.expr(e)).collect()),
-            Rule::record_lit => {
-                ExprKind::Record(p.into_inner().filter_map(|n| self.named(n)).collect())
-            }
+            Rule::record_lit => ExprKind::Record(p.into_inner().filter_map(|n| self.named(n)).collect()),
             Rule::expr
             | Rule::or_expr
             | Rule::and_expr
@@ -1484,7 +1293,9 @@ impl Builder<'_> {
                     self.diags.push(
                         Diagnostic::error("E0003", s, format!("unknown escape `\\{other}` in string"))
                             .label("not an escape")
-                            .help("the escapes are \\n \\t \\r \\0 \\\\ \\\" and \\u{...}; write a backslash as `\\\\`"),
+                            .help(
+                                "the escapes are \\n \\t \\r \\0 \\\\ \\\" and \\u{...}; write a backslash as `\\\\`",
+                            ),
                     );
                 }
             }
@@ -1544,10 +1355,7 @@ pub fn parse_timestamp(s: &str) -> Result<i64, String> {
     ms += (h * 60 + mi) * 60_000;
     let mut rest = &s[16..];
     if let Some(r) = rest.strip_prefix(':') {
-        let sec: i64 = r
-            .get(0..2)
-            .and_then(|t| t.parse().ok())
-            .ok_or("bad seconds")?;
+        let sec: i64 = r.get(0..2).and_then(|t| t.parse().ok()).ok_or("bad seconds")?;
         if sec > 59 {
             return Err(format!("second {sec} is not between 0 and 59"));
         }
@@ -1568,14 +1376,8 @@ pub fn parse_timestamp(s: &str) -> Result<i64, String> {
         return Ok(ms);
     }
     let sign = if rest.starts_with('-') { -1 } else { 1 };
-    let oh: i64 = rest
-        .get(1..3)
-        .and_then(|t| t.parse().ok())
-        .ok_or("bad offset")?;
-    let om: i64 = rest
-        .get(4..6)
-        .and_then(|t| t.parse().ok())
-        .ok_or("bad offset")?;
+    let oh: i64 = rest.get(1..3).and_then(|t| t.parse().ok()).ok_or("bad offset")?;
+    let om: i64 = rest.get(4..6).and_then(|t| t.parse().ok()).ok_or("bad offset")?;
     if oh > 23 || om > 59 {
         return Err(format!("offset {rest} is out of range"));
     }
@@ -1593,18 +1395,9 @@ mod tests {
     #[test]
     fn timestamps() {
         assert_eq!(parse_timestamp("1970-01-01"), Ok(0));
-        assert_eq!(
-            parse_timestamp("2023-11-14T22:13:20Z"),
-            Ok(1_700_000_000_000)
-        );
-        assert_eq!(
-            parse_timestamp("2023-11-14T23:13:20+01:00"),
-            Ok(1_700_000_000_000)
-        );
-        assert_eq!(
-            parse_timestamp("2023-11-14T22:13:20.5Z"),
-            Ok(1_700_000_000_500)
-        );
+        assert_eq!(parse_timestamp("2023-11-14T22:13:20Z"), Ok(1_700_000_000_000));
+        assert_eq!(parse_timestamp("2023-11-14T23:13:20+01:00"), Ok(1_700_000_000_000));
+        assert_eq!(parse_timestamp("2023-11-14T22:13:20.5Z"), Ok(1_700_000_000_500));
         assert!(parse_timestamp("2023-02-29").is_err());
         assert!(parse_timestamp("2024-02-29").is_ok());
         assert!(parse_timestamp("2023-13-01").is_err());
@@ -1635,7 +1428,8 @@ mod tests {
 
     #[test]
     fn literals_decode() {
-        let (f, d) = p("const a = -9223372036854775808\nconst b = 10_000.50\nconst c = \"x\\u{e9}\\n\"\nconst d = 2h\n");
+        let (f, d) =
+            p("const a = -9223372036854775808\nconst b = 10_000.50\nconst c = \"x\\u{e9}\\n\"\nconst d = 2h\n");
         assert!(d.is_empty(), "{d:?}");
         let vals: Vec<_> = f
             .items
@@ -1646,14 +1440,7 @@ mod tests {
             })
             .collect();
         assert_eq!(vals[0], ExprKind::Int(i64::MIN));
-        assert_eq!(
-            vals[1],
-            ExprKind::Decimal {
-                units: 1_000_050,
-                precision: 7,
-                scale: 2
-            }
-        );
+        assert_eq!(vals[1], ExprKind::Decimal { units: 1_000_050, precision: 7, scale: 2 });
         assert_eq!(vals[2], ExprKind::Str("xé\n".into()));
         assert_eq!(vals[3], ExprKind::Duration(7_200_000));
     }
