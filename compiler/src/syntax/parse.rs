@@ -14,8 +14,12 @@ use flow_grammar::{FlowParser, Rule};
 use pest::iterators::Pair;
 use pest::Parser;
 
-/// The deepest nesting of brackets (and of expressions) the front end accepts.
+/// The deepest nesting of brackets the front end accepts.
 pub const NESTING_DEPTH_MAX: usize = 128;
+
+/// The deepest expression tree (nesting plus chains of operators) the front end
+/// builds: it bounds the recursion of every later stage.
+pub const EXPR_DEPTH_MAX: usize = 1000;
 
 const DECL_KEYWORDS: &[&str] = &["schema", "topic", "source", "sink", "pipeline", "const", "fn", "import", "config"];
 
@@ -43,7 +47,7 @@ pub fn parse(file: FileId, text: &str) -> (File, Vec<Diagnostic>) {
                 let Some(item_only) = pairs.next() else {
                     continue;
                 };
-                let mut b = Builder { file, offset: chunk.start, diags: &mut diags, depth: 0 };
+                let mut b = Builder { file, offset: chunk.start, diags: &mut diags, depth: 0, deep_reported: false };
                 for p in item_only.into_inner() {
                     if p.as_rule() != Rule::EOI {
                         if let Some(item) = b.item(p) {
@@ -531,6 +535,7 @@ struct Builder<'d> {
     offset: usize,
     diags: &'d mut Vec<Diagnostic>,
     depth: usize,
+    deep_reported: bool,
 }
 
 type P<'i> = Pair<'i, Rule>;
@@ -921,13 +926,23 @@ impl Builder<'_> {
 
     fn expr(&mut self, p: P<'_>) -> Expr {
         let span = self.span(&p);
-        let counts = p.as_rule() == Rule::expr;
-        self.depth += usize::from(counts);
-        let e = if self.depth > NESTING_DEPTH_MAX {
-            if self.depth == NESTING_DEPTH_MAX + 1 {
+        // How much deeper this node makes the tree: a nested expression one level, a
+        // chain of n operators (`a + b + ...`, `not not ...`, `a.b.c`) n levels.
+        let weight = match p.as_rule() {
+            Rule::expr => 1,
+            Rule::or_expr | Rule::and_expr | Rule::add_expr | Rule::mul_expr | Rule::coalesce_expr => {
+                p.clone().into_inner().count() / 2
+            }
+            Rule::not_expr | Rule::unary_expr | Rule::postfix_expr => p.clone().into_inner().count().saturating_sub(1),
+            _ => 0,
+        };
+        self.depth += weight;
+        let e = if self.depth > EXPR_DEPTH_MAX {
+            if !self.deep_reported {
+                self.deep_reported = true;
                 self.diags.push(
-                    Diagnostic::error("E0011", span, "nesting is too deep")
-                        .label(format!("more than {NESTING_DEPTH_MAX} nested expressions"))
+                    Diagnostic::error("E0011", span, "expression is too deep")
+                        .label(format!("more than {EXPR_DEPTH_MAX} levels of operators and nesting"))
                         .help("split the expression into a `fn` or several steps"),
                 );
             }
@@ -935,7 +950,7 @@ impl Builder<'_> {
         } else {
             self.expr_inner(p)
         };
-        self.depth -= usize::from(counts);
+        self.depth -= weight;
         e
     }
 
