@@ -12,6 +12,7 @@
 //! - [`partitioner`]: Kafka's murmur2 default partitioner.
 //! - [`groups`]: committed offsets of consumer groups.
 //! - [`retention`]: the pure retention rule.
+//! - [`bench`]: the measurements behind `flowc bench log`.
 //! - [`io`]: the file-I/O and clock seams (and their fault-injecting test doubles).
 //!
 //! Invariants: offsets in a partition are dense from the first retained one; every
@@ -19,6 +20,7 @@
 //! acknowledged only after the promise of its [`Acks`] holds.
 
 pub mod batch;
+pub mod bench;
 pub mod error;
 pub mod groups;
 pub mod index;
