@@ -212,23 +212,31 @@ pub fn encode_batch(base_offset: u64, records: &[NewRecord]) -> BytesMut {
     buf.put_i16(-1);
     buf.put_i32(-1);
     buf.put_i32(records.len() as i32);
-    let mut rec = Vec::with_capacity(64);
     for (i, r) in records.iter().enumerate() {
-        rec.clear();
-        rec.push(0u8); // record attributes
-        put_varlong(&mut rec, r.timestamp_ms.wrapping_sub(base_ts));
-        put_varint(&mut rec, i as i32);
-        put_bytes(&mut rec, r.key.as_deref());
-        put_bytes(&mut rec, r.value.as_deref());
-        put_varint(&mut rec, r.headers.len() as i32);
+        let ts_delta = r.timestamp_ms.wrapping_sub(base_ts);
+        let body = 1
+            + varlong_len(ts_delta)
+            + varint_len(i as i32)
+            + bytes_len(r.key.as_deref())
+            + bytes_len(r.value.as_deref())
+            + varint_len(r.headers.len() as i32)
+            + r.headers
+                .iter()
+                .map(|h| bytes_len(Some(h.key.as_bytes())) + bytes_len(h.value.as_deref()))
+                .sum::<usize>();
+        put_varint(&mut buf, body as i32);
+        let start = buf.len();
+        buf.put_u8(0); // record attributes
+        put_varlong(&mut buf, ts_delta);
+        put_varint(&mut buf, i as i32);
+        put_bytes(&mut buf, r.key.as_deref());
+        put_bytes(&mut buf, r.value.as_deref());
+        put_varint(&mut buf, r.headers.len() as i32);
         for h in &r.headers {
-            put_bytes(&mut rec, Some(h.key.as_bytes()));
-            put_bytes(&mut rec, h.value.as_deref());
+            put_bytes(&mut buf, Some(h.key.as_bytes()));
+            put_bytes(&mut buf, h.value.as_deref());
         }
-        let mut len = Vec::with_capacity(5);
-        put_varint(&mut len, rec.len() as i32);
-        buf.put_slice(&len);
-        buf.put_slice(&rec);
+        debug_assert_eq!(buf.len() - start, body);
     }
     let batch_length = (buf.len() - LOG_OVERHEAD_BYTES) as i32;
     buf[8..12].copy_from_slice(&batch_length.to_be_bytes());
@@ -425,26 +433,46 @@ fn be_i16(b: &[u8], at: usize) -> i16 {
     i16::from_be_bytes([b[at], b[at + 1]])
 }
 
-fn put_uvarint(out: &mut Vec<u8>, mut v: u64) {
+fn put_uvarint(out: &mut impl BufMut, mut v: u64) {
     while v >= 0x80 {
-        out.push((v as u8) | 0x80);
+        out.put_u8((v as u8) | 0x80);
         v >>= 7;
     }
-    out.push(v as u8);
+    out.put_u8(v as u8);
 }
-fn put_varint(out: &mut Vec<u8>, v: i32) {
+fn put_varint(out: &mut impl BufMut, v: i32) {
     put_uvarint(out, ((v << 1) ^ (v >> 31)) as u32 as u64);
 }
-fn put_varlong(out: &mut Vec<u8>, v: i64) {
+fn put_varlong(out: &mut impl BufMut, v: i64) {
     put_uvarint(out, ((v << 1) ^ (v >> 63)) as u64);
 }
-fn put_bytes(out: &mut Vec<u8>, b: Option<&[u8]>) {
+fn put_bytes(out: &mut impl BufMut, b: Option<&[u8]>) {
     match b {
         None => put_varint(out, -1),
         Some(b) => {
             put_varint(out, b.len() as i32);
-            out.extend_from_slice(b);
+            out.put_slice(b);
         }
+    }
+}
+fn uvarint_len(mut v: u64) -> usize {
+    let mut n = 1;
+    while v >= 0x80 {
+        v >>= 7;
+        n += 1;
+    }
+    n
+}
+fn varint_len(v: i32) -> usize {
+    uvarint_len(((v << 1) ^ (v >> 31)) as u32 as u64)
+}
+fn varlong_len(v: i64) -> usize {
+    uvarint_len(((v << 1) ^ (v >> 63)) as u64)
+}
+fn bytes_len(b: Option<&[u8]>) -> usize {
+    match b {
+        None => varint_len(-1),
+        Some(b) => varint_len(b.len() as i32) + b.len(),
     }
 }
 

@@ -420,9 +420,8 @@ impl Partition {
                     // After a failed fsync the page cache state is unknown (the "fsyncgate"
                     // lesson): refuse further writes until the partition is reopened and
                     // recovered from what is really on disk.
-                    let reason = format!("fsync of {} failed: {e}", path.display());
-                    s.failed = Some(reason.clone());
-                    lock(&self.state).failed = Some(reason);
+                    // (check_writable sees this flag; taking `state` here would invert the lock order)
+                    s.failed = Some(format!("fsync of {} failed: {e}", path.display()));
                 }
             }
             self.sync_cv.notify_all();
@@ -434,6 +433,9 @@ impl Partition {
             return Err(LogError::ReadOnly(self.topic.clone()));
         }
         if let Some(reason) = &st.failed {
+            return Err(self.failed_error(reason.clone()));
+        }
+        if let Some(reason) = &lock(&self.sync).failed {
             return Err(self.failed_error(reason.clone()));
         }
         Ok(())
@@ -755,10 +757,12 @@ impl Partition {
                     )
                 })
         };
-        let Some((mut offset, seg_end)) = found else {
+        let Some((mut offset, _)) = found else {
             return Ok(None);
         };
-        while offset < seg_end.max(offset + 1) {
+        // The segment holds a record at or after `ts_ms`, so the scan ends there; it
+        // only runs past the segment if the data changed under us (then the end stops it).
+        loop {
             let batches = self.read(offset, 1024 * 1024)?;
             if batches.is_empty() {
                 return Ok(None);
@@ -782,7 +786,6 @@ impl Partition {
                 offset = b.last_offset() + 1;
             }
         }
-        Ok(None)
     }
 
     /// Wait (async) until the partition holds an offset `>= offset`, i.e. its end
