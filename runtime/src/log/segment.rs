@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use super::batch::{BatchError, BatchHeader, RecordBatch, BATCH_HEADER_BYTES};
+use super::batch::{BatchError, BatchHeader, RecordBatch, BATCH_HEADER_BYTES, MAGIC_V2};
 use super::index::{OffsetEntry, OffsetIndex, TimeEntry, TimeIndex};
 use super::io::{Io, IoFile};
 
@@ -65,9 +65,9 @@ pub struct ScanStop {
     /// The offset the next batch should have had.
     pub offset: u64,
     pub reason: BatchError,
-    /// True when everything from `position` to the end looks like an unfinished write:
-    /// an incomplete batch, a bad last batch that ends exactly at the end of the file,
-    /// or only zero bytes.
+    /// True when no valid batch follows the bad position, so what is there can only be
+    /// the remains of an unfinished write (a torn tail). False means good data follows
+    /// the damage: corruption before the tail.
     pub torn: bool,
 }
 
@@ -157,8 +157,8 @@ impl Segment {
             let header = match BatchHeader::parse(&window[at..]) {
                 Ok(h) => h,
                 Err(e) => {
-                    let torn = matches!(e, BatchError::Incomplete { .. })
-                        || all_zero(self.file.as_ref(), pos, limit)?;
+                    let torn =
+                        !valid_batch_follows(self.file.as_ref(), pos + 1, limit, self.next_offset)?;
                     return Ok(Some(stop(e, torn)));
                 }
             };
@@ -168,7 +168,9 @@ impl Segment {
                     needed: total as usize,
                     available: (limit - pos) as usize,
                 };
-                return Ok(Some(stop(e, true)));
+                let torn =
+                    !valid_batch_follows(self.file.as_ref(), pos + 1, limit, self.next_offset)?;
+                return Ok(Some(stop(e, torn)));
             }
             let bytes = if pos + total <= window_pos + window.len() as u64 {
                 window.slice(at..at + total as usize)
@@ -180,7 +182,8 @@ impl Segment {
             let batch = match checked {
                 Ok(b) => b,
                 Err(e) => {
-                    let torn = pos + total == limit || all_zero(self.file.as_ref(), pos, limit)?;
+                    let torn =
+                        !valid_batch_follows(self.file.as_ref(), pos + 1, limit, self.next_offset)?;
                     return Ok(Some(stop(e, torn)));
                 }
             };
@@ -189,7 +192,9 @@ impl Segment {
                     index: 0,
                     what: "batch base offset breaks the dense offset sequence",
                 };
-                return Ok(Some(stop(e, false)));
+                let torn =
+                    !valid_batch_follows(self.file.as_ref(), pos + 1, limit, self.next_offset)?;
+                return Ok(Some(stop(e, torn)));
             }
             self.on_append(batch.header(), total, index_interval_bytes);
             pos += total;
@@ -264,15 +269,46 @@ pub fn read_range(file: &dyn IoFile, pos: u64, len: usize) -> std::io::Result<By
     Ok(buf.freeze())
 }
 
-fn all_zero(file: &dyn IoFile, from: u64, to: u64) -> std::io::Result<bool> {
-    let mut pos = from;
-    while pos < to {
-        let len = (SCAN_WINDOW_BYTES as u64).min(to - pos) as usize;
-        let b = read_range(file, pos, len)?;
-        if b.iter().any(|&x| x != 0) {
-            return Ok(false);
+/// Whether a complete, CRC-valid batch with base offset `>= min_offset` starts at any
+/// byte in `from..limit`. Used after a bad batch to tell a torn tail (nothing valid
+/// follows: the remains of an interrupted write) from corruption before the tail.
+fn valid_batch_follows(
+    file: &dyn IoFile,
+    from: u64,
+    limit: u64,
+    min_offset: u64,
+) -> std::io::Result<bool> {
+    let mut wpos = from;
+    while wpos + BATCH_HEADER_BYTES as u64 <= limit {
+        let len = (SCAN_WINDOW_BYTES as u64).min(limit - wpos) as usize;
+        let w = read_range(file, wpos, len)?;
+        // Candidate starts whose header lies wholly inside this window.
+        let last_start = len - BATCH_HEADER_BYTES;
+        for q in 0..=last_start {
+            if w[q + 16] != MAGIC_V2 as u8 {
+                continue;
+            }
+            let Ok(h) = BatchHeader::parse(&w[q..]) else {
+                continue;
+            };
+            if (h.base_offset as u64) < min_offset {
+                continue;
+            }
+            let start = wpos + q as u64;
+            let total = h.total_bytes();
+            if start + total as u64 > limit {
+                continue;
+            }
+            let bytes = if q + total <= w.len() {
+                w.slice(q..q + total)
+            } else {
+                read_range(file, start, total)?
+            };
+            if RecordBatch::from_bytes(bytes).is_ok() {
+                return Ok(true);
+            }
         }
-        pos += len as u64;
+        wpos += last_start as u64 + 1;
     }
-    Ok(true)
+    Ok(false)
 }
