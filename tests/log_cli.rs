@@ -455,3 +455,53 @@ fn data_dir_comes_from_the_environment() {
     ok(&o);
     assert!(d.path().join("envtopic/meta.json").is_file());
 }
+
+#[test]
+fn a_reader_that_goes_away_ends_consume_quietly() {
+    use std::io::BufRead;
+    let d = tempfile::tempdir().unwrap();
+    let dd = d.path();
+    ok(&flowc(dd, &["topic", "create", "big"], None));
+    let input: String = (0..20_000)
+        .map(|i| format!("{{\"i\":{i},\"pad\":\"{}\"}}\n", "p".repeat(40)))
+        .collect();
+    assert_eq!(
+        ok(&flowc(
+            dd,
+            &["produce", "big", "--acks", "os"],
+            Some(&input)
+        ))
+        .trim(),
+        "20000 records acknowledged"
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flowc"))
+        .args([
+            "consume",
+            "big",
+            "--from-beginning",
+            "--group",
+            "h",
+            "--data-dir",
+        ])
+        .arg(dd)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with("{\"i\":0,"), "{first}");
+    // The reader is gone (like `| head -1`).
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Only what was flushed before the pipe broke may be committed: the group resumes
+    // at or before the first record that could not be delivered.
+    let rest = ok(&flowc(dd, &["consume", "big", "--group", "h"], None));
+    assert!(!rest.is_empty(), "records not delivered are read again");
+}

@@ -542,7 +542,10 @@ fn consume(a: ConsumeArgs) -> miette::Result<ExitCode> {
     let max = a.max.unwrap_or(u64::MAX);
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let mut dirty = false;
+    // Positions whose records have all been flushed to stdout: only these are
+    // committed for a group, so a consumer killed or cut off (`| head`) re-reads what
+    // it may not have delivered (at least once).
+    let mut flushed = positions.clone();
     let commit = |positions: &BTreeMap<u32, u64>| -> miette::Result<()> {
         if let Some(g) = &a.group {
             dir.groups()
@@ -551,6 +554,8 @@ fn consume(a: ConsumeArgs) -> miette::Result<ExitCode> {
         }
         Ok(())
     };
+    // A reader that went away (EPIPE) ends the run normally.
+    let broken_pipe = |e: &std::io::Error| e.kind() == std::io::ErrorKind::BrokenPipe;
     'outer: loop {
         let mut progressed = false;
         for &p in &partitions {
@@ -569,11 +574,16 @@ fn consume(a: ConsumeArgs) -> miette::Result<ExitCode> {
                 if printed >= max || (!a.follow && r.offset >= stop_at[&p]) {
                     break;
                 }
-                print_record(&mut out, p, &r, a.format).map_err(io_err)?;
+                match print_record(&mut out, p, &r, a.format) {
+                    Ok(()) => {}
+                    Err(e) if broken_pipe(&e) => {
+                        return commit(&flushed).map(|()| ExitCode::SUCCESS)
+                    }
+                    Err(e) => return Err(io_err(e)),
+                }
                 positions.insert(p, r.offset + 1);
                 printed += 1;
                 progressed = true;
-                dirty = true;
             }
         }
         if printed >= max {
@@ -583,10 +593,14 @@ fn consume(a: ConsumeArgs) -> miette::Result<ExitCode> {
             if !a.follow {
                 break;
             }
-            out.flush().map_err(io_err)?;
-            if dirty {
-                commit(&positions)?;
-                dirty = false;
+            match out.flush() {
+                Ok(()) => {}
+                Err(e) if broken_pipe(&e) => return commit(&flushed).map(|()| ExitCode::SUCCESS),
+                Err(e) => return Err(io_err(e)),
+            }
+            if flushed != positions {
+                flushed = positions.clone();
+                commit(&flushed)?;
             }
             std::thread::sleep(Duration::from_millis(FOLLOW_POLL_MS));
             for &p in &partitions {
@@ -594,10 +608,12 @@ fn consume(a: ConsumeArgs) -> miette::Result<ExitCode> {
             }
         }
     }
-    out.flush().map_err(io_err)?;
-    if dirty || a.group.is_some() {
-        commit(&positions)?;
+    match out.flush() {
+        Ok(()) => flushed = positions,
+        Err(e) if broken_pipe(&e) => {}
+        Err(e) => return Err(io_err(e)),
     }
+    commit(&flushed)?;
     Ok(ExitCode::SUCCESS)
 }
 

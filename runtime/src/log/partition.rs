@@ -387,6 +387,15 @@ impl Partition {
         Ok(appended)
     }
 
+    /// Block until every offset up to and including `offset` is fsynced (sharing the
+    /// fsync with concurrent appenders). `append(.., Acks::Os)` followed by this is
+    /// `append(.., Acks::Fsync)` split in two, so a caller can overlap several partitions.
+    /// Offsets not written yet are ignored (only what exists can be synced).
+    pub fn sync_through(&self, offset: u64) -> Result<()> {
+        let end = offset.saturating_add(1).min(self.end_offset());
+        self.wait_durable(end)
+    }
+
     /// Group commit: wait until every offset below `end` is fsynced, doing the fsync
     /// ourselves if nobody else is.
     fn wait_durable(&self, end: u64) -> Result<()> {
