@@ -61,12 +61,14 @@ pub enum TopicCommand {
     },
     /// Show each partition's offsets, size and segments
     Describe {
+        /// Topic name
         name: String,
         #[command(flatten)]
         data: DataDir,
     },
     /// Delete a topic and its consumer groups' offsets
     Delete {
+        /// Topic name
         name: String,
         #[command(flatten)]
         data: DataDir,
@@ -75,6 +77,7 @@ pub enum TopicCommand {
 
 #[derive(Debug, Args)]
 pub struct TopicCreateArgs {
+    /// Topic name
     pub name: String,
     /// Number of partitions
     #[arg(long, default_value_t = 1)]
@@ -102,6 +105,7 @@ pub enum AcksArg {
 
 #[derive(Debug, Args)]
 pub struct ProduceArgs {
+    /// Topic name
     pub name: String,
     /// Use this JSON field as the record key (records with the same key go to the same partition)
     #[arg(long, value_name = "FIELD", conflicts_with = "raw")]
@@ -129,6 +133,7 @@ pub enum FormatArg {
 
 #[derive(Debug, Args)]
 pub struct ConsumeArgs {
+    /// Topic name
     pub name: String,
     /// Start at each partition's first retained offset
     #[arg(long, conflicts_with_all = ["offset", "from_time"])]

@@ -38,7 +38,7 @@ impl Rng {
 /// length that varies, so a torn or misplaced record cannot pass for a good one.
 fn value(run: u64, thread: usize, seq: u64) -> Vec<u8> {
     let mut v = format!("r{run}-t{thread}-s{seq}|").into_bytes();
-    let pad = (seq.wrapping_mul(2_654_435_761) % 300) as usize;
+    let pad = (seq.wrapping_mul(2_654_435_761) % 600) as usize;
     v.extend((0..pad).map(|i| b'a' + ((i as u64 + seq) % 26) as u8));
     v
 }
@@ -80,7 +80,13 @@ fn crash_child() {
                 let mut rng = Rng(run * 1000 + thread as u64);
                 let mut seq = 0u64;
                 loop {
-                    let n = 1 + rng.below(40);
+                    // Mostly small appends; now and then a ~1 MB one, which a kill can
+                    // interrupt halfway through its write (a torn tail for recovery).
+                    let n = if rng.below(10) == 0 {
+                        2000 + rng.below(2000)
+                    } else {
+                        1 + rng.below(40)
+                    };
                     let recs: Vec<NewRecord> = (0..n)
                         .map(|k| {
                             NewRecord::new(
