@@ -490,3 +490,35 @@ fn keyed_records_follow_murmur2() {
     }
     assert_eq!(ends, want);
 }
+
+#[test]
+fn flush_syncs_os_acked_appends_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (io, faults) = FaultyIo::new();
+    let dir = LogDir::with_io(
+        tmp.path(),
+        Arc::new(io),
+        Arc::new(flow_runtime::log::io::SystemClock),
+    );
+    dir.create_topic("t", &TopicConfig::default()).unwrap();
+    let t = dir.open_topic("t", Access::ReadWrite).unwrap();
+    let p = t.partition(0).unwrap();
+    let before = faults.syncs.load(Ordering::SeqCst);
+    for i in 0..10 {
+        p.append(&[rec(i, "x")], Acks::Os).unwrap();
+    }
+    assert_eq!(
+        faults.syncs.load(Ordering::SeqCst),
+        before,
+        "os acks never fsync"
+    );
+    p.flush().unwrap();
+    assert_eq!(faults.syncs.load(Ordering::SeqCst), before + 1);
+    p.flush().unwrap();
+    p.append(&[rec(11, "y")], Acks::Fsync).unwrap();
+    assert_eq!(
+        faults.syncs.load(Ordering::SeqCst),
+        before + 2,
+        "nothing new to sync, then one fsync"
+    );
+}

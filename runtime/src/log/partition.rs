@@ -867,15 +867,10 @@ impl Partition {
         }
     }
 
-    /// Write the active segment's indexes (used on clean shutdown; recovery rebuilds
-    /// them anyway, so this only saves work).
+    /// Make everything appended so far durable (as if it had been appended with
+    /// [`Acks::Fsync`]), sharing the fsync with concurrent appenders.
     pub fn flush(&self) -> Result<()> {
-        let st = lock(&self.state);
-        if let Some(seg) = st.segments.last() {
-            seg.file
-                .sync_data()
-                .map_err(|e| LogError::io(format!("syncing {}", seg.path.display()), e))?;
-        }
-        Ok(())
+        let end = self.end_offset();
+        self.wait_durable(end)
     }
 }
