@@ -522,3 +522,33 @@ fn flush_syncs_os_acked_appends_once() {
         "nothing new to sync, then one fsync"
     );
 }
+
+#[test]
+fn topic_retention_pass_covers_every_partition() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(0);
+    let dir = LogDir::with_io(tmp.path(), Arc::new(StdIo), clock.clone());
+    let cfg = TopicConfig {
+        partitions: 2,
+        retention_ms: Some(1000),
+        ..TopicConfig::default()
+    };
+    dir.create_topic("r", &cfg).unwrap();
+    let t = dir.open_topic("r", Access::ReadWrite).unwrap();
+    for p in t.partitions() {
+        p.append(&[rec(0, "old")], Acks::Os).unwrap();
+        p.roll().unwrap(); // not expired yet: kept
+        p.append(&[rec(0, "active")], Acks::Os).unwrap();
+    }
+    assert_eq!(t.enforce_retention().unwrap().segments_deleted, 0);
+    clock.advance(1001);
+    let out = t.enforce_retention().unwrap();
+    assert_eq!(out.segments_deleted, 2, "one sealed segment per partition");
+    for p in t.partitions() {
+        assert_eq!(
+            (p.start_offset(), p.end_offset()),
+            (1, 2),
+            "the active segment stays"
+        );
+    }
+}

@@ -18,6 +18,7 @@ use super::groups::{GroupStore, GROUPS_DIR};
 use super::io::{try_lock_file, Clock, Io, StdIo, SystemClock};
 use super::partition::{
     Access, Acks, Appended, Partition, PartitionConfig, PartitionInfo, RecoveryEvent,
+    RetentionOutcome,
 };
 use super::partitioner::Partitioner;
 use super::retention::RetentionPolicy;
@@ -379,6 +380,18 @@ impl Topic {
     }
     pub fn describe(&self) -> Vec<PartitionInfo> {
         self.partitions.iter().map(Partition::info).collect()
+    }
+
+    /// Run a retention pass on every partition (a long-running process calls this
+    /// periodically; rolls and opens run one anyway).
+    pub fn enforce_retention(&self) -> Result<RetentionOutcome> {
+        let mut total = RetentionOutcome::default();
+        for p in &self.partitions {
+            let o = p.enforce_retention()?;
+            total.segments_deleted += o.segments_deleted;
+            total.bytes_deleted += o.bytes_deleted;
+        }
+        Ok(total)
     }
 
     /// The partition for a record: murmur2 of the key, or round-robin when unkeyed.
