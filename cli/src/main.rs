@@ -4,6 +4,7 @@
 //! as JSON, and exit codes. It holds no compiler or runtime logic of its own.
 
 mod front;
+mod log_cmd;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -70,6 +71,8 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    #[command(flatten)]
+    Log(log_cmd::LogCommand),
 }
 
 fn main() -> ExitCode {
@@ -84,6 +87,13 @@ fn main() -> ExitCode {
             clap_complete::generate(shell, &mut Cli::command(), "flowc", &mut std::io::stdout());
             ExitCode::SUCCESS
         }
+        Command::Log(cmd) => match log_cmd::run(cmd) {
+            Ok(code) => code,
+            Err(report) => {
+                eprintln!("{report:?}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 

@@ -31,7 +31,7 @@ schema Alert{i} {{
 }}
 
 const LIMIT{i} = 10_000.00
-fn fee{i}(amount: decimal(12, 2)) -> decimal(26, 4) = amount * 0.015
+fn fee{i}(amount: decimal(12, 2)) -> decimal(15, 5) = amount * 0.015
 
 topic txns{i}: Txn{i} {{ partitions: 4, key: account, retention: 7d }}
 topic alerts{i}: Alert{i} {{ partitions: 1 }}
