@@ -4,6 +4,8 @@
 //! widen) and what a value of one looks like at run time. It knows nothing of syntax,
 //! spans, diagnostics or execution.
 
+pub mod row;
+
 use std::fmt;
 use std::sync::Arc;
 
