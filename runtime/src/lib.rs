@@ -1,4 +1,5 @@
 //! The flow runtime: the durable log, operators, event time, state, checkpoints and
 //! connectors. It consumes the compiler's plans and knows nothing of .flow syntax.
 
+pub mod format;
 pub mod log;

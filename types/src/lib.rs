@@ -5,6 +5,7 @@
 //! spans, diagnostics or execution.
 
 pub mod row;
+pub mod time;
 
 use std::fmt;
 use std::sync::Arc;
