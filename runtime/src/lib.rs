@@ -2,4 +2,6 @@
 //! connectors. It consumes the compiler's plans and knows nothing of .flow syntax.
 
 pub mod format;
+pub mod generate;
 pub mod log;
+// pub mod run;
