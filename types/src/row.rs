@@ -11,6 +11,13 @@
 //! `base.len()` is in `base`; others are in `extra` (minus `base.len()`). So a
 //! projection that only moves strings copies no string bytes.
 //!
+//! A stage (filter, projection) writes its output with `BatchBuilder::with_base(layout,
+//! input.arena_bytes())`: the input's whole arena becomes the output's `base`, so every
+//! input offset stays valid in the output and strings moved unchanged are not copied.
+//! [`Batch::arena_bytes`] is zero-copy when the input arena is in one piece (`base` or
+//! `extra` empty, the usual case: a source batch has only `extra`, a stage's output
+//! only `base` when it made no new strings) and one concatenating copy otherwise.
+//!
 //! Slot encodings: bool as 0/1 in the low byte; int, timestamp and duration as `i64`;
 //! float as `f64` bits; decimal(p <= 18, s) as `i64` units, decimal(p > 18, s) as `i128`
 //! units (little endian); string as (offset, len) of UTF-8 bytes; list and record as
@@ -135,6 +142,35 @@ impl Batch {
         }
     }
 
+    /// The whole arena as one `Bytes` (`base` then `extra`), in which every arena
+    /// offset of this batch is valid unchanged. Zero-copy when either part is empty.
+    pub fn arena_bytes(&self) -> Bytes {
+        if self.extra.is_empty() {
+            self.base.clone()
+        } else if self.base.is_empty() {
+            self.extra.clone()
+        } else {
+            let mut v = Vec::with_capacity(self.base.len() + self.extra.len());
+            v.extend_from_slice(&self.base);
+            v.extend_from_slice(&self.extra);
+            Bytes::from(v)
+        }
+    }
+
+    /// Rows `from..` as a batch sharing this one's bytes (for resuming after a row
+    /// that failed).
+    pub fn slice_from(&self, from: usize) -> Batch {
+        let from = from.min(self.len);
+        let w = self.layout.width as usize;
+        Batch {
+            layout: self.layout.clone(),
+            rows: self.rows.slice(from * w..self.len * w),
+            len: self.len - from,
+            base: self.base.clone(),
+            extra: self.extra.clone(),
+        }
+    }
+
     /// Every row as values (for tests, sinks and the interpreter's edges).
     pub fn to_values(&self) -> Vec<Vec<Value>> {
         (0..self.len).map(|i| self.row(i).values()).collect()
@@ -245,6 +281,11 @@ impl BatchBuilder {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// The shared start of the arena (see [`BatchBuilder::with_base`]).
+    pub fn base(&self) -> &Bytes {
+        &self.base
     }
 
     /// Bytes held so far (rows and new arena bytes), for batch size limits.
