@@ -5,6 +5,7 @@
 
 mod front;
 mod log_cmd;
+mod run_cmd;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -61,6 +62,21 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         width: usize,
     },
+    /// Check a .flow file and run its pipelines on the embedded runtime.
+    Run {
+        file: PathBuf,
+        /// Run only this pipeline (repeatable); all of them by default.
+        #[arg(long = "pipeline")]
+        pipelines: Vec<String>,
+        /// The log's data directory.
+        #[arg(long, env = "FLOW_DATA_DIR", default_value = "./.flow/data")]
+        data_dir: PathBuf,
+        /// Stop at the first bad record instead of dead-lettering it.
+        #[arg(long)]
+        strict: bool,
+        #[arg(long, default_value_t = 100)]
+        width: usize,
+    },
     /// Explain an error or warning code, e.g. `flowc explain E0201`.
     Explain {
         /// The code (`E0201`, `w0001`...); without one, list every code.
@@ -83,6 +99,9 @@ fn main() -> ExitCode {
         }
         Command::Compile { file, emit, width } => front::compile(&file, emit, width),
         Command::Explain { code } => front::explain(code.as_deref()),
+        Command::Run { file, pipelines, data_dir, strict, width } => {
+            run_cmd::run(run_cmd::RunArgs { file, pipelines, data_dir, strict, width })
+        }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "flowc", &mut std::io::stdout());
             ExitCode::SUCCESS

@@ -4,4 +4,4 @@
 pub mod format;
 pub mod generate;
 pub mod log;
-// pub mod run;
+pub mod run;
