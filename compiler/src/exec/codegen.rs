@@ -69,6 +69,25 @@ pub fn clif(spec: &StageSpec, program: &ir::Program) -> Result<String, CompileEr
     Ok(ctx.func.display().to_string())
 }
 
+/// The Cranelift IR of every fused stage of every pipeline, each under a comment
+/// naming its pipeline and operators (`flowc compile --emit clif`).
+pub fn clif_program(program: &ir::Program) -> Result<String, CompileError> {
+    let mut out = String::new();
+    for p in &program.pipelines {
+        for (n, spec) in super::stage::fused_stages(p).iter().enumerate() {
+            out.push_str(&format!("; pipeline {} stage {n}\n", p.name));
+            let mut input = spec.input.clone();
+            for op in &spec.ops {
+                out.push_str(&format!(";   {}\n", program.op_text(op, &input)));
+                input = op.output.clone();
+            }
+            out.push_str(&clif(spec, program)?);
+            out.push('\n');
+        }
+    }
+    Ok(out)
+}
+
 fn new_module(opts: Options, span: Span) -> Result<JITModule, CompileError> {
     let mut flags = settings::builder();
     let set =
@@ -825,6 +844,14 @@ impl<'b> Gen<'_, 'b> {
     }
 
     fn cast(&mut self, e: &Expr, x: &Expr) -> Result<V, CompileError> {
+        if let ExprKind::Literal(lit) = &x.kind {
+            // Folded at compile time (`amount > 0.0` compares with a decimal constant);
+            // a cast that fails is left to run time, where it reports its error.
+            let site = Site { op: NativeOp::Cast, args: vec![x.ty.clone()], ret: e.ty.clone() };
+            if let Ok(v) = native::apply(&site, std::slice::from_ref(lit)) {
+                return Ok(self.literal(&v, &e.ty));
+            }
+        }
         let v = self.expr(x)?;
         Ok(match (&x.ty.kind, &e.ty.kind) {
             (Kind::Int, Kind::Float) => V { null: v.null, a: self.ins().fcvt_from_sint(types::F64, v.a), b: None },

@@ -30,6 +30,24 @@ impl StageSpec {
     }
 }
 
+/// The maximal runs of consecutive filters and projections of a pipeline, in order,
+/// each with its input record (what a physical plan fuses into one stage).
+pub fn fused_stages(p: &ir::Pipeline) -> Vec<StageSpec> {
+    let mut out = Vec::new();
+    let mut input = p.input_schema.clone();
+    let mut run: Option<StageSpec> = None;
+    for op in &p.ops {
+        if matches!(op.kind, OpKind::Filter(_) | OpKind::Project(_)) {
+            run.get_or_insert_with(|| StageSpec { input: input.clone(), ops: Vec::new() }).ops.push(op.clone());
+        } else if let Some(r) = run.take() {
+            out.push(r);
+        }
+        input = op.output.clone();
+    }
+    out.extend(run);
+    out
+}
+
 /// A compiled or interpreted stage.
 pub trait Stage: Send + Sync {
     /// Runs every row of `input`, appending the rows that pass to `out` (made by
