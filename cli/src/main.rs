@@ -34,6 +34,8 @@ enum Emit {
     Ir,
     /// The logical plan: the dataflow graph with schemas and partitioning.
     Plan,
+    /// The Cranelift IR of each fused stateless stage (filters and projections).
+    Clif,
 }
 
 #[derive(Subcommand, Debug)]

@@ -10,6 +10,7 @@
 //! semantics"); the property test in `compiler/tests/jit_vs_interp.rs` holds them to it.
 //! This layer knows rows and values, not tasks, channels or connectors.
 
+pub mod codegen;
 pub mod interp;
 pub mod stage;
 

@@ -30,6 +30,24 @@ impl StageSpec {
     }
 }
 
+/// The maximal runs of consecutive filters and projections of a pipeline, in order,
+/// each with its input record (what a physical plan fuses into one stage).
+pub fn fused_stages(p: &ir::Pipeline) -> Vec<StageSpec> {
+    let mut out = Vec::new();
+    let mut input = p.input_schema.clone();
+    let mut run: Option<StageSpec> = None;
+    for op in &p.ops {
+        if matches!(op.kind, OpKind::Filter(_) | OpKind::Project(_)) {
+            run.get_or_insert_with(|| StageSpec { input: input.clone(), ops: Vec::new() }).ops.push(op.clone());
+        } else if let Some(r) = run.take() {
+            out.push(r);
+        }
+        input = op.output.clone();
+    }
+    out.extend(run);
+    out
+}
+
 /// A compiled or interpreted stage.
 pub trait Stage: Send + Sync {
     /// Runs every row of `input`, appending the rows that pass to `out` (made by
@@ -224,6 +242,12 @@ impl Stage for Interpreted {
     }
 }
 
+/// The stage compiled to native code by cranelift (see [`super::codegen`]).
+pub fn jit(spec: &StageSpec, program: &ir::Program) -> Result<Box<dyn Stage>, CompileError> {
+    validate(spec)?;
+    Ok(Box::new(super::codegen::compile(spec, program, super::codegen::Options::default())?))
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -273,41 +297,43 @@ pub(crate) mod tests {
              | select {{ id, n2: n * 2, up: upper(id), total: amount * 2 }} | where n2 is not null -> o"
         );
         let (spec, prog) = spec_of(&src);
-        let stage = interpreted(&spec, &prog).unwrap();
-        let input = txn_batch(
-            &[
-                row("ab", 100, Some(3), 1.0),
-                row("b", 100, Some(1), 1.0),
-                row("ac", -5, Some(1), 1.0),
-                row("ad", 7, None, 0.5),
-            ],
-            &spec,
-        );
-        let (rows, err) = run_stage(&*stage, &input);
-        assert_eq!(err, None);
-        assert_eq!(
-            rows,
-            vec![vec![
-                Value::String("ab".into()),
-                Value::Int(6),
-                Value::String("AB".into()),
-                Value::Decimal { units: 200, scale: 2 }
-            ]]
-        );
+        for stage in [interpreted(&spec, &prog).unwrap(), jit(&spec, &prog).unwrap()] {
+            let input = txn_batch(
+                &[
+                    row("ab", 100, Some(3), 1.0),
+                    row("b", 100, Some(1), 1.0),
+                    row("ac", -5, Some(1), 1.0),
+                    row("ad", 7, None, 0.5),
+                ],
+                &spec,
+            );
+            let (rows, err) = run_stage(&*stage, &input);
+            assert_eq!(err, None);
+            assert_eq!(
+                rows,
+                vec![vec![
+                    Value::String("ab".into()),
+                    Value::Int(6),
+                    Value::String("AB".into()),
+                    Value::Decimal { units: 200, scale: 2 }
+                ]]
+            );
+        }
     }
 
     #[test]
     fn errors_name_the_row_and_span() {
         let src = format!("{TXN}pipeline p = from s | select {{ q: 10 / n }} -> o");
         let (spec, prog) = spec_of(&src);
-        let stage = interpreted(&spec, &prog).unwrap();
-        let input =
-            txn_batch(&[row("a", 1, Some(5), 1.0), row("b", 1, Some(0), 1.0), row("c", 1, Some(1), 1.0)], &spec);
-        let (rows, err) = run_stage(&*stage, &input);
-        let err = err.expect("division by zero");
-        assert_eq!((err.message.as_str(), err.row), ("division by zero", 1));
-        assert_eq!(&src[err.span.range()], "10 / n");
-        assert_eq!(rows, vec![vec![Value::Int(2)]]);
+        for stage in [interpreted(&spec, &prog).unwrap(), jit(&spec, &prog).unwrap()] {
+            let input =
+                txn_batch(&[row("a", 1, Some(5), 1.0), row("b", 1, Some(0), 1.0), row("c", 1, Some(1), 1.0)], &spec);
+            let (rows, err) = run_stage(&*stage, &input);
+            let err = err.expect("division by zero");
+            assert_eq!((err.message.as_str(), err.row), ("division by zero", 1));
+            assert_eq!(&src[err.span.range()], "10 / n");
+            assert_eq!(rows, vec![vec![Value::Int(2)]]);
+        }
     }
 
     #[test]
