@@ -32,16 +32,26 @@ fn setup(flow: &str) -> tempfile::TempDir {
     dir
 }
 
-fn run_once(flow: &str, out_file: &str) -> (String, String) {
-    let dir = setup(flow);
-    let o = flowc(dir.path(), &["run", "p.flow", "--data-dir", "data"]);
-    assert!(o.status.success(), "run failed: {}", text(&o.stderr));
-    (std::fs::read_to_string(dir.path().join(out_file)).expect("output written"), text(&o.stderr))
+/// Runs `flow` with the JIT and with the interpreter; both must write the same output.
+fn run_both_engines(flow: &str, out_file: &str) -> (String, String) {
+    let mut outs = Vec::new();
+    for jit in [true, false] {
+        let dir = setup(flow);
+        let mut args = vec!["run", "p.flow", "--data-dir", "data"];
+        if !jit {
+            args.push("--no-jit");
+        }
+        let o = flowc(dir.path(), &args);
+        assert!(o.status.success(), "run failed: {}", text(&o.stderr));
+        outs.push((std::fs::read_to_string(dir.path().join(out_file)).expect("output written"), text(&o.stderr)));
+    }
+    assert_eq!(outs[0].0, outs[1].0, "JIT and interpreter disagree");
+    outs.remove(0)
 }
 
 #[test]
 fn file_to_file_filter_and_projection() {
-    let (out, summary) = run_once(
+    let (out, summary) = run_both_engines(
         r#"
 source bank: Txn = file("txns.jsonl") event_time ts watermark 5s dead_letter -> bad
 sink bad = file("bad.jsonl")
@@ -217,7 +227,7 @@ pipeline p = from gen | where amount > 500.00 -> out
     let o = flowc(dir.path(), &["run", "g.flow", "--data-dir", "data"]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     let a = std::fs::read_to_string(dir.path().join("out.jsonl")).expect("out");
-    let o = flowc(dir.path(), &["run", "g.flow", "--data-dir", "data2"]);
+    let o = flowc(dir.path(), &["run", "g.flow", "--data-dir", "data2", "--no-jit"]);
     assert!(o.status.success());
     let b = std::fs::read_to_string(dir.path().join("out.jsonl")).expect("out");
     assert_eq!(a, b);

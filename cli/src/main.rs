@@ -76,6 +76,9 @@ enum Command {
         /// Stop at the first bad record instead of dead-lettering it.
         #[arg(long)]
         strict: bool,
+        /// Run stages on the reference interpreter instead of compiled code.
+        #[arg(long)]
+        no_jit: bool,
         #[arg(long, default_value_t = 100)]
         width: usize,
     },
@@ -101,8 +104,8 @@ fn main() -> ExitCode {
         }
         Command::Compile { file, emit, width } => front::compile(&file, emit, width),
         Command::Explain { code } => front::explain(code.as_deref()),
-        Command::Run { file, pipelines, data_dir, strict, width } => {
-            run_cmd::run(run_cmd::RunArgs { file, pipelines, data_dir, strict, width })
+        Command::Run { file, pipelines, data_dir, strict, no_jit, width } => {
+            run_cmd::run(run_cmd::RunArgs { file, pipelines, data_dir, strict, no_jit, width })
         }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "flowc", &mut std::io::stdout());

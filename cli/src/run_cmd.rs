@@ -10,6 +10,7 @@ pub struct RunArgs {
     pub pipelines: Vec<String>,
     pub data_dir: PathBuf,
     pub strict: bool,
+    pub no_jit: bool,
     pub width: usize,
 }
 
@@ -36,7 +37,13 @@ pub fn run(args: RunArgs) -> ExitCode {
         }
     }
     let base_dir = args.file.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-    let opts = RunOptions { data_dir: args.data_dir, base_dir, pipelines: args.pipelines, strict: args.strict };
+    let opts = RunOptions {
+        data_dir: args.data_dir,
+        base_dir,
+        pipelines: args.pipelines,
+        strict: args.strict,
+        jit: !args.no_jit,
+    };
     match run::run(program, &opts) {
         Ok(summary) => {
             for s in &summary.skipped {

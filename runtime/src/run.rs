@@ -3,8 +3,8 @@
 //! [`run`] starts every pipeline of a program (or those asked for) on a tokio runtime.
 //! A pipeline is a chain: an input task (a file, stdin, a generator or a topic; run on
 //! a blocking thread) sends batches over a bounded channel (backpressure) to a task
-//! that runs the pipeline's fused stateless stage (on the reference interpreter; the
-//! cranelift back end is being wired in) and writes the results to its targets.
+//! that runs the pipeline's fused stateless stage (native code from cranelift, or the
+//! reference interpreter with `jit: false`) and writes the results to its targets.
 //! Bounded inputs end the pipeline; a pipeline reading a topic written in the same run
 //! ends when every writer of that topic has ended and it has read all they wrote.
 //!
@@ -46,6 +46,8 @@ pub struct RunOptions {
     pub pipelines: Vec<String>,
     /// A bad record stops the run instead of being dead-lettered.
     pub strict: bool,
+    /// Compile stages with cranelift (else run them on the reference interpreter).
+    pub jit: bool,
 }
 
 /// What one pipeline did.
@@ -455,9 +457,10 @@ async fn run_pipeline(
     // The stateless chain as one fused stage (key_by only repartitions; one instance here).
     let ops: Vec<ir::Op> = p.ops.iter().filter(|o| !matches!(o.kind, ir::OpKind::KeyBy(_))).cloned().collect();
     let spec = StageSpec { input: p.input_schema.clone(), ops: ops.clone() };
-    // Stages run on the reference interpreter until the cranelift back end is wired in.
     let stage: Option<Box<dyn Stage>> = if ops.is_empty() {
         None
+    } else if opts.jit {
+        Some(stage::jit(&spec, &program).map_err(|e| RunError::Setup(format!("compiling pipeline `{name}`: {e}")))?)
     } else {
         Some(stage::interpreted(&spec, &program).map_err(|e| RunError::Setup(format!("pipeline `{name}`: {e}")))?)
     };
