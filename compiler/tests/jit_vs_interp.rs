@@ -44,6 +44,7 @@ const KINDS: &[Kind] = &[
     Kind::Float,
     Kind::Decimal { precision: 10, scale: 2 },
     Kind::Decimal { precision: 30, scale: 4 },
+    Kind::Decimal { precision: 12, scale: 5 },
     Kind::String,
     Kind::Bool,
     Kind::Timestamp,
@@ -168,7 +169,7 @@ impl Gen<'_> {
                     self.cast(x, Kind::Float, false)
                 }
                 _ => {
-                    let dk = self.rng.pick(&KINDS[2..4]).clone();
+                    let dk = self.rng.pick(&KINDS[2..5]).clone();
                     let x = self.expr(&dk, d);
                     self.cast(x, Kind::Float, false)
                 }
@@ -176,8 +177,8 @@ impl Gen<'_> {
             (Kind::Decimal { precision, scale }, _) => {
                 // An arithmetic result cast to the wanted decimal (fallible, so nullable).
                 let op = *self.rng.pick(&[ArithOp::Add, ArithOp::Sub, ArithOp::Mul, ArithOp::Div, ArithOp::Rem]);
-                let ka = self.rng.pick(&KINDS[2..4]).clone();
-                let kb = self.rng.pick(&KINDS[2..4]).clone();
+                let ka = self.rng.pick(&KINDS[2..5]).clone();
+                let kb = self.rng.pick(&KINDS[2..5]).clone();
                 let (a, b) = (self.expr(&ka, d), self.expr(&kb, d));
                 let rk = arith_result(op, &ka, &kb).expect("decimal arith");
                 let bop = match op {

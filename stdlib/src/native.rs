@@ -149,7 +149,13 @@ pub unsafe fn from_slot(s: &Slot, ty: &Type) -> Value {
 pub fn apply(site: &Site, args: &[Value]) -> Result<Value, String> {
     let null = || args.iter().any(|a| matches!(a, Value::Null));
     Ok(match &site.op {
-        NativeOp::Scalar(name) => crate::eval::call(name, args)?,
+        NativeOp::Scalar(name) => match (crate::eval::call(name, args)?, &site.ret.kind) {
+            // `round(9.99)` at decimal(3, 2) is 10.00: it does not fit.
+            (Value::Decimal { units, .. }, Kind::Decimal { precision, .. }) if !ops::fits(units, *precision) => {
+                return Err(ops::DEC_OVERFLOW.into())
+            }
+            (v, _) => v,
+        },
         NativeOp::Cast if null() => Value::Null,
         NativeOp::Cast => match ops::cast(&args[0], &site.ret) {
             Some(v) => v,

@@ -10,9 +10,10 @@
 //! ```
 //!
 //! Inline: field loads and stores, null bits, int/float/timestamp arithmetic (checked),
+//! decimal(p <= 18) `+` and `-`,
 //! comparisons of every scalar type, string equality and `starts_with`, `and`/`or`/
 //! `??`/`if`/`case`/`in`/`is null`, int -> float casts, user fns (inlined). Through
-//! helpers from `flow_stdlib::native`: other stdlib scalars, decimal arithmetic, other
+//! helpers from `flow_stdlib::native`: other stdlib scalars, other decimal arithmetic, other
 //! casts, lists and records, string ordering, float `%`, and copying a string into the
 //! output arena when it is not already in the input's.
 //!
@@ -985,6 +986,15 @@ impl<'b> Gen<'_, 'b> {
         }
     }
 
+    /// `x * 10^k` (k <= 18; the caller knows it cannot overflow).
+    fn scale_up(&mut self, x: CV, k: u8) -> CV {
+        if k == 0 {
+            x
+        } else {
+            self.ins().imul_imm_s(x, 10i64.pow(u32::from(k)))
+        }
+    }
+
     fn binary(&mut self, e: &Expr, op: BinOp, a: &Expr, b: &Expr) -> Result<V, CompileError> {
         use types::{I64, I8};
         match op {
@@ -1040,6 +1050,28 @@ impl<'b> Gen<'_, 'b> {
             BinOp::Div => Arith::Div,
             _ => Arith::Rem,
         };
+        if let (
+            Kind::Decimal { precision: p1, scale: s1 },
+            Kind::Decimal { precision: p2, scale: s2 },
+            Kind::Decimal { precision: p, scale: s },
+        ) = (&a.ty.kind, &b.ty.kind, &e.ty.kind)
+        {
+            if matches!(arith, Arith::Add | Arith::Sub) && *p1 <= 18 && *p2 <= 18 && *p <= 18 {
+                // Inline: align both to the result scale (no i64 overflow: the aligned
+                // operands have fewer than p digits), add, check the precision.
+                let live = self.ins().bxor_imm_u(null, 1);
+                let la = self.scale_up(l.a, s - s1);
+                let rb = self.scale_up(r.a, s - s2);
+                let v = if arith == Arith::Add { self.ins().iadd(la, rb) } else { self.ins().isub(la, rb) };
+                let bound = 10i64.pow(u32::from(*p));
+                let hi = self.ins().icmp_imm_s(IntCC::SignedGreaterThanOrEqual, v, bound);
+                let lo = self.ins().icmp_imm_s(IntCC::SignedLessThanOrEqual, v, -bound);
+                let over = self.ins().bor(hi, lo);
+                let bad = self.ins().band(over, live);
+                self.fail_if(bad, e.span, Some(flow_stdlib::ops::DEC_OVERFLOW));
+                return Ok(V { null, a: v, b: None });
+            }
+        }
         if let (Kind::Decimal { .. }, Kind::Decimal { .. }) = (&a.ty.kind, &b.ty.kind) {
             let tys = vec![a.ty.clone().nullable(), b.ty.clone().nullable()];
             return Ok(self.helper(NativeOp::DecArith(arith), &[l, r], tys, &e.ty, e.span));

@@ -88,7 +88,12 @@ pub fn eval_in(expr: &Expr, fields: &dyn Fields, ctx: &EvalCtx) -> Result<Value,
         ExprKind::Binary(op, a, b) => binary(expr, *op, a, b, fields, ctx)?,
         ExprKind::Call(name, args) => {
             let vals = args.iter().map(ev).collect::<Result<Vec<_>, _>>()?;
-            flow_stdlib::eval::call(name, &vals).map_err(|m| err(&m))?
+            let site = Site {
+                op: NativeOp::Scalar(name),
+                args: args.iter().map(|a| a.ty.clone()).collect(),
+                ret: expr.ty.clone(),
+            };
+            apply(&site, &vals).map_err(|m| err(&m))?
         }
         ExprKind::CallFn(idx, args) => {
             let vals = args.iter().map(ev).collect::<Result<Vec<_>, _>>()?;

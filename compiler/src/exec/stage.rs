@@ -337,6 +337,32 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn strings_are_shared_or_copied() {
+        let src = format!("{TXN}pipeline p = from s | where price > 0.0 | select {{ id, l: lower(id) }} -> o");
+        let (spec, prog) = spec_of(&src);
+        let input = txn_batch(&[row("Ab", 1, None, 1.0), row("Cé", 1, None, 0.0), row("XY", 1, None, 2.0)], &spec);
+        let want = vec![
+            vec![Value::String("Ab".into()), Value::String("ab".into())],
+            vec![Value::String("XY".into()), Value::String("xy".into())],
+        ];
+        for stage in [interpreted(&spec, &prog).unwrap(), jit(&spec, &prog).unwrap()] {
+            // Shared arena: only the new strings are written.
+            let mut out = output_builder(&*stage, &input);
+            stage.run(&input, &mut out).unwrap();
+            let (_, extra, _) = out.raw_parts();
+            assert_eq!(extra.as_slice(), b"abxy");
+            assert_eq!(out.finish().to_values(), want);
+            // A builder with its own arena: every string is copied, twice into one builder.
+            let mut out = BatchBuilder::new(stage.output_layout());
+            stage.run(&input, &mut out).unwrap();
+            stage.run(&input, &mut out).unwrap();
+            let got = out.finish().to_values();
+            assert_eq!(got.len(), 4);
+            assert_eq!(got[2..], want[..]);
+        }
+    }
+
+    #[test]
     fn stateful_ops_are_rejected() {
         let src = format!("{TXN}pipeline p = from s | where price > 1.0 | key_by id -> o");
         let (spec, prog) = spec_of(&src);
