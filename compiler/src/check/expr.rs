@@ -269,7 +269,8 @@ impl Checker<'_> {
                 }
                 l = cast_to(l, &ty);
                 let items = items.into_iter().map(|i| cast_to(i, &ty)).collect();
-                let nullable = l.ty.nullable;
+                // Null when the value is, or when it is not found and an item is null (SQL).
+                let nullable = ty.nullable;
                 mk(
                     K::In { expr: Box::new(l), list: items, negated: *negated },
                     Type::bool().with_nullable(nullable),
