@@ -14,6 +14,7 @@
 
 pub mod check;
 pub mod diag;
+pub mod ide;
 pub mod ir;
 pub mod plan;
 pub mod source;
@@ -60,6 +61,22 @@ impl Compilation {
 /// Compiles the program whose root file is `path`, loading imports with `loader`.
 /// `text` is the root file's text if the caller already has it.
 pub fn compile(path: &Path, text: Option<String>, loader: &dyn FileLoader) -> Compilation {
+    compile_impl(path, text, loader, false).0
+}
+
+/// [`compile`], also recording what the checker saw ([`check::Trace`]) for editor
+/// queries ([`ide`]).
+pub fn compile_traced(path: &Path, text: Option<String>, loader: &dyn FileLoader) -> (Compilation, check::Trace) {
+    let (c, t) = compile_impl(path, text, loader, true);
+    (c, t.unwrap_or_default())
+}
+
+fn compile_impl(
+    path: &Path,
+    text: Option<String>,
+    loader: &dyn FileLoader,
+    traced: bool,
+) -> (Compilation, Option<check::Trace>) {
     let mut sources = SourceMap::new();
     let mut files = Vec::new();
     let mut diags = Vec::new();
@@ -85,17 +102,24 @@ pub fn compile(path: &Path, text: Option<String>, loader: &dyn FileLoader) -> Co
         load_rec(&norm, t, loader, &mut sources, &mut files, &mut diags, &mut stack);
     }
     let refs: Vec<&ast::File> = files.iter().map(|(_, f)| f).collect();
-    let checked = check::check(&refs, diags.iter().any(Diagnostic::is_error));
+    let syntax_errors = diags.iter().any(Diagnostic::is_error);
+    let (checked, trace) = if traced {
+        let (c, t) = check::check_traced(&refs, syntax_errors);
+        (c, Some(t))
+    } else {
+        (check::check(&refs, syntax_errors), None)
+    };
     diags.extend(checked.diagnostics);
     check::sort_diagnostics(&mut diags);
     let has_errors = diags.iter().any(Diagnostic::is_error);
-    Compilation {
+    let c = Compilation {
         sources,
         files,
         program: if has_errors { None } else { checked.program },
         diagnostics: diags,
         globals: checked.globals,
-    }
+    };
+    (c, trace)
 }
 
 /// Compiles source text held in memory (tests, benchmarks); imports read the disk
