@@ -685,3 +685,60 @@ fn a_panic_in_a_request_is_an_internal_error_for_that_request_only() {
     assert_eq!(c.diagnostics(uri, Some(2)).iter().map(code).collect::<Vec<_>>(), vec!["E0102"]);
     c.shutdown();
 }
+
+/// A real editor: Neovim headless, with the configuration of editors/nvim, starts
+/// `flowc lsp` for a broken file; we assert the diagnostics it received. Neovim
+/// shows byte columns: it converted the server's UTF-16 columns itself.
+#[test]
+fn neovim_receives_the_diagnostics() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().unwrap();
+    let file = root.join("tests/nvim/broken.flow");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let out = tempfile::NamedTempFile::new().unwrap();
+    let nvim = std::env::var("NVIM").unwrap_or_else(|_| "nvim".into());
+    let status = Command::new(&nvim)
+        .args(["--headless", "-n", "-i", "NONE", "-u"])
+        .arg(root.join("tests/nvim/e2e.lua"))
+        .arg(&file)
+        .env("FLOWC", env!("CARGO_BIN_EXE_flowc"))
+        .env("FLOW_NVIM_CONFIG", root.join("editors/nvim/flow.lua"))
+        .env("FLOW_NVIM_OUT", out.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .unwrap_or_else(|e| {
+            panic!("cannot run `{nvim}` (Debian package neovim; scripts/test-editors installs it): {e}")
+        });
+    assert!(status.success(), "nvim exited with {status}");
+    let got: Vec<(String, u64, u64, u64)> = std::fs::read_to_string(out.path())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .map(|v| {
+            assert!(v.get("error").is_none(), "{v}");
+            assert_eq!(v["source"], "flowc");
+            (
+                v["code"].as_str().unwrap().to_string(),
+                v["lnum"].as_u64().unwrap(),
+                v["col"].as_u64().unwrap(),
+                v["severity"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    // (code, 0-based line, 0-based byte column, severity 1 = error).
+    let byte_col = |needle: &str| -> (u64, u64) {
+        let i = text.find(needle).unwrap();
+        let line_start = text[..i].rfind('\n').map_or(0, |j| j + 1);
+        (text[..i].matches('\n').count() as u64, (i - line_start) as u64)
+    };
+    let (l1, c1) = byte_col("ammount");
+    let (l2, c2) = byte_col("b: int }");
+    let (l3, c3) = byte_col("nope");
+    assert_eq!((l1, c1), (5, 55)); // after "día 😀": 51 characters, 55 bytes
+    let mut want =
+        vec![("E0103".to_string(), l1, c1, 1), ("E0001".to_string(), l2, c2, 1), ("E0102".to_string(), l3, c3, 1)];
+    let mut got_sorted = got.clone();
+    got_sorted.sort_by_key(|d| d.1);
+    want.sort_by_key(|d| d.1);
+    assert_eq!(got_sorted, want, "{got:?}");
+}
