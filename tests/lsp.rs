@@ -742,3 +742,29 @@ fn neovim_receives_the_diagnostics() {
     want.sort_by_key(|d| d.1);
     assert_eq!(got_sorted, want, "{got:?}");
 }
+
+/// Analyses of idle documents are dropped (only 8 are kept) and recomputed when a
+/// request needs them, without publishing their unchanged diagnostics again.
+#[test]
+fn many_open_documents_are_answered_after_eviction() {
+    let mut c = Client::start();
+    let uris: Vec<String> = (0..12).map(|i| format!("file:///tmp/flow-lsp-test/many{i}.flow")).collect();
+    for u in &uris {
+        assert_eq!(c.open(u, PROGRAM), Vec::<Value>::new());
+    }
+    let (l, ch) = find(PROGRAM, "from bank", 6);
+    for u in &uris {
+        let d = c.result("textDocument/definition", at(u, l, ch));
+        assert_eq!(d["uri"], u.as_str());
+        assert_eq!(d["range"]["start"], pos(10, 7));
+    }
+    // The answers came without new diagnostics.
+    let r = c.result("textDocument/hover", at(&uris[0], l, ch));
+    assert!(r["contents"]["value"].as_str().unwrap().contains("source bank"));
+    assert!(
+        !c.pending.iter().any(|v| v["method"] == "textDocument/publishDiagnostics"),
+        "{:?}",
+        c.pending
+    );
+    c.shutdown();
+}

@@ -61,13 +61,28 @@ impl Compilation {
 /// Compiles the program whose root file is `path`, loading imports with `loader`.
 /// `text` is the root file's text if the caller already has it.
 pub fn compile(path: &Path, text: Option<String>, loader: &dyn FileLoader) -> Compilation {
-    compile_impl(path, text, loader, false).0
+    compile_impl(path, text, loader, false, &mut syntax::parse).0
 }
 
 /// [`compile`], also recording what the checker saw ([`check::Trace`]) for editor
 /// queries ([`ide`]).
 pub fn compile_traced(path: &Path, text: Option<String>, loader: &dyn FileLoader) -> (Compilation, check::Trace) {
-    let (c, t) = compile_impl(path, text, loader, true);
+    let (c, t) = compile_impl(path, text, loader, true, &mut syntax::parse);
+    (c, t.unwrap_or_default())
+}
+
+/// A parser of source files: [`syntax::parse`], or one that reuses earlier work
+/// (an editor's [`ide::ParseCache`]).
+pub type ParseFn<'a> = dyn FnMut(FileId, &str) -> (ast::File, Vec<Diagnostic>) + 'a;
+
+/// [`compile_traced`] with the files parsed by `parse`.
+pub fn compile_traced_with(
+    path: &Path,
+    text: Option<String>,
+    loader: &dyn FileLoader,
+    parse: &mut ParseFn<'_>,
+) -> (Compilation, check::Trace) {
+    let (c, t) = compile_impl(path, text, loader, true, parse);
     (c, t.unwrap_or_default())
 }
 
@@ -76,6 +91,7 @@ fn compile_impl(
     text: Option<String>,
     loader: &dyn FileLoader,
     traced: bool,
+    parse: &mut ParseFn<'_>,
 ) -> (Compilation, Option<check::Trace>) {
     let mut sources = SourceMap::new();
     let mut files = Vec::new();
@@ -99,7 +115,7 @@ fn compile_impl(
     if let Some(t) = root_text {
         let norm = normalize(path);
         let mut stack = Vec::new();
-        load_rec(&norm, t, loader, &mut sources, &mut files, &mut diags, &mut stack);
+        load_rec(&norm, t, loader, &mut sources, &mut files, &mut diags, &mut stack, parse);
     }
     let refs: Vec<&ast::File> = files.iter().map(|(_, f)| f).collect();
     let syntax_errors = diags.iter().any(Diagnostic::is_error);
@@ -128,6 +144,7 @@ pub fn compile_str(name: &str, text: &str) -> Compilation {
     compile(Path::new(name), Some(text.to_string()), &DiskLoader)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn load_rec(
     path: &Path,
     text: String,
@@ -136,9 +153,10 @@ fn load_rec(
     files: &mut Vec<(FileId, ast::File)>,
     diags: &mut Vec<Diagnostic>,
     stack: &mut Vec<PathBuf>,
+    parse: &mut ParseFn<'_>,
 ) {
     let id = sources.add(path.display().to_string(), text.clone());
-    let (file, mut d) = syntax::parse(id, &text);
+    let (file, mut d) = parse(id, &text);
     diags.append(&mut d);
     stack.push(path.to_path_buf());
     let imports: Vec<ast::Import> = file
@@ -170,7 +188,7 @@ fn load_rec(
             continue; // already loaded through another import
         }
         match loader.load(&target) {
-            Ok(t) => load_rec(&target, t, loader, sources, files, diags, stack),
+            Ok(t) => load_rec(&target, t, loader, sources, files, diags, stack, parse),
             Err(e) => diags.push(
                 Diagnostic::error("E0107", imp.path_span, format!("cannot import `{}`", imp.path))
                     .label(format!("{}: {e}", target.display()))

@@ -16,7 +16,7 @@ mod transport;
 
 use crate::front::FRONT_END_STACK_BYTES;
 use convert::{LineIndex, ToLsp};
-use flow_compiler::ide::Analysis;
+use flow_compiler::ide::{Analysis, ParseCache};
 use flow_compiler::FileLoader;
 use lsp_server::{Connection, ErrorCode, Message, Notification, Request, Response};
 use lsp_types as lt;
@@ -152,7 +152,17 @@ struct Doc {
     /// The files its last check read besides itself (imports), to re-check it when
     /// one of them changes.
     reads: Vec<PathBuf>,
+    /// Its declarations parsed so far: an edit re-parses only those it touched.
+    cache: ParseCache,
+    /// When a request last used its analysis (analyses of idle documents are dropped).
+    used: Instant,
+    /// Its text or an import changed since its diagnostics were last published.
+    dirty: bool,
 }
+
+/// Analyses kept in memory: those of the documents used most recently. The others
+/// are recomputed when a request needs them (their diagnostics are published).
+const ANALYSES_MAX: usize = 8;
 
 struct Server {
     sender: crossbeam_channel::Sender<Message>,
@@ -224,14 +234,15 @@ impl Server {
         }
     }
 
-    /// Analyses `url` now and publishes its diagnostics.
+    /// Analyses `url` now and publishes its diagnostics if they may have changed.
     fn check(&mut self, url: &lt::Url) {
-        let Some(doc) = self.docs.get(url) else { return };
+        let Some(doc) = self.docs.get_mut(url) else { return };
         let path = url_path(url);
         let text = doc.text.clone();
         let version = doc.version;
+        let mut cache = std::mem::take(&mut doc.cache);
         let loader = Overlay { docs: &self.docs };
-        let analysis = match catch_unwind(AssertUnwindSafe(|| Analysis::new(&path, text, &loader))) {
+        let analysis = match catch_unwind(AssertUnwindSafe(|| Analysis::with_cache(&path, text, &loader, &mut cache))) {
             Ok(a) => a,
             Err(panic) => {
                 eprintln!("flowc lsp: checking {url} panicked: {}", panic_message(&panic));
@@ -242,14 +253,38 @@ impl Server {
         let root = analysis.root();
         let reads =
             analysis.comp.sources.files().filter(|(id, _)| *id != root).map(|(_, f)| PathBuf::from(&f.name)).collect();
+        let mut publish = false;
         if let Some(doc) = self.docs.get_mut(url) {
             doc.analysis = Some(analysis);
             doc.reads = reads;
+            doc.cache = cache;
+            doc.used = Instant::now();
+            publish = std::mem::take(&mut doc.dirty);
+        }
+        self.evict();
+        if !publish {
+            return;
         }
         self.notify(
             "textDocument/publishDiagnostics",
             lt::PublishDiagnosticsParams { uri: url.clone(), diagnostics, version: Some(version) },
         );
+    }
+
+    /// Drops the analyses of the least recently used documents beyond [`ANALYSES_MAX`].
+    fn evict(&mut self) {
+        let mut live: Vec<(Instant, lt::Url)> =
+            self.docs.iter().filter(|(_, d)| d.analysis.is_some()).map(|(u, d)| (d.used, u.clone())).collect();
+        if live.len() <= ANALYSES_MAX {
+            return;
+        }
+        live.sort();
+        for (_, u) in &live[..live.len() - ANALYSES_MAX] {
+            if let Some(d) = self.docs.get_mut(u) {
+                d.analysis = None;
+                d.cache = ParseCache::new();
+            }
+        }
     }
 
     /// The up-to-date analysis of `url`, checking it first if an edit is pending.
@@ -259,7 +294,9 @@ impl Server {
             self.due.remove(url);
             self.check(url);
         }
-        self.docs.get(url)?.analysis.as_ref()
+        let doc = self.docs.get_mut(url)?;
+        doc.used = Instant::now();
+        doc.analysis.as_ref()
     }
 
     /// Schedules re-checks of `url` and of every open document that imports it.
@@ -271,6 +308,7 @@ impl Server {
         for u in dependents.into_iter().chain(std::iter::once(url.clone())) {
             if let Some(d) = self.docs.get_mut(&u) {
                 d.analysis = None;
+                d.dirty = true;
             }
             self.due.insert(u, at);
         }
@@ -288,6 +326,9 @@ impl Server {
                         version: p.text_document.version,
                         analysis: None,
                         reads: Vec::new(),
+                        cache: ParseCache::new(),
+                        used: Instant::now(),
+                        dirty: true,
                     },
                 );
                 self.schedule(&url, Duration::ZERO);

@@ -12,8 +12,11 @@ use crate::check::{DeclKind, Global, Trace};
 use crate::diag::Diagnostic;
 use crate::source::{FileId, Span};
 use crate::syntax::ast::{self, Expr, ExprKind, Ident, Item, OpKind, PipelineDecl, SelectItem};
-use crate::{compile_traced, Compilation, FileLoader};
+use crate::{compile_traced, compile_traced_with, Compilation, FileLoader};
+
+mod reparse;
 use flow_types::{Kind, RecordType, Type};
+pub use reparse::ParseCache;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -115,8 +118,9 @@ pub struct Analysis {
     pub trace: Trace,
     /// The root file's path (as given) and text, to re-check variants for completion.
     pub path: PathBuf,
-    /// Every name occurrence of every file, sorted by span.
-    pub occurrences: Vec<Occurrence>,
+    /// Every name occurrence of every file, sorted by span: built on first use, so
+    /// a check that only publishes diagnostics does not pay for it.
+    occurrences: std::cell::OnceCell<Vec<Occurrence>>,
 }
 
 impl Analysis {
@@ -124,8 +128,32 @@ impl Analysis {
     /// indexes it.
     pub fn new(path: &Path, text: String, loader: &dyn FileLoader) -> Analysis {
         let (comp, trace) = compile_traced(path, Some(text), loader);
-        let occurrences = Indexer::run(&comp, &trace);
-        Analysis { comp, trace, path: path.to_path_buf(), occurrences }
+        Analysis::index(path, comp, trace)
+    }
+
+    /// [`Analysis::new`], parsing the root file through `cache`: only the
+    /// declarations that changed since the cache last saw the file are parsed.
+    pub fn with_cache(path: &Path, text: String, loader: &dyn FileLoader, cache: &mut ParseCache) -> Analysis {
+        let mut root = true;
+        let mut parse = |id: FileId, t: &str| {
+            if std::mem::take(&mut root) {
+                cache.parse(id, t)
+            } else {
+                crate::syntax::parse(id, t)
+            }
+        };
+        let (comp, trace) = compile_traced_with(path, Some(text), loader, &mut parse);
+        Analysis::index(path, comp, trace)
+    }
+
+    fn index(path: &Path, comp: Compilation, trace: Trace) -> Analysis {
+        // The index itself is built lazily.
+        Analysis { comp, trace, path: path.to_path_buf(), occurrences: std::cell::OnceCell::new() }
+    }
+
+    /// Every name occurrence of every file, sorted by span.
+    pub fn occurrences(&self) -> &[Occurrence] {
+        self.occurrences.get_or_init(|| Indexer::run(&self.comp, &self.trace))
     }
 
     /// The root file.
@@ -142,7 +170,7 @@ impl Analysis {
     /// counts, so a cursor right after a word finds it).
     pub fn occurrence_at(&self, file: FileId, offset: usize) -> Option<&Occurrence> {
         let o = offset as u32;
-        self.occurrences
+        self.occurrences()
             .iter()
             .filter(|x| x.span.file == file && x.span.start <= o && o <= x.span.end)
             .min_by_key(|x| (x.span.end - x.span.start, u32::from(x.span.start == o)))
@@ -159,7 +187,7 @@ impl Analysis {
             return Vec::new();
         };
         let mut out: Vec<Span> = vec![def];
-        out.extend(self.occurrences.iter().filter(|o| o.def == Some(def) && o.span != def).map(|o| o.span));
+        out.extend(self.occurrences().iter().filter(|o| o.def == Some(def) && o.span != def).map(|o| o.span));
         out
     }
 
