@@ -761,10 +761,6 @@ fn many_open_documents_are_answered_after_eviction() {
     // The answers came without new diagnostics.
     let r = c.result("textDocument/hover", at(&uris[0], l, ch));
     assert!(r["contents"]["value"].as_str().unwrap().contains("source bank"));
-    assert!(
-        !c.pending.iter().any(|v| v["method"] == "textDocument/publishDiagnostics"),
-        "{:?}",
-        c.pending
-    );
+    assert!(!c.pending.iter().any(|v| v["method"] == "textDocument/publishDiagnostics"), "{:?}", c.pending);
     c.shutdown();
 }

@@ -8,6 +8,11 @@
 //!   lines each, then of 5,000 lines each. Target: under 200 MB.
 //!
 //! Run: `cargo bench -p flowc --bench lsp`.
+//!
+//! Figures (release, the shared 2-core dev machine with another build running, load
+//! average ~4): re-check median 45 ms, p90 51 ms (153 ms before declarations were
+//! re-parsed incrementally); peak RSS with 50 open files: 38 MiB (1,000 lines each),
+//! 163 MiB (5,000 lines each).
 
 use serde_json::{json, Value};
 use std::fmt::Write as _;
