@@ -413,6 +413,11 @@ fn definition_and_references_across_imported_files() {
     let (dl, dc) = find(lib_text, "amount: int", 0);
     assert_eq!(d["range"], json!({ "start": pos(dl, dc), "end": pos(dl, dc + 6) }));
 
+    // The import path: the imported file.
+    let (l, ch) = find(main_text, "lib.flow", 2);
+    let d = c.result("textDocument/definition", at(&main, l, ch));
+    assert_eq!((d["uri"].as_str().unwrap(), d["range"]["start"].clone()), (lib.as_str(), pos(0, 0)));
+
     // A schema.
     let (l, ch) = find(main_text, "Txn", 0);
     let d = c.result("textDocument/definition", at(&main, l, ch));
@@ -665,6 +670,21 @@ fn bad_input_and_unknown_requests_do_not_kill_the_server() {
     let r = c.result("textDocument/documentSymbol", json!({ "textDocument": { "uri": uri } }));
     assert!(r.is_array());
     c.shutdown();
+}
+
+#[test]
+fn exit_without_shutdown_is_exit_code_1() {
+    let mut c = Client::start();
+    c.notify("exit", Value::Null);
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        if let Some(status) = c.child.try_wait().unwrap() {
+            assert_eq!(status.code(), Some(1));
+            return;
+        }
+        assert!(Instant::now() < deadline, "flowc lsp did not exit");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 #[test]

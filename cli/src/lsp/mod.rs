@@ -43,11 +43,9 @@ pub fn run() -> ExitCode {
         .stack_size(FRONT_END_STACK_BYTES)
         .spawn(move || serve(conn));
     let code = match server.map(|h| h.join()) {
-        Ok(Ok(Ok(()))) => ExitCode::SUCCESS,
-        Ok(Ok(Err(e))) => {
-            eprintln!("flowc lsp: {e}");
-            ExitCode::FAILURE
-        }
+        Ok(Ok(true)) => ExitCode::SUCCESS,
+        Ok(Ok(false)) => ExitCode::FAILURE, // exit without shutdown
+
         Ok(Err(_)) => {
             eprintln!("flowc lsp: the server panicked");
             ExitCode::from(70)
@@ -86,8 +84,9 @@ fn capabilities() -> lt::ServerCapabilities {
     }
 }
 
-/// Serves one client on `conn`: the handshake, then messages until `exit`.
-pub fn serve(conn: Connection) -> Result<(), String> {
+/// Serves one client on `conn`: the handshake, then messages until `exit` or the end
+/// of input. Returns whether `shutdown` came first (LSP: exit code 0, else 1).
+pub fn serve(conn: Connection) -> bool {
     let init = serde_json::json!({
         "capabilities": capabilities(),
         "serverInfo": { "name": "flowc", "version": env!("CARGO_PKG_VERSION") },
@@ -106,9 +105,9 @@ pub fn serve(conn: Connection) -> Result<(), String> {
                     "the server is not initialized yet".into(),
                 )));
             }
-            Ok(Message::Notification(n)) if n.method == "exit" => return Ok(()),
+            Ok(Message::Notification(n)) if n.method == "exit" => return false,
             Ok(_) => {}
-            Err(_) => return Ok(()),
+            Err(_) => return false,
         }
     }
     let mut server = Server::new(conn.sender.clone());
@@ -120,11 +119,11 @@ pub fn serve(conn: Connection) -> Result<(), String> {
                     server.check_due();
                     continue;
                 }
-                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return Ok(()),
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return server.shutdown,
             },
             None => match conn.receiver.recv() {
                 Ok(m) => m,
-                Err(_) => return Ok(()),
+                Err(_) => return server.shutdown,
             },
         };
         match msg {
@@ -136,7 +135,7 @@ pub fn serve(conn: Connection) -> Result<(), String> {
                 }
                 server.on_request(req);
             }
-            Message::Notification(n) if n.method == "exit" => return Ok(()),
+            Message::Notification(n) if n.method == "exit" => return server.shutdown,
             Message::Notification(n) => server.on_notification(n),
             Message::Response(_) => {}
         }

@@ -32,6 +32,8 @@ pub enum NameKind {
     Step,
     /// A built-in function.
     Builtin,
+    /// The path of an `import`: its definition is the start of the imported file.
+    File,
 }
 
 /// One occurrence of a name: where it is, what it is, and where that is declared.
@@ -585,6 +587,11 @@ impl Analysis {
                 let _ = kind;
                 Some(format!("```flow\n{text}\n```"))
             }
+            NameKind::File => {
+                let def = occ.def?;
+                let f = self.comp.sources.get(def.file);
+                Some(format!("file `{}` ({} lines)", f.name, f.text.lines().count()))
+            }
             NameKind::Field | NameKind::Param | NameKind::Step => {
                 let noun = match occ.kind {
                     NameKind::Field => "field",
@@ -868,11 +875,16 @@ impl<'a> Indexer<'a> {
 
     fn item(&mut self, item: &'a Item) {
         match item {
-            Item::Import(_) | Item::Config(_) => {
-                if let Item::Config(c) = item {
-                    for o in &c.options {
-                        self.expr(&o.value, Scope::Global);
-                    }
+            Item::Import(imp) => {
+                let importer = &self.comp.sources.get(imp.path_span.file).name;
+                let dir = Path::new(importer).parent().unwrap_or(Path::new(""));
+                let target = crate::normalize(&dir.join(&imp.path)).display().to_string();
+                let def = self.comp.sources.find(&target).map(|f| Span::new(f, 0, 0));
+                self.out.push(Occurrence { span: imp.path_span, name: imp.path.clone(), kind: NameKind::File, def });
+            }
+            Item::Config(c) => {
+                for o in &c.options {
+                    self.expr(&o.value, Scope::Global);
                 }
             }
             Item::Schema(s) => {
