@@ -532,7 +532,7 @@ impl Analysis {
                 };
                 Some(format!("```flow\n{}({arg})\n```\naggregate: {}", a.name, a.doc))
             }
-            NameKind::Decl(kind) => {
+            NameKind::Decl(_) => {
                 let def = occ.def?;
                 let item = self.decl_item(def)?;
                 let text = match item {
@@ -584,7 +584,6 @@ impl Analysis {
                     Item::Fn(f) => self.fn_signature(f),
                     Item::Config(_) | Item::Import(_) => return None,
                 };
-                let _ = kind;
                 Some(format!("```flow\n{text}\n```"))
             }
             NameKind::File => {
@@ -727,7 +726,7 @@ fn one_line(s: &str, max: usize) -> String {
     }
 }
 
-fn item_span(i: &Item) -> Span {
+pub(crate) fn item_span(i: &Item) -> Span {
     match i {
         Item::Import(d) => d.span,
         Item::Schema(d) => d.span,
@@ -851,7 +850,7 @@ impl<'a> Indexer<'a> {
     fn type_expr(&mut self, t: &ast::TypeExpr) {
         match &t.kind {
             ast::TypeExprKind::Named(id) => {
-                if !crate::ide::PRIMITIVE_TYPES.contains(&id.name.as_str()) {
+                if !PRIMITIVE_TYPES.contains(&id.name.as_str()) {
                     self.global(id);
                 }
             }
@@ -1197,14 +1196,12 @@ impl<'a> Indexer<'a> {
         }
         match self.comp.globals.get(&id.name) {
             Some(g) if g.kind == DeclKind::Const => self.global(id),
-            _ => {
-                if self.trace_types.contains_key(&id.span) && matches!(sc, Scope::Pipeline(..)) {
-                    // Typed by the checker but declared nowhere we index (e.g. window_start).
-                    if self.trace_types.get(&id.span).is_some_and(|t| !t.is_error()) {
-                        self.push(id, NameKind::Field, None);
-                    }
-                }
+            // Typed by the checker as a field we have no declaration for (window
+            // bounds, `match_end`): still a field, for hover.
+            _ if matches!(sc, Scope::Pipeline(..)) && self.trace_types.get(&id.span).is_some_and(|t| !t.is_error()) => {
+                self.push(id, NameKind::Field, None)
             }
+            _ => {}
         }
     }
 }

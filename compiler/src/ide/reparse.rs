@@ -13,6 +13,7 @@
 //! with an unterminated block comment (which runs into the following pieces) makes
 //! the whole file parse at once.
 
+use super::item_span;
 use crate::diag::Diagnostic;
 use crate::source::{FileId, Span};
 use crate::syntax::{self, ast::*};
@@ -199,20 +200,6 @@ fn header_at(bytes: &[u8], i: usize) -> Option<usize> {
         _ => false,
     };
     shaped.then_some(j + 1)
-}
-
-fn item_span(i: &Item) -> Span {
-    match i {
-        Item::Import(d) => d.span,
-        Item::Schema(d) => d.span,
-        Item::Topic(d) => d.span,
-        Item::Source(d) => d.span,
-        Item::Sink(d) => d.span,
-        Item::Pipeline(d) => d.span,
-        Item::Const(d) => d.span,
-        Item::Fn(d) => d.span,
-        Item::Config(d) => d.span,
-    }
 }
 
 /// Moves every span of an AST by `by` bytes into `file`.
