@@ -146,3 +146,48 @@ fn did_you_mean_quick_fixes() {
     assert_eq!(&text[fixes[0].0.range()], "Tt");
     assert_eq!(fixes[0].1, "T");
 }
+
+/// Every query at every position of every example and diagnostics case answers
+/// without panicking (broken files included).
+#[test]
+fn queries_never_panic() {
+    std::thread::Builder::new()
+        .stack_size(256 << 20)
+        .spawn(|| {
+            let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+            let mut files = Vec::new();
+            for dir in ["examples", "tests/diagnostics"] {
+                for e in std::fs::read_dir(root.join(dir)).unwrap() {
+                    let p = e.unwrap().path();
+                    if p.extension().is_some_and(|x| x == "flow") && !p.ends_with("nesting_too_deep.flow") {
+                        files.push(p);
+                    }
+                }
+            }
+            files.sort();
+            for p in files {
+                let text = std::fs::read_to_string(&p).unwrap();
+                let a = Analysis::new(&p, text.clone(), &DiskLoader);
+                let f = a.root();
+                let mut answered = 0;
+                for off in (0..=text.len()).filter(|o| text.is_char_boundary(*o)) {
+                    answered += usize::from(a.hover(f, off).is_some());
+                    let _ = a.definition(f, off);
+                    if off % 3 == 0 {
+                        let _ = a.references(f, off);
+                    }
+                    if off % 97 == 0 {
+                        let _ = a.completions(off, &DiskLoader);
+                    }
+                }
+                let _ = a.symbols(f);
+                for d in &a.comp.diagnostics {
+                    let _ = a.quick_fix(d);
+                }
+                assert!(answered > 0 || text.len() < 200, "no hover anywhere in {}", p.display());
+            }
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}
