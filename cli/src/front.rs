@@ -138,6 +138,13 @@ pub fn compile(file: &Path, emit: Emit, width: usize) -> ExitCode {
     match emit {
         Emit::Ir => print!("{program}"),
         Emit::Plan => print!("{}", flow_compiler::plan::plan(program)),
+        Emit::Clif => match flow_compiler::exec::codegen::clif_program(program) {
+            Ok(text) => print!("{text}"),
+            Err(e) => {
+                eprintln!("error: cannot generate code: {}", e.message);
+                return ExitCode::from(1);
+            }
+        },
         Emit::Ast => {}
     }
     ExitCode::SUCCESS

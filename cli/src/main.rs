@@ -6,6 +6,7 @@
 mod front;
 mod log_cmd;
 mod lsp;
+mod run_cmd;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -34,6 +35,8 @@ enum Emit {
     Ir,
     /// The logical plan: the dataflow graph with schemas and partitioning.
     Plan,
+    /// The Cranelift IR of each fused stateless stage (filters and projections).
+    Clif,
 }
 
 #[derive(Subcommand, Debug)]
@@ -62,6 +65,24 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         width: usize,
     },
+    /// Check a .flow file and run its pipelines on the embedded runtime.
+    Run {
+        file: PathBuf,
+        /// Run only this pipeline (repeatable); all of them by default.
+        #[arg(long = "pipeline")]
+        pipelines: Vec<String>,
+        /// The log's data directory.
+        #[arg(long, env = "FLOW_DATA_DIR", default_value = "./.flow/data")]
+        data_dir: PathBuf,
+        /// Stop at the first bad record instead of dead-lettering it.
+        #[arg(long)]
+        strict: bool,
+        /// Run stages on the reference interpreter instead of compiled code.
+        #[arg(long)]
+        no_jit: bool,
+        #[arg(long, default_value_t = 100)]
+        width: usize,
+    },
     /// Explain an error or warning code, e.g. `flowc explain E0201`.
     Explain {
         /// The code (`E0201`, `w0001`...); without one, list every code.
@@ -86,6 +107,9 @@ fn main() -> ExitCode {
         }
         Command::Compile { file, emit, width } => front::compile(&file, emit, width),
         Command::Explain { code } => front::explain(code.as_deref()),
+        Command::Run { file, pipelines, data_dir, strict, no_jit, width } => {
+            run_cmd::run(run_cmd::RunArgs { file, pipelines, data_dir, strict, no_jit, width })
+        }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "flowc", &mut std::io::stdout());
             ExitCode::SUCCESS

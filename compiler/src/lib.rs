@@ -14,6 +14,7 @@
 
 pub mod check;
 pub mod diag;
+pub mod exec;
 pub mod ide;
 pub mod ir;
 pub mod plan;

@@ -2,8 +2,14 @@
 //!
 //! This crate owns the list of built-ins: each one's name, signature, null rule and
 //! one-line doc. The type checker asks it what a call means ([`scalar`],
-//! [`aggregate`], [`check_call`]); editors show its docs; the runtime will register
-//! native implementations under the same names. It knows nothing of syntax or spans.
+//! [`aggregate`], [`check_call`]); editors show its docs; [`eval::call`] implements
+//! every scalar on values, and [`native`] exports the `extern "C"` entry points the
+//! JIT registers as symbols. It knows nothing of syntax or spans.
+
+pub mod eval;
+pub mod native;
+pub mod ops;
+pub mod time;
 
 use flow_types::{common_type, Kind, Type};
 

@@ -4,6 +4,9 @@
 //! widen) and what a value of one looks like at run time. It knows nothing of syntax,
 //! spans, diagnostics or execution.
 
+pub mod row;
+pub mod time;
+
 use std::fmt;
 use std::sync::Arc;
 

@@ -616,22 +616,7 @@ impl Checker<'_> {
         use ast::BinOp as B;
         let l = self.expr(cx, a);
         let r = self.expr(cx, b);
-        let iop = match op {
-            B::Or => ir::BinOp::Or,
-            B::And => ir::BinOp::And,
-            B::Eq => ir::BinOp::Eq,
-            B::Ne => ir::BinOp::Ne,
-            B::Lt => ir::BinOp::Lt,
-            B::Le => ir::BinOp::Le,
-            B::Gt => ir::BinOp::Gt,
-            B::Ge => ir::BinOp::Ge,
-            B::Coalesce => ir::BinOp::Coalesce,
-            B::Add => ir::BinOp::Add,
-            B::Sub => ir::BinOp::Sub,
-            B::Mul => ir::BinOp::Mul,
-            B::Div => ir::BinOp::Div,
-            B::Rem => ir::BinOp::Rem,
-        };
+        let iop = op;
         match op {
             B::Or | B::And => {
                 let l = self.expect_bool(l, a.span, &format!("the left side of `{}`", op.symbol()));

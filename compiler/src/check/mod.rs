@@ -11,6 +11,8 @@
 //! schemas, consts, fns, topics, sources, sinks and config.
 
 mod decls;
+
+pub use decls::{dead_letter_record, generator_fields};
 mod expr;
 mod pipeline;
 

@@ -283,17 +283,7 @@ fn rule_name(r: Rule) -> Option<&'static str> {
         Rule::string => "a string",
         Rule::int_lit => "an integer",
         Rule::expr
-        | Rule::or_expr
-        | Rule::and_expr
-        | Rule::not_expr
-        | Rule::cmp_expr
-        | Rule::coalesce_expr
-        | Rule::add_expr
-        | Rule::mul_expr
-        | Rule::unary_expr
-        | Rule::postfix_expr
-        | Rule::literal
-        | Rule::call
+        | Rule::call_args
         | Rule::paren
         | Rule::if_expr
         | Rule::case_expr
@@ -387,7 +377,9 @@ fn syntax_error(
     // pest stopped at a reserved word used as a name.
     let original = rel;
     let (orig_token, _) = token_at(src, rel.min(src.len()));
-    let reserved = crate::syntax::is_keyword(orig_token.trim_matches('`'));
+    // Keep pest's own position on a reserved word or a known slip (`=` for `==`...).
+    let slip = matches!(orig_token.as_str(), "`=`" | "`&&`" | "`||`" | "`!`" | "`'`" | "`;`");
+    let reserved = slip || crate::syntax::is_keyword(orig_token.trim_matches('`'));
     if let Some(a) = e.parse_attempts() {
         if !reserved {
             rel = rel.max(a.max_position.min(src.len()));
@@ -530,6 +522,56 @@ fn syntax_help(found: &str, literal: &[String], expected: &[String], text: &str,
 
 // ------------------------------------------------------------------ AST building
 
+const PREC_OR: u8 = 1;
+const PREC_AND: u8 = 2;
+const PREC_NOT: u8 = 3;
+const PREC_CMP: u8 = 4;
+const PREC_COALESCE: u8 = 5;
+const PREC_ADD: u8 = 6;
+const PREC_MUL: u8 = 7;
+const PREC_NEG: u8 = 8;
+
+fn is_operand(r: Rule) -> bool {
+    !matches!(
+        r,
+        Rule::not_op
+            | Rule::neg_op
+            | Rule::or_op
+            | Rule::and_op
+            | Rule::cmp_op
+            | Rule::coalesce_op
+            | Rule::add_op
+            | Rule::mul_op
+            | Rule::field_access
+            | Rule::safe_access
+            | Rule::index_access
+            | Rule::cast_suffix
+            | Rule::in_suffix
+            | Rule::is_null_suffix
+    )
+}
+
+/// The precedence and operator of an infix token.
+fn infix(p: &P<'_>) -> Option<(u8, BinOp)> {
+    Some(match (p.as_rule(), p.as_str()) {
+        (Rule::or_op, _) => (PREC_OR, BinOp::Or),
+        (Rule::and_op, _) => (PREC_AND, BinOp::And),
+        (Rule::cmp_op, "==") => (PREC_CMP, BinOp::Eq),
+        (Rule::cmp_op, "!=") => (PREC_CMP, BinOp::Ne),
+        (Rule::cmp_op, "<=") => (PREC_CMP, BinOp::Le),
+        (Rule::cmp_op, ">=") => (PREC_CMP, BinOp::Ge),
+        (Rule::cmp_op, "<") => (PREC_CMP, BinOp::Lt),
+        (Rule::cmp_op, _) => (PREC_CMP, BinOp::Gt),
+        (Rule::coalesce_op, _) => (PREC_COALESCE, BinOp::Coalesce),
+        (Rule::add_op, "+") => (PREC_ADD, BinOp::Add),
+        (Rule::add_op, _) => (PREC_ADD, BinOp::Sub),
+        (Rule::mul_op, "*") => (PREC_MUL, BinOp::Mul),
+        (Rule::mul_op, "/") => (PREC_MUL, BinOp::Div),
+        (Rule::mul_op, _) => (PREC_MUL, BinOp::Rem),
+        _ => return None,
+    })
+}
+
 struct Builder<'d> {
     file: FileId,
     offset: usize,
@@ -546,8 +588,20 @@ impl Builder<'_> {
         Span::new(self.file, self.offset + s.start(), self.offset + s.end())
     }
 
-    fn ident(&self, p: P<'_>) -> Ident {
-        Ident { name: p.as_str().to_string(), span: self.span(&p) }
+    fn ident(&mut self, p: P<'_>) -> Ident {
+        let id = Ident { name: p.as_str().to_string(), span: self.span(&p) };
+        // Declaration names, aliases and targets cannot be reserved words (field names can).
+        if p.as_rule() == Rule::ident && crate::syntax::is_keyword(&id.name) {
+            self.diags.push(
+                Diagnostic::error("E0001", id.span, format!("expected a name, found `{}`", id.name))
+                    .label("unexpected here")
+                    .help(format!(
+                        "`{}` is a reserved word and cannot name a declaration; choose another name",
+                        id.name
+                    )),
+            );
+        }
+        id
     }
 
     fn item(&mut self, p: P<'_>) -> Option<Item> {
@@ -924,18 +978,16 @@ impl Builder<'_> {
 
     // -------------------------------------------------------------- expressions
 
+    /// Builds an `expr` pair: a flat sequence of operands and operators, folded by
+    /// precedence climbing. Depth (nesting plus operator chains) is bounded.
     fn expr(&mut self, p: P<'_>) -> Expr {
         let span = self.span(&p);
-        // How much deeper this node makes the tree: a nested expression one level, a
-        // chain of n operators (`a + b + ...`, `not not ...`, `a.b.c`) n levels.
-        let weight = match p.as_rule() {
-            Rule::expr => 1,
-            Rule::or_expr | Rule::and_expr | Rule::add_expr | Rule::mul_expr | Rule::coalesce_expr => {
-                p.clone().into_inner().count() / 2
-            }
-            Rule::not_expr | Rule::unary_expr | Rule::postfix_expr => p.clone().into_inner().count().saturating_sub(1),
-            _ => 0,
-        };
+        if p.as_rule() != Rule::expr {
+            return self.primary(p);
+        }
+        let toks: Vec<P<'_>> = p.into_inner().collect();
+        // Every operator can deepen the tree by one; nesting adds one more.
+        let weight = 1 + toks.iter().filter(|t| !is_operand(t.as_rule())).count();
         self.depth += weight;
         let e = if self.depth > EXPR_DEPTH_MAX {
             if !self.deep_reported {
@@ -948,161 +1000,122 @@ impl Builder<'_> {
             }
             Expr { kind: ExprKind::Error, span }
         } else {
-            self.expr_inner(p)
+            let mut it = toks.into_iter().peekable();
+            let e = self.climb(&mut it, 0);
+            debug_assert!(it.peek().is_none(), "the grammar guarantees a well-formed sequence");
+            e
         };
         self.depth -= weight;
         e
     }
 
-    fn expr_inner(&mut self, p: P<'_>) -> Expr {
-        let span = self.span(&p);
-        match p.as_rule() {
-            Rule::expr => match p.into_inner().next() {
-                Some(c) => self.expr(c),
-                None => Expr { kind: ExprKind::Error, span },
-            },
-            Rule::or_expr | Rule::and_expr | Rule::add_expr | Rule::mul_expr | Rule::coalesce_expr => {
-                let mut it = p.into_inner();
-                let Some(first) = it.next() else {
-                    return Expr { kind: ExprKind::Error, span };
-                };
-                let mut acc = self.expr(first);
-                while let (Some(op), Some(rhs)) = (it.next(), it.next()) {
-                    let op = match op.as_str() {
-                        "or" => BinOp::Or,
-                        "and" => BinOp::And,
-                        "+" => BinOp::Add,
-                        "-" => BinOp::Sub,
-                        "*" => BinOp::Mul,
-                        "/" => BinOp::Div,
-                        "%" => BinOp::Rem,
-                        _ => BinOp::Coalesce,
-                    };
-                    let rhs = self.expr(rhs);
-                    let s = acc.span.to(rhs.span);
-                    acc = Expr { kind: ExprKind::Binary(op, Box::new(acc), Box::new(rhs)), span: s };
-                }
-                acc
+    /// Parses operands and operators binding at least as tightly as `min`.
+    fn climb<'i>(&mut self, toks: &mut std::iter::Peekable<std::vec::IntoIter<P<'i>>>, min: u8) -> Expr {
+        let Some(first) = toks.next() else {
+            return Expr { kind: ExprKind::Error, span: Span::new(self.file, self.offset, self.offset) };
+        };
+        let first_span = self.span(&first);
+        let mut lhs = match first.as_rule() {
+            Rule::not_op => {
+                let operand = self.climb(toks, PREC_NOT + 1);
+                let span = first_span.to(operand.span);
+                Expr { kind: ExprKind::Unary(UnOp::Not, Box::new(operand)), span }
             }
-            Rule::not_expr => {
-                let parts: Vec<_> = p.into_inner().collect();
-                let nots: Vec<Span> =
-                    parts.iter().filter(|c| c.as_rule() == Rule::not_op).map(|c| self.span(c)).collect();
-                let Some(last) = parts.into_iter().last() else {
-                    return Expr { kind: ExprKind::Error, span };
-                };
-                let mut e = self.expr(last);
-                for ns in nots.into_iter().rev() {
-                    let s = ns.to(e.span);
-                    e = Expr { kind: ExprKind::Unary(UnOp::Not, Box::new(e)), span: s };
-                }
-                e
-            }
-            Rule::cmp_expr => {
-                let mut it = p.into_inner();
-                let Some(first) = it.next() else {
-                    return Expr { kind: ExprKind::Error, span };
-                };
-                let lhs = self.expr(first);
-                let Some(next) = it.next() else { return lhs };
-                match next.as_rule() {
-                    Rule::cmp_op => {
-                        let op = match next.as_str() {
-                            "==" => BinOp::Eq,
-                            "!=" => BinOp::Ne,
-                            "<=" => BinOp::Le,
-                            ">=" => BinOp::Ge,
-                            "<" => BinOp::Lt,
-                            _ => BinOp::Gt,
-                        };
-                        let rhs = match it.next() {
-                            Some(r) => self.expr(r),
-                            None => Expr { kind: ExprKind::Error, span },
-                        };
-                        Expr { kind: ExprKind::Binary(op, Box::new(lhs), Box::new(rhs)), span }
-                    }
-                    Rule::in_suffix => {
-                        let mut negated = false;
-                        let mut list = Vec::new();
-                        for c in next.into_inner() {
-                            if c.as_rule() == Rule::not_op {
-                                negated = true;
-                            } else {
-                                list.push(self.expr(c));
-                            }
-                        }
-                        Expr { kind: ExprKind::In { expr: Box::new(lhs), list, negated }, span }
-                    }
-                    _ => {
-                        let negated = next.into_inner().any(|c| c.as_rule() == Rule::not_op);
-                        Expr { kind: ExprKind::IsNull { expr: Box::new(lhs), negated }, span }
-                    }
-                }
-            }
-            Rule::unary_expr => {
-                let parts: Vec<_> = p.into_inner().collect();
-                let negs = parts.iter().filter(|c| c.as_rule() == Rule::neg_op).count();
-                let Some(last) = parts.into_iter().last() else {
-                    return Expr { kind: ExprKind::Error, span };
-                };
+            Rule::neg_op => {
                 // `-9223372036854775808` is a literal, not the negation of an overflowing one.
-                let (mut e, mut negs) = match (negs, self.negated_literal(&last)) {
-                    (1.., Some(lit)) => (Expr { kind: lit, span }, negs - 1),
-                    _ => (self.expr(last), negs),
-                };
-                while negs > 0 {
-                    e = Expr { kind: ExprKind::Unary(UnOp::Neg, Box::new(e)), span };
-                    negs -= 1;
+                let min_int = toks.peek().is_some_and(|t| {
+                    t.as_rule() == Rule::int_lit && t.as_str().replace('_', "") == "9223372036854775808"
+                });
+                if min_int {
+                    let lit = toks.next().map(|t| self.span(&t)).unwrap_or(first_span);
+                    let e = Expr { kind: ExprKind::Int(i64::MIN), span: first_span.to(lit) };
+                    self.postfixes(e, toks)
+                } else {
+                    let operand = self.climb(toks, PREC_NEG + 1);
+                    let span = first_span.to(operand.span);
+                    Expr { kind: ExprKind::Unary(UnOp::Neg, Box::new(operand)), span }
                 }
-                e
             }
-            Rule::postfix_expr => {
-                let mut it = p.into_inner();
-                let Some(first) = it.next() else {
-                    return Expr { kind: ExprKind::Error, span };
-                };
-                let mut e = self.primary(first);
-                for post in it {
-                    let ps = self.span(&post);
-                    let s = e.span.to(ps);
-                    let rule = post.as_rule();
-                    let Some(inner) = post.into_inner().next() else {
-                        continue;
-                    };
-                    e = match rule {
-                        Rule::field_access => Expr { kind: ExprKind::Field(Box::new(e), self.ident(inner)), span: s },
-                        Rule::safe_access => {
-                            Expr { kind: ExprKind::SafeField(Box::new(e), self.ident(inner)), span: s }
-                        }
-                        Rule::index_access => {
-                            let idx = self.expr(inner);
-                            Expr { kind: ExprKind::Index(Box::new(e), Box::new(idx)), span: s }
-                        }
-                        _ => {
-                            let t = self.type_expr(inner);
-                            Expr { kind: ExprKind::Cast(Box::new(e), t), span: s }
-                        }
-                    };
+            _ => {
+                let e = self.primary(first);
+                self.postfixes(e, toks)
+            }
+        };
+        while let Some(next) = toks.peek() {
+            let rule = next.as_rule();
+            if matches!(rule, Rule::in_suffix | Rule::is_null_suffix) {
+                if PREC_CMP < min {
+                    break;
                 }
-                e
+                let Some(op) = toks.next() else { break };
+                lhs = self.suffix(lhs, op);
+                continue;
             }
-            _ => self.primary(p),
+            let Some((prec, op)) = infix(next) else {
+                // A high-precedence postfix after a suffix: apply it (a type error later).
+                lhs = self.postfixes(lhs, toks);
+                if toks.peek().is_some_and(|t| {
+                    infix(t).is_none() && !matches!(t.as_rule(), Rule::in_suffix | Rule::is_null_suffix)
+                }) {
+                    toks.next();
+                }
+                continue;
+            };
+            if prec < min {
+                break;
+            }
+            toks.next();
+            let rhs = self.climb(toks, prec + 1);
+            let span = lhs.span.to(rhs.span);
+            lhs = Expr { kind: ExprKind::Binary(op, Box::new(lhs), Box::new(rhs)), span };
         }
+        lhs
     }
 
-    /// `-<literal>` as one literal, so that i64::MIN is writable.
-    fn negated_literal(&mut self, postfix: &P<'_>) -> Option<ExprKind> {
-        if postfix.as_rule() != Rule::postfix_expr {
-            return None;
+    /// Applies the tight postfix operators (`.f`, `?.f`, `[i]`, `as T`) that follow.
+    fn postfixes<'i>(&mut self, mut e: Expr, toks: &mut std::iter::Peekable<std::vec::IntoIter<P<'i>>>) -> Expr {
+        while let Some(t) = toks.peek() {
+            if !matches!(t.as_rule(), Rule::field_access | Rule::safe_access | Rule::index_access | Rule::cast_suffix) {
+                break;
+            }
+            let Some(post) = toks.next() else { break };
+            let s = e.span.to(self.span(&post));
+            let rule = post.as_rule();
+            let Some(inner) = post.into_inner().next() else { continue };
+            e = match rule {
+                Rule::field_access => Expr { kind: ExprKind::Field(Box::new(e), self.ident(inner)), span: s },
+                Rule::safe_access => Expr { kind: ExprKind::SafeField(Box::new(e), self.ident(inner)), span: s },
+                Rule::index_access => {
+                    let idx = self.expr(inner);
+                    Expr { kind: ExprKind::Index(Box::new(e), Box::new(idx)), span: s }
+                }
+                _ => {
+                    let t = self.type_expr(inner);
+                    Expr { kind: ExprKind::Cast(Box::new(e), t), span: s }
+                }
+            };
         }
-        let mut it = postfix.clone().into_inner();
-        let prim = it.next()?;
-        if it.next().is_some() || prim.as_rule() != Rule::int_lit {
-            return None;
+        e
+    }
+
+    /// `x [not] in (...)` and `x is [not] null`.
+    fn suffix(&mut self, lhs: Expr, op: P<'_>) -> Expr {
+        let span = lhs.span.to(self.span(&op));
+        if op.as_rule() == Rule::in_suffix {
+            let mut negated = false;
+            let mut list = Vec::new();
+            for c in op.into_inner() {
+                if c.as_rule() == Rule::not_op {
+                    negated = true;
+                } else {
+                    list.push(self.expr(c));
+                }
+            }
+            Expr { kind: ExprKind::In { expr: Box::new(lhs), list, negated }, span }
+        } else {
+            let negated = op.into_inner().any(|c| c.as_rule() == Rule::not_op);
+            Expr { kind: ExprKind::IsNull { expr: Box::new(lhs), negated }, span }
         }
-        let digits = prim.as_str().replace('_', "");
-        let v: i128 = digits.parse().ok()?;
-        i64::try_from(-v).ok().map(ExprKind::Int)
     }
 
     fn int_value(&mut self, p: &P<'_>) -> Option<i64> {
@@ -1205,15 +1218,17 @@ impl Builder<'_> {
             Rule::string => ExprKind::Str(self.string(&p)),
             Rule::bool_lit => ExprKind::Bool(p.as_str().starts_with('t')),
             Rule::null_lit => ExprKind::Null,
-            Rule::name_ref => ExprKind::Name(self.ident(p)),
-            Rule::paren => return p.into_inner().next().map_or(err, |e| self.expr(e)),
-            Rule::call => {
+            Rule::name_ref => {
                 let mut it = p.into_inner();
                 let Some(name) = it.next() else { return err };
                 let name = self.ident(name);
-                let args = it.map(|a| self.expr(a)).collect();
-                ExprKind::Call(name, args)
+                match it.next() {
+                    Some(args) => ExprKind::Call(name, args.into_inner().map(|a| self.expr(a)).collect()),
+                    // The pair's span may include whitespace before the absent arguments.
+                    None => return Expr { span: name.span, kind: ExprKind::Name(name) },
+                }
             }
+            Rule::paren => return p.into_inner().next().map_or(err, |e| self.expr(e)),
             Rule::if_expr => {
                 let mut it = p.into_inner().map(|e| self.expr(e));
                 match (it.next(), it.next(), it.next()) {
@@ -1242,16 +1257,7 @@ impl Builder<'_> {
             }
             Rule::list_lit => ExprKind::List(p.into_inner().map(|e| self.expr(e)).collect()),
             Rule::record_lit => ExprKind::Record(p.into_inner().filter_map(|n| self.named(n)).collect()),
-            Rule::expr
-            | Rule::or_expr
-            | Rule::and_expr
-            | Rule::not_expr
-            | Rule::cmp_expr
-            | Rule::coalesce_expr
-            | Rule::add_expr
-            | Rule::mul_expr
-            | Rule::unary_expr
-            | Rule::postfix_expr => return self.expr(p),
+            Rule::expr => return self.expr(p),
             _ => ExprKind::Error,
         };
         Expr { kind, span }
@@ -1319,85 +1325,7 @@ impl Builder<'_> {
     }
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let mp = (m as i64 + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn days_in_month(y: i64, m: u32) -> u32 {
-    match m {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        _ if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
-        _ => 28,
-    }
-}
-
-/// Parses `YYYY-MM-DD[THH:MM[:SS[.fff]](Z|±HH:MM)]` to epoch milliseconds.
-pub fn parse_timestamp(s: &str) -> Result<i64, String> {
-    let num = |r: std::ops::Range<usize>| -> Result<i64, String> {
-        s.get(r.clone())
-            .and_then(|t| t.parse().ok())
-            .ok_or_else(|| format!("`{}` is not a number", s.get(r).unwrap_or("")))
-    };
-    let y = num(0..4)?;
-    let m = num(5..7)? as u32;
-    let d = num(8..10)? as u32;
-    if !(1..=12).contains(&m) {
-        return Err(format!("month {m} is not between 1 and 12"));
-    }
-    if d == 0 || d > days_in_month(y, m) {
-        return Err(format!("day {d} does not exist in {y:04}-{m:02}"));
-    }
-    let mut ms = days_from_civil(y, m, d) * 86_400_000;
-    if s.len() == 10 {
-        return Ok(ms);
-    }
-    let h = num(11..13)?;
-    let mi = num(14..16)?;
-    if h > 23 {
-        return Err(format!("hour {h} is not between 0 and 23"));
-    }
-    if mi > 59 {
-        return Err(format!("minute {mi} is not between 0 and 59"));
-    }
-    ms += (h * 60 + mi) * 60_000;
-    let mut rest = &s[16..];
-    if let Some(r) = rest.strip_prefix(':') {
-        let sec: i64 = r.get(0..2).and_then(|t| t.parse().ok()).ok_or("bad seconds")?;
-        if sec > 59 {
-            return Err(format!("second {sec} is not between 0 and 59"));
-        }
-        ms += sec * 1000;
-        rest = &r[2..];
-        if let Some(r) = rest.strip_prefix('.') {
-            let digits = r.find(|c: char| !c.is_ascii_digit()).unwrap_or(r.len());
-            let frac = &r[..digits];
-            let mut v: i64 = 0;
-            for (i, c) in frac.chars().take(3).enumerate() {
-                v += (c as i64 - '0' as i64) * 10i64.pow(2 - i as u32);
-            }
-            ms += v;
-            rest = &r[digits..];
-        }
-    }
-    if rest == "Z" {
-        return Ok(ms);
-    }
-    let sign = if rest.starts_with('-') { -1 } else { 1 };
-    let oh: i64 = rest.get(1..3).and_then(|t| t.parse().ok()).ok_or("bad offset")?;
-    let om: i64 = rest.get(4..6).and_then(|t| t.parse().ok()).ok_or("bad offset")?;
-    if oh > 23 || om > 59 {
-        return Err(format!("offset {rest} is out of range"));
-    }
-    Ok(ms - sign * (oh * 60 + om) * 60_000)
-}
+pub use flow_types::time::{days_from_civil, parse_timestamp};
 
 #[cfg(test)]
 mod tests {

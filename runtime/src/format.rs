@@ -1,0 +1,554 @@
+//! Record formats: JSON lines and CSV to rows, rows to JSON lines and CSV.
+//!
+//! Decoding is strict about types and lenient about shape, as Flink's JSON format with
+//! `fail-on-missing-field = false`: unknown fields are ignored, a missing field is null
+//! when its type is nullable and an error otherwise. A record that does not decode
+//! yields a [`DecodeError`] with the reason; the caller dead-letters it. Nothing in
+//! here panics on any input.
+//!
+//! Value rules: `int` is a JSON integer; `float` any JSON number; `decimal(p, s)` a JSON
+//! number (or a string holding one), read exactly from its text (never through a
+//! float), rounded half away from zero to `s` places, an error if it needs more than
+//! `p - s` integer digits; `timestamp` epoch milliseconds or an RFC 3339 string (or
+//! Flink SQL's `YYYY-MM-DD HH:MM:SS`); `duration` integer milliseconds; `bool` a JSON
+//! boolean; `string` a JSON string; lists and records nested JSON.
+//!
+//! Encoding writes timestamps as epoch milliseconds, decimals with exactly their
+//! scale, floats in shortest round-trip form (NaN and infinities as null in JSON).
+
+use flow_types::row::{Batch, BatchBuilder, Layout, RowRef, SlotKind};
+use flow_types::{format_decimal, Kind, RecordType, Type, Value};
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+/// Why a record did not decode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DecodeError(pub String);
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn err<T>(msg: impl Into<String>) -> Result<T, DecodeError> {
+    Err(DecodeError(msg.into()))
+}
+
+/// Decodes one JSON object into a new row of `out`. On error no row is added.
+pub fn decode_json_row(line: &str, out: &mut BatchBuilder) -> Result<(), DecodeError> {
+    let layout = out.layout.clone();
+    let rec = &layout.record;
+    let mut values: Vec<Option<Value>> = vec![None; rec.fields.len()];
+    let trimmed = line.trim();
+    if !trimmed.starts_with('{') {
+        return err("not a JSON object");
+    }
+    for item in sonic_rs::to_object_iter(trimmed) {
+        let (key, lazy) = match item {
+            Ok(kv) => kv,
+            Err(e) => return err(format!("malformed JSON: {}", first_line(&e.to_string()))),
+        };
+        let Some(i) = rec.fields.iter().position(|f| f.name.as_str() == &*key) else { continue };
+        let v = json_value(lazy.as_raw_str(), &rec.fields[i].ty, 0)
+            .map_err(|e| DecodeError(format!("field `{}`: {}", rec.fields[i].name, e.0)))?;
+        values[i] = Some(v);
+    }
+    let row: Vec<Value> = values
+        .into_iter()
+        .zip(&rec.fields)
+        .map(|(v, f)| match v {
+            Some(Value::Null) | None if !f.ty.nullable => err(format!(
+                "field `{}` is {} but its type `{}` is not nullable",
+                f.name,
+                if v.is_some() { "null" } else { "missing" },
+                f.ty
+            )),
+            Some(v) => Ok(v),
+            None => Ok(Value::Null),
+        })
+        .collect::<Result<_, _>>()?;
+    out.push_values(&row).map_err(|e| DecodeError(format!("cannot store the record: {e:?}")))
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s)
+}
+
+const NESTING_MAX: usize = 32;
+
+/// Decodes the raw JSON text of one value as type `ty`.
+fn json_value(raw: &str, ty: &Type, depth: usize) -> Result<Value, DecodeError> {
+    let raw = raw.trim();
+    if raw == "null" {
+        return Ok(Value::Null);
+    }
+    if depth > NESTING_MAX {
+        return err("nested too deeply");
+    }
+    match &ty.kind {
+        Kind::Bool => match raw {
+            "true" => Ok(Value::Bool(true)),
+            "false" => Ok(Value::Bool(false)),
+            _ => err(format!("expected a boolean, found {}", snippet(raw))),
+        },
+        Kind::Int => parse_int(raw).map(Value::Int),
+        Kind::Duration => parse_int(raw).map(Value::Duration),
+        Kind::Float => {
+            if !is_json_number(raw) {
+                return err(format!("expected a number, found {}", snippet(raw)));
+            }
+            raw.parse::<f64>().map(Value::Float).map_err(|_| DecodeError(format!("bad number {}", snippet(raw))))
+        }
+        Kind::Decimal { precision, scale } => {
+            let text = if raw.starts_with('"') { unquote(raw)? } else { raw.to_string() };
+            parse_decimal(&text, *precision, *scale).map(|units| Value::Decimal { units, scale: *scale })
+        }
+        Kind::String => unquote(raw).map(|s| Value::String(s.into())),
+        Kind::Timestamp => {
+            if raw.starts_with('"') {
+                let s = unquote(raw)?;
+                flow_types::time::parse_record_timestamp(&s).map(Value::Timestamp).map_err(DecodeError)
+            } else {
+                parse_int(raw).map(Value::Timestamp)
+            }
+        }
+        Kind::List(elem) => {
+            if !raw.starts_with('[') {
+                return err(format!("expected a list, found {}", snippet(raw)));
+            }
+            let mut items = Vec::new();
+            for item in sonic_rs::to_array_iter(raw) {
+                let lazy = item.map_err(|e| DecodeError(format!("malformed JSON: {}", first_line(&e.to_string()))))?;
+                let v = json_value(lazy.as_raw_str(), elem, depth + 1)?;
+                if matches!(v, Value::Null) && !elem.nullable {
+                    return err("a list element is null, but the element type is not nullable");
+                }
+                items.push(v);
+            }
+            Ok(Value::List(items.into()))
+        }
+        Kind::Record(rec) => {
+            if !raw.starts_with('{') {
+                return err(format!("expected an object, found {}", snippet(raw)));
+            }
+            let mut values: Vec<Option<Value>> = vec![None; rec.fields.len()];
+            for item in sonic_rs::to_object_iter(raw) {
+                let (key, lazy) =
+                    item.map_err(|e| DecodeError(format!("malformed JSON: {}", first_line(&e.to_string()))))?;
+                if let Some(i) = rec.fields.iter().position(|f| f.name.as_str() == &*key) {
+                    values[i] = Some(json_value(lazy.as_raw_str(), &rec.fields[i].ty, depth + 1)?);
+                }
+            }
+            let mut out = Vec::with_capacity(values.len());
+            for (v, f) in values.into_iter().zip(&rec.fields) {
+                match v {
+                    Some(Value::Null) | None if !f.ty.nullable => {
+                        return err(format!("field `{}` is missing or null", f.name))
+                    }
+                    v => out.push(v.unwrap_or(Value::Null)),
+                }
+            }
+            Ok(Value::Record(out.into()))
+        }
+        Kind::Null | Kind::Error => err("no value of this type can be read"),
+    }
+}
+
+fn snippet(raw: &str) -> String {
+    let mut s: String = raw.chars().take(24).collect();
+    if raw.chars().count() > 24 {
+        s.push('…');
+    }
+    format!("`{s}`")
+}
+
+fn is_json_number(raw: &str) -> bool {
+    let b = raw.as_bytes();
+    !b.is_empty()
+        && (b[0] == b'-' || b[0].is_ascii_digit())
+        && b.iter().all(|c| c.is_ascii_digit() || b"+-.eE".contains(c))
+}
+
+fn parse_int(raw: &str) -> Result<i64, DecodeError> {
+    if !is_json_number(raw) {
+        return err(format!("expected an integer, found {}", snippet(raw)));
+    }
+    raw.parse::<i64>().map_err(|_| {
+        if raw.contains(['.', 'e', 'E']) {
+            DecodeError(format!("expected an integer, found {}", snippet(raw)))
+        } else {
+            DecodeError(format!("integer {} out of range", snippet(raw)))
+        }
+    })
+}
+
+fn unquote(raw: &str) -> Result<String, DecodeError> {
+    if !raw.starts_with('"') {
+        return err(format!("expected a string, found {}", snippet(raw)));
+    }
+    sonic_rs::from_str::<String>(raw).map_err(|_| DecodeError(format!("malformed string {}", snippet(raw))))
+}
+
+/// Parses decimal text exactly into units of `10^-scale`, rounding half away from zero.
+pub fn parse_decimal(text: &str, precision: u8, scale: u8) -> Result<i128, DecodeError> {
+    let t = text.trim();
+    let (neg, body) = match t.strip_prefix('-') {
+        Some(b) => (true, b),
+        None => (false, t.strip_prefix('+').unwrap_or(t)),
+    };
+    let (mantissa, exp) = match body.find(['e', 'E']) {
+        Some(i) => {
+            let e: i32 = body[i + 1..].parse().map_err(|_| DecodeError(format!("bad number `{t}`")))?;
+            (&body[..i], e)
+        }
+        None => (body, 0),
+    };
+    let (int_part, frac_part) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    if int_part.is_empty() && frac_part.is_empty()
+        || !int_part.bytes().all(|c| c.is_ascii_digit())
+        || !frac_part.bytes().all(|c| c.is_ascii_digit())
+    {
+        return err(format!("expected a decimal number, found `{t}`"));
+    }
+    if exp.abs() > 400 {
+        return err(format!("number `{t}` out of range"));
+    }
+    // digits * 10^(exp - frac_len), brought to `scale` places.
+    let digits: String = format!("{int_part}{frac_part}").trim_start_matches('0').to_string();
+    let shift = exp - frac_part.len() as i32 + scale as i32;
+    let overflow = || DecodeError(format!("`{t}` does not fit decimal({precision}, {scale})"));
+    if digits.len() > 60 && shift >= 0 {
+        return Err(overflow());
+    }
+    let mut units: i128 = 0;
+    let keep = if shift >= 0 { digits.len() } else { digits.len().saturating_sub((-shift) as usize) };
+    for c in digits[..keep].bytes() {
+        units = units.checked_mul(10).and_then(|u| u.checked_add((c - b'0') as i128)).ok_or_else(overflow)?;
+    }
+    if shift > 0 {
+        units = 10i128.checked_pow(shift as u32).and_then(|p| units.checked_mul(p)).ok_or_else(overflow)?;
+    } else if shift < 0 {
+        // Round half away from zero on the first dropped digit.
+        let dropped = &digits[keep..];
+        if dropped.as_bytes().first().is_some_and(|d| *d >= b'5') {
+            units = units.checked_add(1).ok_or_else(overflow)?;
+        }
+    }
+    if units >= 10i128.pow(precision as u32) {
+        return Err(overflow());
+    }
+    Ok(if neg { -units } else { units })
+}
+
+// ------------------------------------------------------------------ CSV
+
+/// Maps CSV columns to fields: by header names, or by position.
+#[derive(Clone, Debug)]
+pub struct CsvColumns {
+    /// For each field, the column that holds it.
+    pub columns: Vec<Option<usize>>,
+}
+
+impl CsvColumns {
+    pub fn by_position(rec: &RecordType) -> CsvColumns {
+        CsvColumns { columns: (0..rec.fields.len()).map(Some).collect() }
+    }
+
+    pub fn from_header(rec: &RecordType, header: &csv::StringRecord) -> CsvColumns {
+        CsvColumns { columns: rec.fields.iter().map(|f| header.iter().position(|h| h.trim() == f.name)).collect() }
+    }
+}
+
+/// Decodes one CSV record into a new row of `out`. Empty cells are null.
+pub fn decode_csv_row(
+    record: &csv::StringRecord,
+    cols: &CsvColumns,
+    out: &mut BatchBuilder,
+) -> Result<(), DecodeError> {
+    let layout = out.layout.clone();
+    let mut row = Vec::with_capacity(layout.record.fields.len());
+    for (f, col) in layout.record.fields.iter().zip(&cols.columns) {
+        let cell = col.and_then(|c| record.get(c)).unwrap_or("");
+        let v = if cell.is_empty() && !matches!(f.ty.kind, Kind::String) {
+            Value::Null
+        } else {
+            csv_value(cell, &f.ty).map_err(|e| DecodeError(format!("field `{}`: {}", f.name, e.0)))?
+        };
+        if matches!(v, Value::Null) && !f.ty.nullable {
+            return err(format!("field `{}` is empty but its type `{}` is not nullable", f.name, f.ty));
+        }
+        row.push(v);
+    }
+    out.push_values(&row).map_err(|e| DecodeError(format!("cannot store the record: {e:?}")))
+}
+
+fn csv_value(cell: &str, ty: &Type) -> Result<Value, DecodeError> {
+    let c = cell.trim();
+    match &ty.kind {
+        Kind::String => Ok(Value::String(cell.into())),
+        Kind::Bool => match c.to_ascii_lowercase().as_str() {
+            "true" => Ok(Value::Bool(true)),
+            "false" => Ok(Value::Bool(false)),
+            _ => err(format!("expected true or false, found {}", snippet(c))),
+        },
+        Kind::Int => parse_int(c).map(Value::Int),
+        Kind::Duration => parse_int(c).map(Value::Duration),
+        Kind::Float => c
+            .parse::<f64>()
+            .map(Value::Float)
+            .map_err(|_| DecodeError(format!("expected a number, found {}", snippet(c)))),
+        Kind::Decimal { precision, scale } => {
+            parse_decimal(c, *precision, *scale).map(|units| Value::Decimal { units, scale: *scale })
+        }
+        Kind::Timestamp => {
+            if c.bytes().all(|b| b.is_ascii_digit() || b == b'-') && !c.contains("-0") && c.len() < 17 {
+                parse_int(c).map(Value::Timestamp)
+            } else {
+                flow_types::time::parse_record_timestamp(c).map(Value::Timestamp).map_err(DecodeError)
+            }
+        }
+        _ => err("CSV cannot hold lists or records"),
+    }
+}
+
+// ------------------------------------------------------------------ encoding
+
+/// Appends a row as one JSON object (no newline).
+pub fn encode_json_row(row: &RowRef, out: &mut String) {
+    let layout = &row.batch.layout;
+    out.push('{');
+    for (i, f) in layout.record.fields.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        json_string(&f.name, out);
+        out.push(':');
+        if row.is_null(i) {
+            out.push_str("null");
+            continue;
+        }
+        match layout.slot_kinds[i] {
+            SlotKind::Bool => out.push_str(if row.i64(i) & 1 != 0 { "true" } else { "false" }),
+            SlotKind::I64 => {
+                let _ = write!(out, "{}", row.i64(i));
+            }
+            SlotKind::F64 => json_float(row.f64(i), out),
+            SlotKind::Dec64 { scale } => out.push_str(&format_decimal(row.i64(i) as i128, scale)),
+            SlotKind::Dec128 { scale } => out.push_str(&format_decimal(row.i128(i), scale)),
+            SlotKind::Str => json_string(row.str(i), out),
+            SlotKind::Encoded => json_value_out(&row.value(i), &f.ty, out),
+        }
+    }
+    out.push('}');
+}
+
+fn json_float(x: f64, out: &mut String) {
+    if x.is_finite() {
+        let _ = write!(out, "{x:?}");
+    } else {
+        out.push_str("null");
+    }
+}
+
+fn json_string(s: &str, out: &mut String) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+fn json_value_out(v: &Value, ty: &Type, out: &mut String) {
+    match (v, &ty.kind) {
+        (Value::Null, _) => out.push_str("null"),
+        (Value::Bool(b), _) => out.push_str(if *b { "true" } else { "false" }),
+        (Value::Int(i) | Value::Timestamp(i) | Value::Duration(i), _) => {
+            let _ = write!(out, "{i}");
+        }
+        (Value::Float(x), _) => json_float(*x, out),
+        (Value::Decimal { units, scale }, _) => out.push_str(&format_decimal(*units, *scale)),
+        (Value::String(s), _) => json_string(s, out),
+        (Value::List(items), Kind::List(elem)) => {
+            out.push('[');
+            for (i, it) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                json_value_out(it, elem, out);
+            }
+            out.push(']');
+        }
+        (Value::Record(items), Kind::Record(rec)) => {
+            out.push('{');
+            for (i, (it, f)) in items.iter().zip(&rec.fields).enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                json_string(&f.name, out);
+                out.push(':');
+                json_value_out(it, &f.ty, out);
+            }
+            out.push('}');
+        }
+        _ => out.push_str("null"),
+    }
+}
+
+/// The text of one field for CSV output (empty for null).
+pub fn csv_cell(row: &RowRef, i: usize) -> String {
+    if row.is_null(i) {
+        return String::new();
+    }
+    match row.batch.layout.slot_kinds[i] {
+        SlotKind::Bool => (if row.i64(i) & 1 != 0 { "true" } else { "false" }).to_string(),
+        SlotKind::I64 => row.i64(i).to_string(),
+        SlotKind::F64 => format!("{:?}", row.f64(i)),
+        SlotKind::Dec64 { scale } => format_decimal(row.i64(i) as i128, scale),
+        SlotKind::Dec128 { scale } => format_decimal(row.i128(i), scale),
+        SlotKind::Str => row.str(i).to_string(),
+        SlotKind::Encoded => row.value(i).to_string(),
+    }
+}
+
+/// Decodes JSON lines into a batch; returns the batch and the lines that failed with
+/// their 1-based line numbers (relative to `first_line`) and reasons.
+pub fn decode_json_lines(text: &str, layout: Arc<Layout>, first_line: u64) -> (Batch, Vec<(u64, String, DecodeError)>) {
+    let mut b = BatchBuilder::new(layout);
+    let mut bad = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        if let Err(e) = decode_json_row(line, &mut b) {
+            bad.push((first_line + i as u64, line.to_string(), e));
+        }
+    }
+    (b.finish(), bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flow_types::Field;
+    use proptest::prelude::*;
+
+    fn txn() -> Arc<Layout> {
+        Arc::new(Layout::new(Arc::new(RecordType::new(
+            Some("Txn".into()),
+            vec![
+                Field { name: "id".into(), ty: Type::string() },
+                Field { name: "amount".into(), ty: Type::decimal(12, 2) },
+                Field { name: "ts".into(), ty: Type::timestamp() },
+                Field { name: "note".into(), ty: Type::string().nullable() },
+                Field { name: "n".into(), ty: Type::int().nullable() },
+                Field { name: "tags".into(), ty: Type::list(Type::string()).nullable() },
+            ],
+        ))))
+    }
+
+    #[test]
+    fn decodes_and_encodes_json() {
+        let (batch, bad) = decode_json_lines(
+            concat!(
+                r#"{"id":"e1","amount":649.38,"ts":1699999999484,"extra":{"x":[1]}}"#,
+                "\n",
+                r#"{"id":"é\"2","amount":"12.345","ts":"2023-11-14T22:13:20Z","note":null,"n":7,"tags":["a","b"]}"#,
+                "\n",
+            ),
+            txn(),
+            1,
+        );
+        assert!(bad.is_empty(), "{bad:?}");
+        let mut out = String::new();
+        encode_json_row(&batch.row(0), &mut out);
+        assert_eq!(out, r#"{"id":"e1","amount":649.38,"ts":1699999999484,"note":null,"n":null,"tags":null}"#);
+        out.clear();
+        encode_json_row(&batch.row(1), &mut out);
+        assert_eq!(out, r#"{"id":"é\"2","amount":12.35,"ts":1700000000000,"note":null,"n":7,"tags":["a","b"]}"#);
+    }
+
+    #[test]
+    fn bad_records_give_reasons() {
+        let cases = [
+            ("{\"id\":\"x\",\"amount\":1,\"ts\":1", "malformed JSON"),
+            ("not json", "not a JSON object"),
+            (r#"{"amount":1,"ts":1}"#, "field `id` is missing"),
+            (r#"{"id":"x","amount":"abc","ts":1}"#, "field `amount`: expected a decimal number"),
+            (r#"{"id":"x","amount":12345678901.5,"ts":1}"#, "does not fit decimal(12, 2)"),
+            (r#"{"id":"x","amount":1,"ts":"yesterday"}"#, "not a timestamp"),
+            (r#"{"id":"x","amount":1,"ts":1.5}"#, "expected an integer"),
+            (r#"{"id":7,"amount":1,"ts":1}"#, "expected a string"),
+            (r#"{"id":"x","amount":1,"ts":1,"n":99999999999999999999}"#, "out of range"),
+        ];
+        for (line, why) in cases {
+            let mut b = BatchBuilder::new(txn());
+            let e = decode_json_row(line, &mut b).expect_err(line);
+            assert!(e.0.contains(why), "{line}: {e}");
+            assert_eq!(b.len(), 0);
+        }
+    }
+
+    #[test]
+    fn decimals_parse_exactly() {
+        assert_eq!(parse_decimal("649.38", 12, 2), Ok(64938));
+        assert_eq!(parse_decimal("0.005", 12, 2), Ok(1));
+        assert_eq!(parse_decimal("-0.005", 12, 2), Ok(-1));
+        assert_eq!(parse_decimal("1e3", 12, 2), Ok(100000));
+        assert_eq!(parse_decimal("1.5E-1", 12, 2), Ok(15));
+        assert_eq!(parse_decimal("9999999999.99", 12, 2), Ok(999999999999));
+        assert!(parse_decimal("10000000000.00", 12, 2).is_err());
+        assert!(parse_decimal("1e400", 12, 2).is_err());
+        assert!(parse_decimal(".", 12, 2).is_err());
+    }
+
+    #[test]
+    fn csv_rows() {
+        let layout = txn();
+        let header = csv::StringRecord::from(vec!["ts", "id", "amount", "note"]);
+        let cols = CsvColumns::from_header(&layout.record, &header);
+        let mut b = BatchBuilder::new(layout);
+        decode_csv_row(&csv::StringRecord::from(vec!["1700000000000", "a", "1.50", ""]), &cols, &mut b).unwrap();
+        decode_csv_row(&csv::StringRecord::from(vec!["2023-11-14 22:13:20", "b", "2", "hi"]), &cols, &mut b).unwrap();
+        assert!(decode_csv_row(&csv::StringRecord::from(vec!["x", "c", "2", ""]), &cols, &mut b).is_err());
+        let batch = b.finish();
+        assert_eq!(batch.len, 2);
+        assert_eq!(csv_cell(&batch.row(0), 1), "1.50");
+        assert_eq!(csv_cell(&batch.row(1), 2), "1700000000000");
+        assert_eq!(csv_cell(&batch.row(0), 3), "");
+    }
+
+    proptest! {
+        #[test]
+        fn json_decoding_never_panics(line in ".{0,200}") {
+            let mut b = BatchBuilder::new(txn());
+            let _ = decode_json_row(&line, &mut b);
+        }
+
+        #[test]
+        fn json_like_input_never_panics(parts in proptest::collection::vec(prop::sample::select(vec![
+            "{", "}", "[", "]", ",", ":", "\"id\"", "\"amount\"", "\"ts\"", "\"tags\"", "1", "-1.5e3", "\"x\"", "null", "true",
+            "\"2023-11-14T22:13:20Z\"", "99999999999999999999999", "\"\\u00e9\"", " ",
+        ]), 0..40)) {
+            let line = parts.concat();
+            let mut b = BatchBuilder::new(txn());
+            let _ = decode_json_row(&line, &mut b);
+        }
+
+        #[test]
+        fn decimal_text_never_panics(s in "[-+0-9.eE]{0,30}") {
+            let _ = parse_decimal(&s, 38, 10);
+            let _ = parse_decimal(&s, 1, 0);
+        }
+    }
+}

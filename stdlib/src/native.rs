@@ -1,0 +1,290 @@
+//! `extern "C"` entry points for compiled code.
+//!
+//! The JIT emits the hot operations inline (field loads and stores, null checks, int
+//! and float arithmetic, comparisons, string equality and prefix tests) and calls
+//! these for the rest: every stdlib scalar, decimal arithmetic, casts, list and
+//! record operations, string ordering and string output. [`symbols`] lists them for
+//! `JITBuilder::symbol`. They share [`crate::ops`] and [`crate::eval`] with the
+//! interpreter, so both back ends agree on every edge by construction.
+//!
+//! Values cross the boundary as [`Slot`]s: a null flag and two 64-bit words whose
+//! meaning depends on the static type (see [`Slot`]). Strings and encoded lists or
+//! records are (pointer, length) pairs; those a helper makes live in
+//! [`NativeCtx::scratch`] until the batch ends.
+
+use crate::ops::{self, Arith};
+use flow_types::row::{decode_value, encode_value};
+use flow_types::{Kind, Type, Value};
+use std::sync::Arc;
+
+/// A value passed to or returned by a helper.
+///
+/// | type | `a` | `b` |
+/// | --- | --- | --- |
+/// | bool | 0 or 1 | - |
+/// | int, timestamp, duration, decimal(p <= 18) | the `i64` (units) | - |
+/// | float | the `f64` bits | - |
+/// | decimal(p > 18) | low 64 bits of the `i128` units | high 64 bits |
+/// | string, list, record | pointer to UTF-8 / encoded bytes | length |
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Slot {
+    pub null: u64,
+    pub a: u64,
+    pub b: u64,
+}
+
+/// Bytes of a [`Slot`], for code that lays them out.
+pub const SLOT_BYTES: u32 = 24;
+
+/// What a call site of [`flow_op`] computes.
+#[derive(Clone, Debug)]
+pub enum NativeOp {
+    /// A stdlib scalar (nulls handled by [`crate::eval::call`]).
+    Scalar(&'static str),
+    /// A cast of one non-null argument to the result type.
+    Cast,
+    /// Decimal arithmetic to the result type (two non-null arguments).
+    DecArith(Arith),
+    /// Three-way comparison of two non-null values: result int -1, 0, 1, or 2 when
+    /// unordered (NaN, unequal lists).
+    Compare,
+    /// `list[i]` (1-based, null outside).
+    Index,
+    /// Field `i` of a record (null when the record is).
+    GetField(usize),
+    /// A list of the arguments.
+    MakeList,
+    /// A record of the arguments.
+    MakeRecord,
+}
+
+/// One call site: the operation, its argument types and its result type.
+#[derive(Clone, Debug)]
+pub struct Site {
+    pub op: NativeOp,
+    pub args: Vec<Type>,
+    pub ret: Type,
+}
+
+/// The state compiled code threads through helper calls during one batch.
+#[derive(Debug, Default)]
+pub struct NativeCtx {
+    pub sites: Arc<[Site]>,
+    /// Strings and encoded values made by helpers during this batch.
+    pub scratch: Vec<Box<[u8]>>,
+    /// The message of the last failed helper call.
+    pub error: Option<String>,
+    /// The output batch's new arena bytes and where they start in its arena.
+    pub out_extra: Vec<u8>,
+    pub out_base_len: u64,
+}
+
+impl NativeCtx {
+    pub fn new(sites: Arc<[Site]>) -> NativeCtx {
+        NativeCtx { sites, ..NativeCtx::default() }
+    }
+
+    fn keep(&mut self, bytes: Box<[u8]>) -> Slot {
+        let s = Slot { null: 0, a: bytes.as_ptr() as u64, b: bytes.len() as u64 };
+        self.scratch.push(bytes);
+        s
+    }
+
+    /// A value of type `ty` as a slot.
+    pub fn to_slot(&mut self, v: &Value, ty: &Type) -> Slot {
+        let word = |a: u64| Slot { null: 0, a, b: 0 };
+        match v {
+            Value::Null => Slot { null: 1, a: 0, b: 0 },
+            Value::Bool(b) => word(u64::from(*b)),
+            Value::Int(i) | Value::Timestamp(i) | Value::Duration(i) => word(*i as u64),
+            Value::Float(x) => word(x.to_bits()),
+            Value::Decimal { units, .. } => match ty.kind {
+                Kind::Decimal { precision, .. } if precision <= 18 => word(*units as i64 as u64),
+                _ => Slot { null: 0, a: *units as u64, b: (*units >> 64) as u64 },
+            },
+            Value::String(s) => self.keep(s.as_bytes().into()),
+            Value::List(_) | Value::Record(_) => {
+                let mut buf = Vec::new();
+                encode_value(v, &mut buf);
+                self.keep(buf.into_boxed_slice())
+            }
+        }
+    }
+}
+
+/// The value a slot of type `ty` holds.
+///
+/// # Safety
+/// A string, list or record slot must point at `b` readable bytes (UTF-8 for strings).
+pub unsafe fn from_slot(s: &Slot, ty: &Type) -> Value {
+    if s.null != 0 {
+        return Value::Null;
+    }
+    let bytes = || -> &[u8] {
+        if s.b == 0 {
+            return &[];
+        }
+        // SAFETY: the caller promises (a, b) is a readable byte range.
+        unsafe { std::slice::from_raw_parts(s.a as *const u8, s.b as usize) }
+    };
+    match &ty.kind {
+        Kind::Bool => Value::Bool(s.a & 1 != 0),
+        Kind::Int | Kind::Null | Kind::Error => Value::Int(s.a as i64),
+        Kind::Timestamp => Value::Timestamp(s.a as i64),
+        Kind::Duration => Value::Duration(s.a as i64),
+        Kind::Float => Value::Float(f64::from_bits(s.a)),
+        Kind::Decimal { precision, scale } if *precision <= 18 => {
+            Value::Decimal { units: i128::from(s.a as i64), scale: *scale }
+        }
+        Kind::Decimal { scale, .. } => {
+            Value::Decimal { units: (s.a as u128 | (u128::from(s.b) << 64)) as i128, scale: *scale }
+        }
+        Kind::String => Value::String(Arc::from(std::str::from_utf8(bytes()).unwrap_or(""))),
+        Kind::List(_) | Kind::Record(_) => decode_value(bytes(), ty).unwrap_or(Value::Null),
+    }
+}
+
+/// Evaluates a call site on values (also what the interpreter's edges mean).
+pub fn apply(site: &Site, args: &[Value]) -> Result<Value, String> {
+    let null = || args.iter().any(|a| matches!(a, Value::Null));
+    Ok(match &site.op {
+        NativeOp::Scalar(name) => crate::eval::call(name, args)?,
+        NativeOp::Cast if null() => Value::Null,
+        NativeOp::Cast => match ops::cast(&args[0], &site.ret) {
+            Some(v) => v,
+            None if site.ret.nullable => Value::Null,
+            None => return Err(cast_failure(&site.ret).to_string()),
+        },
+        NativeOp::DecArith(_) | NativeOp::Compare if null() => Value::Null,
+        NativeOp::DecArith(op) => {
+            let (Value::Decimal { units: a, scale: sa }, Value::Decimal { units: b, scale: sb }) = (&args[0], &args[1])
+            else {
+                return Err("decimal operands expected".into());
+            };
+            let Kind::Decimal { precision, scale } = site.ret.kind else {
+                return Err("decimal result expected".into());
+            };
+            Value::Decimal { units: ops::dec_arith(*op, *a, *sa, *b, *sb, precision, scale)?, scale }
+        }
+        NativeOp::Compare => Value::Int(match ops::compare(&args[0], &args[1]) {
+            Some(o) => o as i64,
+            None => 2,
+        }),
+        NativeOp::Index => match (&args[0], &args[1]) {
+            (Value::List(l), Value::Int(i)) => crate::eval::list_at(l, *i),
+            _ => Value::Null,
+        },
+        NativeOp::GetField(i) => match &args[0] {
+            Value::Record(r) => r.get(*i).cloned().unwrap_or(Value::Null),
+            _ => Value::Null,
+        },
+        NativeOp::MakeList => Value::List(args.into()),
+        NativeOp::MakeRecord => Value::Record(args.into()),
+    })
+}
+
+/// The error of a cast that fails where its type is not nullable (only decimal
+/// rounding can do that: 9.99 as decimal(2, 1) is 10.0).
+pub fn cast_failure(_to: &Type) -> &'static str {
+    ops::DEC_OVERFLOW
+}
+
+/// Calls site `site` of `ctx` on `n` argument slots at `args`, writing the result to
+/// `out`. Returns 0, or 1 after setting `ctx.error`.
+///
+/// # Safety
+/// `ctx` is a live `NativeCtx`, `args` points at `n` slots of the site's argument
+/// types, `out` at one writable slot.
+pub unsafe extern "C" fn flow_op(ctx: *mut NativeCtx, site: u64, args: *const Slot, n: u64, out: *mut Slot) -> u32 {
+    // SAFETY: the caller passes a live context and valid slots.
+    let ctx = unsafe { &mut *ctx };
+    let sites = ctx.sites.clone();
+    let site = &sites[site as usize];
+    let slots = if n == 0 { &[][..] } else { unsafe { std::slice::from_raw_parts(args, n as usize) } };
+    let values: Vec<Value> = slots.iter().zip(&site.args).map(|(s, t)| unsafe { from_slot(s, t) }).collect();
+    match apply(site, &values) {
+        Ok(v) => {
+            let s = ctx.to_slot(&v, &site.ret);
+            unsafe { *out = s };
+            0
+        }
+        Err(e) => {
+            ctx.error = Some(e);
+            1
+        }
+    }
+}
+
+/// Appends `len` bytes at `ptr` to the output arena; returns their arena offset, or
+/// `u64::MAX` when the arena would pass 4 GiB.
+///
+/// # Safety
+/// `ctx` is a live `NativeCtx`; `ptr` points at `len` readable bytes.
+pub unsafe extern "C" fn flow_str_out(ctx: *mut NativeCtx, ptr: *const u8, len: u64) -> u64 {
+    // SAFETY: the caller passes a live context and a readable range.
+    let ctx = unsafe { &mut *ctx };
+    let off = ctx.out_base_len + ctx.out_extra.len() as u64;
+    if off + len > u64::from(u32::MAX) {
+        ctx.error = Some("batch arena full".into());
+        return u64::MAX;
+    }
+    if len > 0 {
+        ctx.out_extra.extend_from_slice(unsafe { std::slice::from_raw_parts(ptr, len as usize) });
+    }
+    off
+}
+
+/// Byte-wise comparison of two strings: -1, 0 or 1.
+///
+/// # Safety
+/// Both ranges are readable.
+pub unsafe extern "C" fn flow_str_cmp(a: *const u8, alen: u64, b: *const u8, blen: u64) -> i64 {
+    let (x, y) = unsafe {
+        (
+            if alen == 0 { &[][..] } else { std::slice::from_raw_parts(a, alen as usize) },
+            if blen == 0 { &[][..] } else { std::slice::from_raw_parts(b, blen as usize) },
+        )
+    };
+    x.cmp(y) as i64
+}
+
+/// The helpers compiled code may call, by symbol name.
+pub fn symbols() -> Vec<(&'static str, *const u8)> {
+    vec![
+        ("flow_op", flow_op as *const u8),
+        ("flow_str_out", flow_str_out as *const u8),
+        ("flow_str_cmp", flow_str_cmp as *const u8),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_round_trip() {
+        let mut ctx = NativeCtx::default();
+        let cases = [
+            (Value::Int(i64::MIN), Type::int()),
+            (Value::Float(-0.0), Type::float()),
+            (Value::Decimal { units: -(10i128.pow(37)), scale: 3 }, Type::decimal(38, 3)),
+            (Value::Decimal { units: -5, scale: 1 }, Type::decimal(10, 1)),
+            (Value::String("héllo".into()), Type::string()),
+            (Value::List(vec![Value::Int(1), Value::Null].into()), Type::list(Type::int().nullable())),
+            (Value::Null, Type::string().nullable()),
+        ];
+        for (v, t) in cases {
+            let s = ctx.to_slot(&v, &t);
+            assert_eq!(unsafe { from_slot(&s, &t) }, v);
+        }
+    }
+
+    #[test]
+    fn failed_cast_to_non_nullable_is_an_error() {
+        let site = Site { op: NativeOp::Cast, args: vec![Type::decimal(3, 2)], ret: Type::decimal(2, 1) };
+        assert_eq!(apply(&site, &[Value::Decimal { units: 999, scale: 2 }]), Err(ops::DEC_OVERFLOW.into()));
+        let site = Site { ret: Type::decimal(2, 1).nullable(), ..site };
+        assert_eq!(apply(&site, &[Value::Decimal { units: 999, scale: 2 }]), Ok(Value::Null));
+    }
+}

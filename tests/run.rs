@@ -1,0 +1,236 @@
+//! End-to-end tests of `flowc run`: real .flow files, real input files, the real log,
+//! driven through the `flowc` binary.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn flowc(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_flowc")).current_dir(dir).args(args).output().expect("flowc runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+const SCHEMA: &str = r#"
+schema Txn { id: string, account: string, amount: decimal(12, 2), ts: timestamp, status: string }
+schema Out { id: string, account: string, amount: decimal(12, 2), big: bool }
+"#;
+
+const INPUT: &str = r#"{"id":"t1","account":"a1","amount":12.50,"ts":1700000000000,"status":"approved"}
+{"id":"t2","account":"a2","amount":2000.00,"ts":1700000000100,"status":"approved"}
+this is not json
+{"id":"t3","account":"a1","amount":"abc","ts":1700000000200,"status":"approved"}
+{"id":"t4","account":"a3","amount":0.99,"ts":"2023-11-14T22:13:20.300Z","status":"declined"}
+{"id":"t5","account":"a3","amount":5000.00,"ts":1700000000400,"status":"approved"}
+"#;
+
+fn setup(flow: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("txns.jsonl"), INPUT).expect("write input");
+    std::fs::write(dir.path().join("p.flow"), format!("{SCHEMA}\n{flow}")).expect("write flow");
+    dir
+}
+
+/// Runs `flow` with the JIT and with the interpreter; both must write the same output.
+fn run_both_engines(flow: &str, out_file: &str) -> (String, String) {
+    let mut outs = Vec::new();
+    for jit in [true, false] {
+        let dir = setup(flow);
+        let mut args = vec!["run", "p.flow", "--data-dir", "data"];
+        if !jit {
+            args.push("--no-jit");
+        }
+        let o = flowc(dir.path(), &args);
+        assert!(o.status.success(), "run failed: {}", text(&o.stderr));
+        outs.push((std::fs::read_to_string(dir.path().join(out_file)).expect("output written"), text(&o.stderr)));
+    }
+    assert_eq!(outs[0].0, outs[1].0, "JIT and interpreter disagree");
+    outs.remove(0)
+}
+
+#[test]
+fn file_to_file_filter_and_projection() {
+    let (out, summary) = run_both_engines(
+        r#"
+source bank: Txn = file("txns.jsonl") event_time ts watermark 5s dead_letter -> bad
+sink bad = file("bad.jsonl")
+sink out: Out = file("out.jsonl", format: json)
+pipeline p = from bank
+    | where status == "approved" and amount > 10.00
+    | select { id, account, amount, big: amount >= 1000.00 }
+    -> out
+"#,
+        "out.jsonl",
+    );
+    assert_eq!(
+        out,
+        concat!(
+            r#"{"id":"t1","account":"a1","amount":12.50,"big":false}"#,
+            "\n",
+            r#"{"id":"t2","account":"a2","amount":2000.00,"big":true}"#,
+            "\n",
+            r#"{"id":"t5","account":"a3","amount":5000.00,"big":true}"#,
+            "\n"
+        )
+    );
+    assert!(summary.contains("ran 1 pipeline"), "{summary}");
+}
+
+#[test]
+fn bad_records_are_dead_lettered_with_reasons() {
+    let dir = setup(
+        r#"
+source bank: Txn = file("txns.jsonl") dead_letter -> bad
+sink bad = file("bad.jsonl")
+sink out = file("out.csv", format: csv)
+pipeline p = from bank | select { id, amount } -> out
+"#,
+    );
+    let o = flowc(dir.path(), &["run", "p.flow", "--data-dir", "data"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let bad = std::fs::read_to_string(dir.path().join("bad.jsonl")).expect("dead letters");
+    let lines: Vec<&str> = bad.lines().collect();
+    assert_eq!(lines.len(), 2, "{bad}");
+    assert!(
+        lines[0].contains(r#""source":"bank""#)
+            && lines[0].contains("txns.jsonl:3")
+            && lines[0].contains("not a JSON object"),
+        "{}",
+        lines[0]
+    );
+    assert!(lines[1].contains("txns.jsonl:4") && lines[1].contains("field `amount`"), "{}", lines[1]);
+    let csv = std::fs::read_to_string(dir.path().join("out.csv")).expect("csv");
+    assert_eq!(csv, "id,amount\nt1,12.50\nt2,2000.00\nt4,0.99\nt5,5000.00\n");
+    assert!(text(&o.stderr).contains("dead-lettered"), "{}", text(&o.stderr));
+}
+
+#[test]
+fn strict_stops_at_the_first_bad_record() {
+    let dir = setup(
+        r#"
+source bank: Txn = file("txns.jsonl")
+sink out = stdout()
+pipeline p = from bank -> out
+"#,
+    );
+    let o = flowc(dir.path(), &["run", "p.flow", "--data-dir", "data", "--strict"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).contains("txns.jsonl:3"), "{}", text(&o.stderr));
+}
+
+#[test]
+fn default_dead_letter_topic_and_topic_to_topic() {
+    let dir = setup(
+        r#"
+topic transactions: Txn { partitions: 2, key: account }
+topic approved: Txn
+source bank: Txn = file("txns.jsonl") event_time ts watermark 5s
+sink out = file("approved.jsonl")
+pipeline ingest = from bank -> transactions
+pipeline keep = from transactions | where status == "approved" -> approved
+pipeline show = from approved | select { id } -> out
+"#,
+    );
+    let o = flowc(dir.path(), &["run", "p.flow", "--data-dir", "data"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let mut ids: Vec<String> =
+        std::fs::read_to_string(dir.path().join("approved.jsonl")).expect("out").lines().map(String::from).collect();
+    ids.sort();
+    assert_eq!(ids, vec![r#"{"id":"t1"}"#, r#"{"id":"t2"}"#, r#"{"id":"t5"}"#]);
+    // The source declares no dead-letter output: bad lines went to `bank.dlq`.
+    let c = flowc(dir.path(), &["consume", "bank.dlq", "--data-dir", "data", "--from-beginning", "--max", "10"]);
+    assert!(c.status.success(), "{}", text(&c.stderr));
+    let dlq = text(&c.stdout);
+    assert_eq!(dlq.lines().count(), 2, "{dlq}");
+    assert!(dlq.contains("not a JSON object"), "{dlq}");
+    // The topic keeps every good transaction, keyed by account.
+    let c = flowc(
+        dir.path(),
+        &["consume", "transactions", "--data-dir", "data", "--from-beginning", "--format", "json", "--max", "10"],
+    );
+    let recs = text(&c.stdout);
+    assert_eq!(recs.lines().count(), 4, "{recs}");
+    assert!(recs.contains(r#""key":"a1""#), "{recs}");
+    // A second run resumes where the pipelines' groups left off: nothing twice.
+    let o = flowc(dir.path(), &["run", "p.flow", "--data-dir", "data", "--pipeline", "show"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(std::fs::read_to_string(dir.path().join("approved.jsonl")).expect("out"), "");
+}
+
+#[test]
+fn runtime_expression_errors_name_the_span() {
+    let dir = setup(
+        r#"
+source bank: Txn = file("txns.jsonl") dead_letter -> bad
+sink bad = file("bad.jsonl")
+sink out = file("out.jsonl")
+pipeline p = from bank | where amount > 1000.00 | select { id, per: (amount as int) / (if id == "t5" then 0 else 1) } -> out
+"#,
+    );
+    let o = flowc(dir.path(), &["run", "p.flow", "--data-dir", "data"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = std::fs::read_to_string(dir.path().join("out.jsonl")).expect("out");
+    assert_eq!(out, "{\"id\":\"t2\",\"per\":2000}\n");
+    let bad = std::fs::read_to_string(dir.path().join("bad.jsonl")).expect("bad");
+    assert!(bad.contains("division by zero"), "{bad}");
+    // With --strict (and only well-formed lines) the failing expression stops the run.
+    let good: String =
+        INPUT.lines().filter(|l| l.contains("\"amount\":") && !l.contains("abc")).map(|l| format!("{l}\n")).collect();
+    std::fs::write(dir.path().join("txns.jsonl"), good).expect("write");
+    let o = flowc(dir.path(), &["run", "p.flow", "--data-dir", "data2", "--strict"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o.stderr);
+    assert!(err.contains("division by zero") && err.contains("p.flow:9:"), "{err}");
+}
+
+#[test]
+fn files_with_errors_never_run() {
+    let dir = setup("sink out = stdout()\npipeline p = from nowhere -> out\n");
+    let o = flowc(dir.path(), &["run", "p.flow", "--data-dir", "data"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).contains("E0101"), "{}", text(&o.stderr));
+    assert!(!dir.path().join("data").exists(), "nothing may run");
+}
+
+#[test]
+fn stateful_pipelines_are_reported_not_silently_skipped() {
+    let dir = setup(
+        r#"
+source bank: Txn = file("txns.jsonl") event_time ts watermark 5s
+sink out = stdout()
+sink counts = stdout()
+pipeline copy = from bank | select { id } -> out
+pipeline per_minute = from bank | key_by account | window tumbling(1m) | aggregate { n: count() } -> counts
+"#,
+    );
+    let o = flowc(dir.path(), &["run", "p.flow", "--data-dir", "data"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let err = text(&o.stderr);
+    assert!(err.contains("pipeline `per_minute` was not run") && err.contains("p.flow:10:"), "{err}");
+    assert_eq!(text(&o.stdout).lines().count(), 4);
+}
+
+#[test]
+fn generator_source_is_deterministic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("g.flow"),
+        r#"
+schema T { id: string, account: string, amount: decimal(12, 2), ts: timestamp }
+source gen: T = generator(transactions, count: 5000, seed: 7, keys: 100)
+sink out = file("out.jsonl")
+pipeline p = from gen | where amount > 500.00 -> out
+"#,
+    )
+    .expect("write");
+    let o = flowc(dir.path(), &["run", "g.flow", "--data-dir", "data"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let a = std::fs::read_to_string(dir.path().join("out.jsonl")).expect("out");
+    let o = flowc(dir.path(), &["run", "g.flow", "--data-dir", "data2", "--no-jit"]);
+    assert!(o.status.success());
+    let b = std::fs::read_to_string(dir.path().join("out.jsonl")).expect("out");
+    assert_eq!(a, b);
+    let n = a.lines().count();
+    assert!((2000..3500).contains(&n), "{n} of 5000 above 500.00");
+}
