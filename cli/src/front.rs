@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// Stack for the front end's thread: deeply nested input must never overflow it.
-const FRONT_END_STACK_BYTES: usize = 256 << 20;
+pub const FRONT_END_STACK_BYTES: usize = 256 << 20;
 
 /// Runs the front end on its own thread with a large stack.
 pub fn run_front_end(path: &Path) -> Compilation {

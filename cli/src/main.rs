@@ -5,6 +5,7 @@
 
 mod front;
 mod log_cmd;
+mod lsp;
 mod run_cmd;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
@@ -92,6 +93,8 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Run the language server (LSP over stdio) for editors.
+    Lsp,
     #[command(flatten)]
     Log(log_cmd::LogCommand),
 }
@@ -111,6 +114,7 @@ fn main() -> ExitCode {
             clap_complete::generate(shell, &mut Cli::command(), "flowc", &mut std::io::stdout());
             ExitCode::SUCCESS
         }
+        Command::Lsp => lsp::run(),
         Command::Log(cmd) => match log_cmd::run(cmd) {
             Ok(code) => code,
             Err(report) => {

@@ -15,6 +15,7 @@
 pub mod check;
 pub mod diag;
 pub mod exec;
+pub mod ide;
 pub mod ir;
 pub mod plan;
 pub mod source;
@@ -61,6 +62,38 @@ impl Compilation {
 /// Compiles the program whose root file is `path`, loading imports with `loader`.
 /// `text` is the root file's text if the caller already has it.
 pub fn compile(path: &Path, text: Option<String>, loader: &dyn FileLoader) -> Compilation {
+    compile_impl(path, text, loader, false, &mut syntax::parse).0
+}
+
+/// [`compile`], also recording what the checker saw ([`check::Trace`]) for editor
+/// queries ([`ide`]).
+pub fn compile_traced(path: &Path, text: Option<String>, loader: &dyn FileLoader) -> (Compilation, check::Trace) {
+    let (c, t) = compile_impl(path, text, loader, true, &mut syntax::parse);
+    (c, t.unwrap_or_default())
+}
+
+/// A parser of source files: [`syntax::parse`], or one that reuses earlier work
+/// (an editor's [`ide::ParseCache`]).
+pub type ParseFn<'a> = dyn FnMut(FileId, &str) -> (ast::File, Vec<Diagnostic>) + 'a;
+
+/// [`compile_traced`] with the files parsed by `parse`.
+pub fn compile_traced_with(
+    path: &Path,
+    text: Option<String>,
+    loader: &dyn FileLoader,
+    parse: &mut ParseFn<'_>,
+) -> (Compilation, check::Trace) {
+    let (c, t) = compile_impl(path, text, loader, true, parse);
+    (c, t.unwrap_or_default())
+}
+
+fn compile_impl(
+    path: &Path,
+    text: Option<String>,
+    loader: &dyn FileLoader,
+    traced: bool,
+    parse: &mut ParseFn<'_>,
+) -> (Compilation, Option<check::Trace>) {
     let mut sources = SourceMap::new();
     let mut files = Vec::new();
     let mut diags = Vec::new();
@@ -83,20 +116,27 @@ pub fn compile(path: &Path, text: Option<String>, loader: &dyn FileLoader) -> Co
     if let Some(t) = root_text {
         let norm = normalize(path);
         let mut stack = Vec::new();
-        load_rec(&norm, t, loader, &mut sources, &mut files, &mut diags, &mut stack);
+        load_rec(&norm, t, loader, &mut sources, &mut files, &mut diags, &mut stack, parse);
     }
     let refs: Vec<&ast::File> = files.iter().map(|(_, f)| f).collect();
-    let checked = check::check(&refs, diags.iter().any(Diagnostic::is_error));
+    let syntax_errors = diags.iter().any(Diagnostic::is_error);
+    let (checked, trace) = if traced {
+        let (c, t) = check::check_traced(&refs, syntax_errors);
+        (c, Some(t))
+    } else {
+        (check::check(&refs, syntax_errors), None)
+    };
     diags.extend(checked.diagnostics);
     check::sort_diagnostics(&mut diags);
     let has_errors = diags.iter().any(Diagnostic::is_error);
-    Compilation {
+    let c = Compilation {
         sources,
         files,
         program: if has_errors { None } else { checked.program },
         diagnostics: diags,
         globals: checked.globals,
-    }
+    };
+    (c, trace)
 }
 
 /// Compiles source text held in memory (tests, benchmarks); imports read the disk
@@ -105,6 +145,7 @@ pub fn compile_str(name: &str, text: &str) -> Compilation {
     compile(Path::new(name), Some(text.to_string()), &DiskLoader)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn load_rec(
     path: &Path,
     text: String,
@@ -113,9 +154,10 @@ fn load_rec(
     files: &mut Vec<(FileId, ast::File)>,
     diags: &mut Vec<Diagnostic>,
     stack: &mut Vec<PathBuf>,
+    parse: &mut ParseFn<'_>,
 ) {
     let id = sources.add(path.display().to_string(), text.clone());
-    let (file, mut d) = syntax::parse(id, &text);
+    let (file, mut d) = parse(id, &text);
     diags.append(&mut d);
     stack.push(path.to_path_buf());
     let imports: Vec<ast::Import> = file
@@ -147,7 +189,7 @@ fn load_rec(
             continue; // already loaded through another import
         }
         match loader.load(&target) {
-            Ok(t) => load_rec(&target, t, loader, sources, files, diags, stack),
+            Ok(t) => load_rec(&target, t, loader, sources, files, diags, stack, parse),
             Err(e) => diags.push(
                 Diagnostic::error("E0107", imp.path_span, format!("cannot import `{}`", imp.path))
                     .label(format!("{}: {e}", target.display()))

@@ -92,6 +92,14 @@ pub fn cast_rule(from: &Kind, to: &Kind) -> Option<bool> {
 
 impl Checker<'_> {
     pub(super) fn expr(&mut self, cx: &mut Ctx, e: &ast::Expr) -> ir::Expr {
+        let out = self.expr_untraced(cx, e);
+        if let Some(t) = &mut self.trace {
+            t.exprs.push((e.span, out.ty.clone(), cx.record.clone()));
+        }
+        out
+    }
+
+    fn expr_untraced(&mut self, cx: &mut Ctx, e: &ast::Expr) -> ir::Expr {
         use ast::ExprKind as A;
         use ir::ExprKind as K;
         let span = e.span;

@@ -79,10 +79,32 @@ pub struct Checked {
     pub globals: HashMap<String, Global>,
 }
 
+/// What the checker saw on the way, for editors: every expression it typed with the
+/// record in scope, and the record each pipeline operator receives. Recorded only
+/// when asked for ([`check_traced`]); it covers the parts of a broken program that
+/// were checked.
+#[derive(Debug, Default)]
+pub struct Trace {
+    /// (expression span, its type, the record whose fields were in scope).
+    pub exprs: Vec<(Span, flow_types::Type, Option<ir::Record>)>,
+    /// (operator span, the record the operator receives).
+    pub ops: Vec<(Span, ir::Record)>,
+}
+
 /// Checks one program made of `files` (a root file first, then its imports).
 /// `syntax_errors` says whether parsing reported errors (then no unused warnings).
 pub fn check(files: &[&ast::File], syntax_errors: bool) -> Checked {
-    let mut c = Checker::default();
+    check_impl(files, syntax_errors, None).0
+}
+
+/// [`check`], also recording a [`Trace`] for editor queries.
+pub fn check_traced(files: &[&ast::File], syntax_errors: bool) -> (Checked, Trace) {
+    let (checked, trace) = check_impl(files, syntax_errors, Some(Box::default()));
+    (checked, trace.map(|t| *t).unwrap_or_default())
+}
+
+fn check_impl(files: &[&ast::File], syntax_errors: bool, trace: Option<Box<Trace>>) -> (Checked, Option<Box<Trace>>) {
+    let mut c = Checker { trace, ..Checker::default() };
     c.collect(files);
     c.check_all();
     let errors =
@@ -94,7 +116,8 @@ pub fn check(files: &[&ast::File], syntax_errors: bool) -> Checked {
     let mut diagnostics = std::mem::take(&mut c.diags);
     sort_diagnostics(&mut diagnostics);
     let globals = c.globals.clone();
-    Checked { program: if errors { None } else { Some(c.out) }, diagnostics, globals }
+    let trace = c.trace.take();
+    (Checked { program: if errors { None } else { Some(c.out) }, diagnostics, globals }, trace)
 }
 
 /// Orders diagnostics by file and position, keeping the order of equal ones.
@@ -147,6 +170,8 @@ struct Checker<'a> {
     /// Some pipeline failed to parse: what it writes is unknown.
     broken_pipelines: bool,
     out: ir::Program,
+    /// Recorded for editors when set.
+    trace: Option<Box<Trace>>,
 }
 
 impl<'a> Checker<'a> {

@@ -228,6 +228,9 @@ impl<'a> Checker<'a> {
                 }
             }
             let before = s.record.clone();
+            if let Some(t) = &mut self.trace {
+                t.ops.push((op.span, before.clone()));
+            }
             match &op.kind {
                 ast::OpKind::Where(e) => {
                     let mut cx = Ctx::row(s.record.clone());
