@@ -438,6 +438,9 @@ struct InBatch {
     batch: Batch,
     /// A description of the rows' origin, e.g. `data/txns.jsonl:120-4215`.
     origin: String,
+    /// For topic inputs: the consumer group's offsets once this batch is written
+    /// (committed by the pipeline task after its outputs took the batch).
+    commit: Option<(String, BTreeMap<u32, u64>)>,
 }
 
 async fn run_pipeline(
@@ -487,10 +490,13 @@ async fn run_pipeline(
 
     let mut stats = PipelineStats { name: name.to_string(), ..PipelineStats::default() };
     let ctx = interp::EvalCtx::new(&program);
-    while let Some(inb) = rx.recv().await {
+    let group = format!("flow.{name}");
+    let commit_groups = crate::log::GroupStore::new(shared.log.root().to_path_buf(), Arc::new(crate::log::io::StdIo));
+    while let Some(mut inb) = rx.recv().await {
         if failed.load(Ordering::SeqCst) {
             break;
         }
+        let inb_commit = inb.commit.take();
         let result = tokio::task::block_in_place(|| -> Result<u64, RunError> {
             let batch = match &stage {
                 None => inb.batch,
@@ -527,6 +533,13 @@ async fn run_pipeline(
                 out.write(&chosen)?;
             }
             Ok(written)
+        });
+        // Offsets are committed only once the outputs took the batch: at-least-once.
+        let result = result.and_then(|n| {
+            if let Some((topic, offsets)) = &inb_commit {
+                commit_groups.commit(&group, topic, offsets)?;
+            }
+            Ok(n)
         });
         match result {
             Ok(n) => stats.records_out += n,
@@ -667,10 +680,11 @@ fn read_input(
     records_in: Arc<AtomicU64>,
     failed: Arc<AtomicBool>,
 ) -> Result<(), RunError> {
-    let send = |b: Batch, origin: String| -> bool {
+    let send_committing = |b: Batch, origin: String, commit: Option<(String, BTreeMap<u32, u64>)>| -> bool {
         records_in.fetch_add(b.len as u64, Ordering::Relaxed);
-        !failed.load(Ordering::SeqCst) && tx.blocking_send(InBatch { batch: b, origin }).is_ok()
+        !failed.load(Ordering::SeqCst) && tx.blocking_send(InBatch { batch: b, origin, commit }).is_ok()
     };
+    let send = |b: Batch, origin: String| -> bool { send_committing(b, origin, None) };
     let bad = |position: String, raw: &str, e: DecodeError| -> Result<(), RunError> {
         records_in.fetch_add(1, Ordering::Relaxed);
         match (&dead, opts.strict) {
@@ -743,11 +757,11 @@ fn read_input(
                         }
                     }
                     next.insert(pid, last + 1);
-                    if !send(b.finish(), format!("topic {t} partition {pid} offsets {first}-{last}")) {
+                    let origin = format!("topic {t} partition {pid} offsets {first}-{last}");
+                    if !send_committing(b.finish(), origin, Some((t.clone(), next.clone()))) {
                         return Ok(());
                     }
                 }
-                groups.commit(group, t, &next)?;
                 if !progressed {
                     // `writers_done` was read before this pass: a pass that found nothing
                     // after every writer had ended has read all they wrote.
