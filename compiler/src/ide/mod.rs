@@ -86,9 +86,8 @@ pub struct Hover {
     pub markdown: String,
 }
 
-/// Words that start a declaration.
-pub const DECL_KEYWORDS: &[&str] =
-    &["schema", "topic", "source", "sink", "pipeline", "const", "fn", "import", "config"];
+/// Words that start a declaration (the parser's list).
+pub use crate::syntax::parse::DECL_KEYWORDS;
 /// Words that start a pipeline operator (after `|`).
 pub const OP_KEYWORDS: &[&str] = &[
     "where",

@@ -160,46 +160,9 @@ fn cuts(text: &str) -> Vec<(usize, usize)> {
     out
 }
 
-/// If a declaration starts at `i` (the parser's rule), the end of its header: just
-/// past the character that gives it its shape.
+/// If a declaration starts at `i` (the parser's own rule), the end of its header.
 fn header_at(bytes: &[u8], i: usize) -> Option<usize> {
-    const KEYWORDS: &[&str] = &["schema", "topic", "source", "sink", "pipeline", "const", "fn", "import", "config"];
-    let ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
-    let kw = KEYWORDS.iter().find(|k| bytes[i..].starts_with(k.as_bytes()))?;
-    let mut j = i + kw.len();
-    if j < bytes.len() && ident(bytes[j]) {
-        return None;
-    }
-    let skip_ws = |mut j: usize| {
-        while j < bytes.len() && matches!(bytes[j], b' ' | b'\t' | b'\r' | b'\n') {
-            j += 1;
-        }
-        j
-    };
-    j = skip_ws(j);
-    let next = bytes.get(j).copied();
-    match *kw {
-        "import" => return (next == Some(b'"')).then_some(j + 1),
-        "config" => return (next == Some(b'{')).then_some(j + 1),
-        _ => {}
-    }
-    if !next.is_some_and(|b| b.is_ascii_alphabetic() || b == b'_') {
-        return None;
-    }
-    while j < bytes.len() && ident(bytes[j]) {
-        j += 1;
-    }
-    j = skip_ws(j);
-    let next = bytes.get(j).copied();
-    let shaped = match *kw {
-        "schema" => next == Some(b'{'),
-        "topic" | "source" => next == Some(b':'),
-        "sink" | "const" => matches!(next, Some(b':' | b'=')),
-        "pipeline" => next == Some(b'='),
-        "fn" => next == Some(b'('),
-        _ => false,
-    };
-    shaped.then_some(j + 1)
+    crate::syntax::parse::decl_header(bytes, i).map(|h| h.end)
 }
 
 /// Moves every span of an AST by `by` bytes into `file`.

@@ -21,7 +21,9 @@ pub const NESTING_DEPTH_MAX: usize = 128;
 /// builds: it bounds the recursion of every later stage.
 pub const EXPR_DEPTH_MAX: usize = 1000;
 
-const DECL_KEYWORDS: &[&str] = &["schema", "topic", "source", "sink", "pipeline", "const", "fn", "import", "config"];
+/// Words that start a declaration.
+pub const DECL_KEYWORDS: &[&str] =
+    &["schema", "topic", "source", "sink", "pipeline", "const", "fn", "import", "config"];
 
 /// Parses a whole file. Never fails: syntax errors come back as diagnostics and the
 /// declarations they hit are listed in [`File::broken`].
@@ -91,8 +93,18 @@ fn is_ident_char(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_'
 }
 
-/// If a declaration starts at `i`, its keyword and name.
-fn decl_at(bytes: &[u8], i: usize) -> Option<(&'static str, Option<String>)> {
+/// A declaration's header as the splitter recognises it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeclHeader {
+    pub keyword: &'static str,
+    pub name: Option<String>,
+    /// Just past the character that gives the declaration its shape (`{`, `:`, `=`, `(`, `"`).
+    pub end: usize,
+}
+
+/// If a declaration starts at byte `i`, its header. The one rule for where declarations
+/// start: the splitter here and the editor's incremental re-parse both use it.
+pub fn decl_header(bytes: &[u8], i: usize) -> Option<DeclHeader> {
     let kw = DECL_KEYWORDS.iter().find(|k| bytes[i..].starts_with(k.as_bytes()))?;
     let mut j = i + kw.len();
     if j < bytes.len() && is_ident_char(bytes[j]) {
@@ -107,8 +119,8 @@ fn decl_at(bytes: &[u8], i: usize) -> Option<(&'static str, Option<String>)> {
     j = skip_ws(j);
     let next = bytes.get(j).copied();
     match *kw {
-        "import" => return (next == Some(b'"')).then_some((kw, None)),
-        "config" => return (next == Some(b'{')).then_some((kw, None)),
+        "import" => return (next == Some(b'"')).then_some(DeclHeader { keyword: kw, name: None, end: j + 1 }),
+        "config" => return (next == Some(b'{')).then_some(DeclHeader { keyword: kw, name: None, end: j + 1 }),
         _ => {}
     }
     if !next.is_some_and(is_ident_start) {
@@ -129,7 +141,7 @@ fn decl_at(bytes: &[u8], i: usize) -> Option<(&'static str, Option<String>)> {
         "fn" => next == Some(b'('),
         _ => false,
     };
-    shaped.then_some((kw, Some(name)))
+    shaped.then_some(DeclHeader { keyword: kw, name: Some(name), end: j + 1 })
 }
 
 fn split(file: FileId, text: &str, diags: &mut Vec<Diagnostic>) -> Vec<Chunk> {
@@ -200,7 +212,7 @@ fn split(file: FileId, text: &str, diags: &mut Vec<Diagnostic>) -> Vec<Chunk> {
         }
         let col0 = i == 0 || bytes[i - 1] == b'\n';
         if (col0 || (line_first && depth == 0)) && is_ident_start(b) {
-            if let Some((kw, name)) = decl_at(bytes, i) {
+            if let Some(DeclHeader { keyword: kw, name, .. }) = decl_header(bytes, i) {
                 chunks.last_mut().expect("there is always a chunk").end = i;
                 chunks.push(Chunk {
                     start: i,
