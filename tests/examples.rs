@@ -1,7 +1,8 @@
 //! The examples and the language reference, checked by the real `flowc` binary:
 //! every `examples/*.flow` checks clean (no warnings either), every ```flow block of
 //! docs/language.md is a complete program without errors, and the typed IR and
-//! logical plan of each example are snapshotted.
+//! logical plan, the physical plan (at parallelism 2) and its Graphviz form of each
+//! example are snapshotted.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -37,15 +38,15 @@ fn examples_check_clean() {
 }
 
 #[test]
-fn examples_ir_and_plan_snapshots() {
+fn examples_ir_plan_and_physical_snapshots() {
     for e in examples() {
         let name = e.file_stem().and_then(|s| s.to_str()).expect("name").to_string();
-        for stage in ["ir", "plan"] {
+        for stage in ["ir", "plan", "physical", "dot"] {
             let out = flowc()
                 .current_dir(root())
                 .arg("compile")
                 .arg(format!("examples/{name}.flow"))
-                .args(["--emit", stage])
+                .args(["--emit", stage, "--parallelism", "2"])
                 .output()
                 .expect("runs");
             assert!(out.status.success(), "{name} --emit {stage}: {}", String::from_utf8_lossy(&out.stderr));

@@ -120,7 +120,7 @@ fn summary(c: &Compilation) -> String {
     }
 }
 
-pub fn compile(file: &Path, emit: Emit, width: usize) -> ExitCode {
+pub fn compile(file: &Path, emit: Emit, parallelism: u32, width: usize) -> ExitCode {
     let c = run_front_end(file);
     for d in &c.diagnostics {
         eprint!("{}", d.render(&c.sources, width));
@@ -138,6 +138,8 @@ pub fn compile(file: &Path, emit: Emit, width: usize) -> ExitCode {
     match emit {
         Emit::Ir => print!("{program}"),
         Emit::Plan => print!("{}", flow_compiler::plan::plan(program)),
+        Emit::Physical => print!("{}", flow_compiler::physical::physical(program, parallelism)),
+        Emit::Dot => print!("{}", flow_compiler::physical::physical(program, parallelism).dot()),
         Emit::Clif => match flow_compiler::exec::codegen::clif_program(program) {
             Ok(text) => print!("{text}"),
             Err(e) => {

@@ -35,6 +35,10 @@ enum Emit {
     Ir,
     /// The logical plan: the dataflow graph with schemas and partitioning.
     Plan,
+    /// The physical plan: stages of fused operators, exchanges, parallelism.
+    Physical,
+    /// The physical plan as a Graphviz digraph (`| dot -Tsvg > plan.svg`).
+    Dot,
     /// The Cranelift IR of each fused stateless stage (filters and projections).
     Clif,
 }
@@ -62,6 +66,9 @@ enum Command {
         /// The stage to print.
         #[arg(long, value_enum, default_value = "plan")]
         emit: Emit,
+        /// Instances per parallel stage, for `--emit physical|dot`.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+        parallelism: u32,
         #[arg(long, default_value_t = 100)]
         width: usize,
     },
@@ -80,6 +87,12 @@ enum Command {
         /// Run stages on the reference interpreter instead of compiled code.
         #[arg(long)]
         no_jit: bool,
+        /// Instances of each parallel stage (`key_by` hash-partitions between them).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+        parallelism: u32,
+        /// Never draw the progress line (it is drawn only when stderr is a terminal).
+        #[arg(long)]
+        no_progress: bool,
         #[arg(long, default_value_t = 100)]
         width: usize,
     },
@@ -105,10 +118,19 @@ fn main() -> ExitCode {
         Command::Check { files, format, deny_warnings, width } => {
             front::check(&files, format == DiagFormat::Json, deny_warnings, width)
         }
-        Command::Compile { file, emit, width } => front::compile(&file, emit, width),
+        Command::Compile { file, emit, parallelism, width } => front::compile(&file, emit, parallelism, width),
         Command::Explain { code } => front::explain(code.as_deref()),
-        Command::Run { file, pipelines, data_dir, strict, no_jit, width } => {
-            run_cmd::run(run_cmd::RunArgs { file, pipelines, data_dir, strict, no_jit, width })
+        Command::Run { file, pipelines, data_dir, strict, no_jit, parallelism, no_progress, width } => {
+            run_cmd::run(run_cmd::RunArgs {
+                file,
+                pipelines,
+                data_dir,
+                strict,
+                no_jit,
+                parallelism,
+                no_progress,
+                width,
+            })
         }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "flowc", &mut std::io::stdout());

@@ -2,8 +2,12 @@
 
 use crate::front::run_front_end;
 use flow_runtime::run::{self, RunError, RunOptions};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
 
 pub struct RunArgs {
     pub file: PathBuf,
@@ -11,6 +15,8 @@ pub struct RunArgs {
     pub data_dir: PathBuf,
     pub strict: bool,
     pub no_jit: bool,
+    pub parallelism: u32,
+    pub no_progress: bool,
     pub width: usize,
 }
 
@@ -37,23 +43,31 @@ pub fn run(args: RunArgs) -> ExitCode {
         }
     }
     let base_dir = args.file.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-    let opts = RunOptions {
-        data_dir: args.data_dir,
-        base_dir,
-        pipelines: args.pipelines,
-        strict: args.strict,
-        jit: !args.no_jit,
-    };
-    match run::run(program, &opts) {
+    let mut opts = RunOptions::new(args.data_dir, base_dir);
+    opts.pipelines = args.pipelines;
+    opts.strict = args.strict;
+    opts.jit = !args.no_jit;
+    opts.parallelism = args.parallelism;
+    opts.handle_ctrl_c = true;
+    let progress = (!args.no_progress && std::io::stderr().is_terminal()).then(|| Progress::start(opts.live.clone()));
+    let result = run::run(program, &opts);
+    if let Some(p) = progress {
+        p.finish();
+    }
+    match result {
         Ok(summary) => {
             for s in &summary.skipped {
                 eprintln!("note: pipeline `{}` was not run: {} ({})", s.pipeline, s.message, location(&c, s.span));
             }
             let secs = summary.elapsed.as_secs_f64().max(1e-9);
-            eprintln!("{:<24} {:>12} {:>12} {:>14}", "pipeline", "records in", "records out", "dead-lettered");
+            eprintln!("{:<32} {:>12} {:>12} {:>14}", "pipeline / stage", "records in", "records out", "dead-lettered");
             let mut total = 0;
             for p in &summary.pipelines {
-                eprintln!("{:<24} {:>12} {:>12} {:>14}", p.name, p.records_in, p.records_out, p.dead_lettered);
+                eprintln!("{:<32} {:>12} {:>12} {:>14}", p.name, p.records_in, p.records_out, p.dead_lettered);
+                for s in &p.stages {
+                    let label = format!("  {} x{}", s.label, s.parallelism);
+                    eprintln!("{label:<32} {:>12} {:>12}", s.records_in, s.records_out);
+                }
                 total += p.records_in;
             }
             eprintln!(
@@ -68,6 +82,10 @@ pub fn run(args: RunArgs) -> ExitCode {
                     format!("; {} not run (see notes)", summary.skipped.len())
                 }
             );
+            if summary.stopped {
+                eprintln!("stopped by Ctrl-C: the records read so far were processed and written");
+                return ExitCode::from(130);
+            }
             ExitCode::SUCCESS
         }
         Err(RunError::Eval { span, message }) => {
@@ -78,5 +96,63 @@ pub fn run(args: RunArgs) -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// The progress line: records in and out with their rates, and, for bounded inputs
+/// of known size, how far the run is and how long it has left.
+struct Progress {
+    bar: indicatif::ProgressBar,
+    done: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Progress {
+    fn start(live: Arc<run::Live>) -> Progress {
+        let bar = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr_with_hz(4));
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = {
+            let (bar, done) = (bar.clone(), done.clone());
+            std::thread::spawn(move || {
+                let started = std::time::Instant::now();
+                let mut styled = false;
+                while !done.load(Ordering::Relaxed) {
+                    let (bytes, bytes_total) =
+                        (live.bytes_read.load(Ordering::Relaxed), live.bytes_total.load(Ordering::Relaxed));
+                    let (n_in, n_total) =
+                        (live.records_in.load(Ordering::Relaxed), live.records_total.load(Ordering::Relaxed));
+                    let n_out = live.records_out.load(Ordering::Relaxed);
+                    let secs = started.elapsed().as_secs_f64().max(1e-3);
+                    let (pos, len) = if bytes_total > 0 { (bytes, bytes_total) } else { (n_in, n_total) };
+                    if !styled {
+                        let style = if len > 0 {
+                            "{spinner} [{bar:30}] {percent:>3}% {msg} eta {eta}"
+                        } else {
+                            "{spinner} {msg} {elapsed}"
+                        };
+                        bar.set_style(
+                            indicatif::ProgressStyle::with_template(style)
+                                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                                .progress_chars("=> "),
+                        );
+                        styled = true;
+                    }
+                    if len > 0 {
+                        bar.set_length(len);
+                        bar.set_position(pos.min(len));
+                    }
+                    bar.set_message(format!("{n_in} in ({:.0}/s), {n_out} out", n_in as f64 / secs));
+                    bar.tick();
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+            })
+        };
+        Progress { bar, done, thread }
+    }
+
+    fn finish(self) {
+        self.done.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+        self.bar.finish_and_clear();
     }
 }

@@ -17,6 +17,7 @@ pub mod diag;
 pub mod exec;
 pub mod ide;
 pub mod ir;
+pub mod physical;
 pub mod plan;
 pub mod source;
 pub mod syntax;

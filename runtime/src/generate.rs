@@ -50,8 +50,99 @@ const FIRST: &[&str] =
     &["Peter", "Paul", "Luke", "John", "Saul", "Vicky", "Kate", "Julie", "Sarah", "Deiter", "Walter"];
 const LAST: &[&str] = &["Shultz", "Abrams", "Spencer", "White", "Bartels", "Walton", "Smith", "Jones", "Noris"];
 
-/// One generated record as (field name, value) pairs, in a fixed order.
-type Fields = Vec<(&'static str, Value)>;
+/// Writes one generated record's fields into a row, only those the schema declares.
+///
+/// Generators name fields by their index in `check::generator_fields(kind)`; a field
+/// of the schema's exact slot kind is written straight into its slot (strings are
+/// formatted into a reused buffer, and only when wanted), any other compatible type
+/// through a `Value` conversion.
+struct RowWriter<'a> {
+    b: &'a mut BatchBuilder,
+    row: usize,
+    /// Per generator field: the schema's field index and whether it takes the fast path.
+    map: &'a [Option<(usize, bool)>],
+    scratch: String,
+    error: Option<String>,
+}
+
+impl RowWriter<'_> {
+    fn want(&self, f: usize) -> bool {
+        self.map[f].is_some()
+    }
+
+    fn slow(&mut self, to: usize, v: Value) {
+        if let Err(e) = self.b.set_value(self.row, to, &v) {
+            self.error.get_or_insert(format!("generated value does not fit the schema: {e:?}"));
+        }
+    }
+
+    fn int(&mut self, f: usize, v: i64) {
+        match self.map[f] {
+            Some((to, true)) => self.b.set_i64(self.row, to, v),
+            Some((to, false)) => self.slow(to, Value::Int(v)),
+            None => {}
+        }
+    }
+
+    fn ts(&mut self, f: usize, v: i64) {
+        match self.map[f] {
+            Some((to, true)) => self.b.set_i64(self.row, to, v),
+            Some((to, false)) => self.slow(to, Value::Timestamp(v)),
+            None => {}
+        }
+    }
+
+    fn dec(&mut self, f: usize, units: i64, scale: u8) {
+        match self.map[f] {
+            Some((to, true)) => self.b.set_i64(self.row, to, units),
+            Some((to, false)) => self.slow(to, Value::Decimal { units: units as i128, scale }),
+            None => {}
+        }
+    }
+
+    fn str(&mut self, f: usize, v: &str) {
+        match self.map[f] {
+            Some((to, true)) => {
+                if let Err(e) = self.b.set_str(self.row, to, v) {
+                    self.error.get_or_insert(format!("generated value does not fit the schema: {e:?}"));
+                }
+            }
+            Some((to, false)) => self.slow(to, Value::String(v.into())),
+            None => {}
+        }
+    }
+
+    /// A string field formatted by `fill`, which runs only when the field is wanted.
+    fn fmt(&mut self, f: usize, fill: impl FnOnce(&mut String)) {
+        if !self.want(f) {
+            return;
+        }
+        let mut s = std::mem::take(&mut self.scratch);
+        s.clear();
+        fill(&mut s);
+        self.str(f, &s);
+        self.scratch = s;
+    }
+}
+
+/// Appends `v` in decimal, zero-padded to `width` digits.
+fn push_padded(s: &mut String, v: u64, width: usize) {
+    let mut buf = itoa::Buffer::new();
+    let digits = buf.format(v);
+    for _ in digits.len()..width {
+        s.push('0');
+    }
+    s.push_str(digits);
+}
+
+fn push_int(s: &mut String, v: i64) {
+    s.push_str(itoa::Buffer::new().format(v));
+}
+
+fn push_hex(s: &mut String, v: u64) {
+    use std::fmt::Write as _;
+    let _ = write!(s, "{v:x}");
+}
 
 struct Transactions {
     rng: Rng,
@@ -60,7 +151,17 @@ struct Transactions {
 }
 
 impl Transactions {
-    fn next(&mut self) -> Fields {
+    // Field indexes in `generator_fields(Transactions)`.
+    const ID: usize = 0;
+    const ACCOUNT: usize = 1;
+    const MERCHANT: usize = 2;
+    const AMOUNT: usize = 3;
+    const TS: usize = 4;
+    const COUNTRY: usize = 5;
+    const CHANNEL: usize = 6;
+    const STATUS: usize = 7;
+
+    fn next(&mut self, w: &mut RowWriter) {
         let r = &mut self.rng;
         let i = self.i;
         self.i += 1;
@@ -71,23 +172,33 @@ impl Transactions {
         // Mostly small amounts, with a heavy tail: 1% between 1,000 and 20,000.
         let cents = if r.below(100) == 0 { 100_000 + r.below(1_900_000) } else { 100 + r.below(99_900) };
         let status = if r.below(20) == 0 { "declined" } else { "approved" };
-        vec![
-            ("id", Value::String(format!("t{i:010}").into())),
-            ("account", Value::String(format!("acct-{account:05}").into())),
-            ("merchant", Value::String(format!("m-{:04}", r.below(500)).into())),
-            ("amount", Value::Decimal { units: cents as i128, scale: 2 }),
-            ("ts", Value::Timestamp(ts)),
-            ("country", Value::String(COUNTRIES[r.below(COUNTRIES.len() as u64) as usize].into())),
-            ("channel", Value::String(CHANNELS[r.below(CHANNELS.len() as u64) as usize].into())),
-            ("status", Value::String(status.into())),
-        ]
+        let merchant = r.below(500);
+        let country = COUNTRIES[r.below(COUNTRIES.len() as u64) as usize];
+        let channel = CHANNELS[r.below(CHANNELS.len() as u64) as usize];
+        w.fmt(Self::ID, |s| {
+            s.push('t');
+            push_padded(s, i, 10);
+        });
+        w.fmt(Self::ACCOUNT, |s| {
+            s.push_str("acct-");
+            push_padded(s, account, 5);
+        });
+        w.fmt(Self::MERCHANT, |s| {
+            s.push_str("m-");
+            push_padded(s, merchant, 4);
+        });
+        w.dec(Self::AMOUNT, cents as i64, 2);
+        w.ts(Self::TS, ts);
+        w.str(Self::COUNTRY, country);
+        w.str(Self::CHANNEL, channel);
+        w.str(Self::STATUS, status);
     }
 }
 
 /// Nexmark's generator model: of every 50 events, 1 is a new person, 3 are new
 /// auctions and 46 are bids; bids go to recent auctions by recent bidders.
 struct Nexmark {
-    rng: Rng,
+    seed: u64,
     i: u64,
     want: GeneratorKind,
 }
@@ -97,107 +208,130 @@ const FIRST_AUCTION_ID: i64 = 1000;
 const FIRST_CATEGORY_ID: i64 = 10;
 
 impl Nexmark {
-    /// The next event of the wanted stream (events of other streams are skipped, so
-    /// ids agree across the three streams of one seed).
-    fn next(&mut self) -> Fields {
-        loop {
+    /// The next event of the wanted stream. Each event draws from its own generator
+    /// (seeded by the seed and the event's number), so events of other streams are
+    /// skipped without drawing, and ids agree across the three streams of one seed.
+    fn next(&mut self, w: &mut RowWriter) {
+        let (i, slot) = loop {
             let i = self.i;
             self.i += 1;
             let slot = i % 50;
-            // People and auctions created so far, this event included.
-            let persons = (i / 50) as i64 + 1;
-            let auctions = (i / 50) as i64 * 3 + slot.min(3) as i64;
-            let date_time = BASE_TS_MS + i as i64;
             let kind = match slot {
                 0 => GeneratorKind::NexmarkPersons,
                 1..=3 => GeneratorKind::NexmarkAuctions,
                 _ => GeneratorKind::NexmarkBids,
             };
-            // Draw the same random numbers whatever stream is wanted.
-            let mut r = Rng::new(self.rng.0 ^ i.wrapping_mul(0x2545_F491_4F6C_DD1D));
-            let extra = format!("{:x}", r.next_u64());
-            if kind != self.want {
-                continue;
+            if kind == self.want {
+                break (i, slot);
             }
-            return match kind {
-                GeneratorKind::NexmarkPersons => {
-                    let id = FIRST_PERSON_ID + persons - 1;
-                    let name = format!(
-                        "{} {}",
-                        FIRST[r.below(FIRST.len() as u64) as usize],
-                        LAST[r.below(LAST.len() as u64) as usize]
-                    );
-                    vec![
-                        ("id", Value::Int(id)),
-                        ("email_address", Value::String(format!("{}@{}.com", name.replace(' ', "."), extra).into())),
-                        ("name", Value::String(name.into())),
-                        (
-                            "credit_card",
-                            Value::String(
-                                format!(
-                                    "{:04} {:04} {:04} {:04}",
-                                    r.below(10_000),
-                                    r.below(10_000),
-                                    r.below(10_000),
-                                    r.below(10_000)
-                                )
-                                .into(),
-                            ),
-                        ),
-                        ("city", Value::String(CITIES[r.below(CITIES.len() as u64) as usize].into())),
-                        ("state", Value::String(STATES[r.below(STATES.len() as u64) as usize].into())),
-                        ("date_time", Value::Timestamp(date_time)),
-                        ("extra", Value::String(extra.into())),
-                    ]
-                }
-                GeneratorKind::NexmarkAuctions => {
-                    let id = FIRST_AUCTION_ID + auctions - 1;
-                    let initial_bid = 1 + r.below(1000) as i64;
-                    let seller = FIRST_PERSON_ID + r.below(persons.max(1) as u64) as i64;
-                    vec![
-                        ("id", Value::Int(id)),
-                        ("item_name", Value::String(format!("item-{id}").into())),
-                        ("description", Value::String(format!("description of item {id}").into())),
-                        ("initial_bid", Value::Int(initial_bid)),
-                        ("reserve", Value::Int(initial_bid + r.below(1000) as i64)),
-                        ("date_time", Value::Timestamp(date_time)),
-                        ("expires", Value::Timestamp(date_time + 10_000 + r.below(10_000) as i64)),
-                        ("seller", Value::Int(seller)),
-                        ("category", Value::Int(FIRST_CATEGORY_ID + r.below(5) as i64)),
-                        ("extra", Value::String(extra.into())),
-                    ]
-                }
-                _ => {
-                    // Hot auctions and bidders: most bids go to the latest ones.
-                    let recent_auctions = auctions.clamp(1, 100) as u64;
-                    let auction = FIRST_AUCTION_ID + (auctions - 1 - r.below(recent_auctions) as i64).max(0);
-                    let recent_persons = persons.clamp(1, 100) as u64;
-                    let bidder = FIRST_PERSON_ID + (persons - 1 - r.below(recent_persons) as i64).max(0);
-                    let price = 100 + (r.below(1 << 20) as f64).sqrt() as i64 * 10;
-                    let channel = NEXMARK_CHANNELS[r.below(NEXMARK_CHANNELS.len() as u64) as usize];
-                    vec![
-                        ("auction", Value::Int(auction)),
-                        ("bidder", Value::Int(bidder)),
-                        ("price", Value::Int(price)),
-                        ("channel", Value::String(channel.into())),
-                        (
-                            "url",
-                            Value::String(
-                                format!(
-                                    "https://www.nexmark.com/{}/item.htm?query=1&channel_id={}",
-                                    channel.to_lowercase(),
-                                    r.below(1000)
-                                )
-                                .into(),
-                            ),
-                        ),
-                        ("date_time", Value::Timestamp(date_time)),
-                        ("extra", Value::String(extra.into())),
-                    ]
-                }
-            };
+        };
+        // People and auctions created so far, this event included.
+        let persons = (i / 50) as i64 + 1;
+        let auctions = (i / 50) as i64 * 3 + slot.min(3) as i64;
+        let date_time = BASE_TS_MS + i as i64;
+        let mut r = Rng::new(self.seed ^ i.wrapping_mul(0x2545_F491_4F6C_DD1D));
+        let extra = r.next_u64();
+        match self.want {
+            GeneratorKind::NexmarkPersons => {
+                // Field indexes in `generator_fields(NexmarkPersons)`.
+                let id = FIRST_PERSON_ID + persons - 1;
+                let first = FIRST[r.below(FIRST.len() as u64) as usize];
+                let last = LAST[r.below(LAST.len() as u64) as usize];
+                let card = [r.below(10_000), r.below(10_000), r.below(10_000), r.below(10_000)];
+                let city = CITIES[r.below(CITIES.len() as u64) as usize];
+                let state = STATES[r.below(STATES.len() as u64) as usize];
+                w.int(0, id);
+                w.fmt(1, |s| {
+                    s.push_str(first);
+                    s.push(' ');
+                    s.push_str(last);
+                });
+                w.fmt(2, |s| {
+                    s.push_str(first);
+                    s.push('.');
+                    s.push_str(last);
+                    s.push('@');
+                    push_hex(s, extra);
+                    s.push_str(".com");
+                });
+                w.fmt(3, |s| {
+                    for (k, part) in card.iter().enumerate() {
+                        if k > 0 {
+                            s.push(' ');
+                        }
+                        push_padded(s, *part, 4);
+                    }
+                });
+                w.str(4, city);
+                w.str(5, state);
+                w.ts(6, date_time);
+                w.fmt(7, |s| push_hex(s, extra));
+            }
+            GeneratorKind::NexmarkAuctions => {
+                let id = FIRST_AUCTION_ID + auctions - 1;
+                let initial_bid = 1 + r.below(1000) as i64;
+                let seller = FIRST_PERSON_ID + r.below(persons.max(1) as u64) as i64;
+                let reserve = initial_bid + r.below(1000) as i64;
+                let expires = date_time + 10_000 + r.below(10_000) as i64;
+                let category = FIRST_CATEGORY_ID + r.below(5) as i64;
+                w.int(0, id);
+                w.fmt(1, |s| {
+                    s.push_str("item-");
+                    push_int(s, id);
+                });
+                w.fmt(2, |s| {
+                    s.push_str("description of item ");
+                    push_int(s, id);
+                });
+                w.int(3, initial_bid);
+                w.int(4, reserve);
+                w.ts(5, date_time);
+                w.ts(6, expires);
+                w.int(7, seller);
+                w.int(8, category);
+                w.fmt(9, |s| push_hex(s, extra));
+            }
+            _ => {
+                // Hot auctions and bidders: most bids go to the latest ones.
+                let recent_auctions = auctions.clamp(1, 100) as u64;
+                let auction = FIRST_AUCTION_ID + (auctions - 1 - r.below(recent_auctions) as i64).max(0);
+                let recent_persons = persons.clamp(1, 100) as u64;
+                let bidder = FIRST_PERSON_ID + (persons - 1 - r.below(recent_persons) as i64).max(0);
+                // Nexmark's PriceGenerator: round(10^(6u) * 100), u uniform in [0, 1).
+                let u = (r.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+                let price = (10f64.powf(u * 6.0) * 100.0).round() as i64;
+                let c = r.below(NEXMARK_CHANNELS.len() as u64) as usize;
+                let channel_id = r.below(1000);
+                w.int(0, auction);
+                w.int(1, bidder);
+                w.int(2, price);
+                w.str(3, NEXMARK_CHANNELS[c]);
+                w.fmt(4, |s| {
+                    s.push_str("https://www.nexmark.com/");
+                    s.push_str(NEXMARK_URL_CHANNELS[c]);
+                    s.push_str("/item.htm?query=1&channel_id=");
+                    push_int(s, channel_id as i64);
+                });
+                w.ts(5, date_time);
+                w.fmt(6, |s| push_hex(s, extra));
+            }
         }
     }
+}
+
+/// `NEXMARK_CHANNELS` as they appear in bid URLs.
+const NEXMARK_URL_CHANNELS: &[&str] = &["google", "facebook", "baidu", "apple"];
+
+/// Whether a generated field of type `produced` can be written straight into `to`'s slot.
+fn fast_path(produced: &flow_types::Type, to: &flow_types::Type) -> bool {
+    use flow_types::Kind;
+    matches!(
+        (&produced.kind, &to.kind),
+        (Kind::Int, Kind::Int) | (Kind::Timestamp, Kind::Timestamp) | (Kind::String, Kind::String)
+    ) || matches!(
+        (&produced.kind, &to.kind),
+        (Kind::Decimal { scale: a, .. }, Kind::Decimal { scale: b, precision }) if a == b && *precision <= 18
+    )
 }
 
 /// Generates records of `kind` into batches of `layout`, calling `emit` per batch
@@ -211,47 +345,43 @@ pub fn generate(
     layout: &Arc<Layout>,
     emit: &mut dyn FnMut(Batch) -> bool,
 ) -> Result<(), String> {
-    let mut next: Box<dyn FnMut() -> Fields> = match kind {
-        GeneratorKind::Transactions => {
-            let mut g =
-                Transactions { rng: Rng::new(seed as u64), i: 0, accounts: keys.unwrap_or(10_000).max(1) as u64 };
-            Box::new(move || g.next())
-        }
-        other => {
-            let mut g = Nexmark { rng: Rng::new(seed as u64), i: 0, want: other };
-            Box::new(move || g.next())
-        }
-    };
-    // Map the schema's fields to the generator's, once.
-    let sample = next();
-    let map: Vec<usize> = layout
-        .record
-        .fields
-        .iter()
-        .map(|f| {
-            sample
-                .iter()
-                .position(|(n, _)| *n == f.name)
-                .ok_or_else(|| format!("the generator does not produce `{}`", f.name))
-        })
-        .collect::<Result<_, _>>()?;
+    let produced = flow_compiler::check::generator_fields(kind);
+    // Map the generator's fields to the schema's, once.
+    let mut map: Vec<Option<(usize, bool)>> = vec![None; produced.len()];
+    for (to, f) in layout.record.fields.iter().enumerate() {
+        let from = produced
+            .iter()
+            .position(|(n, _)| *n == f.name)
+            .ok_or_else(|| format!("the generator does not produce `{}`", f.name))?;
+        map[from] = Some((to, fast_path(&produced[from].1, &f.ty)));
+    }
+    let mut transactions =
+        Transactions { rng: Rng::new(seed as u64), i: 0, accounts: keys.unwrap_or(10_000).max(1) as u64 };
+    let mut nexmark = Nexmark { seed: Rng::new(seed as u64).0, i: 0, want: kind };
     let total = count.map(|c| c.max(0) as u64);
     let started = Instant::now();
-    let mut produced = 0u64;
-    let mut pending = Some(sample);
+    let mut produced_n = 0u64;
+    let mut scratch = String::new();
     loop {
         let mut b = BatchBuilder::new(layout.clone());
-        while b.len() < GEN_BATCH_ROWS && total.is_none_or(|t| produced < t) {
-            let rec = pending.take().unwrap_or_else(&mut next);
-            let row: Vec<Value> = map.iter().map(|&j| rec[j].1.clone()).collect();
-            b.push_values(&row).map_err(|e| format!("generated value does not fit the schema: {e:?}"))?;
-            produced += 1;
+        while b.len() < GEN_BATCH_ROWS && total.is_none_or(|t| produced_n < t) {
+            let row = b.push_row();
+            let mut w = RowWriter { b: &mut b, row, map: &map, scratch: std::mem::take(&mut scratch), error: None };
+            match kind {
+                GeneratorKind::Transactions => transactions.next(&mut w),
+                _ => nexmark.next(&mut w),
+            }
+            scratch = std::mem::take(&mut w.scratch);
+            if let Some(e) = w.error {
+                return Err(e);
+            }
+            produced_n += 1;
         }
         if b.is_empty() {
             return Ok(());
         }
         if let Some(rate) = rate_per_s.filter(|r| *r > 0) {
-            let due = Duration::from_secs_f64(produced as f64 / rate as f64);
+            let due = Duration::from_secs_f64(produced_n as f64 / rate as f64);
             if let Some(wait) = due.checked_sub(started.elapsed()) {
                 std::thread::sleep(wait);
             }

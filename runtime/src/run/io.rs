@@ -1,0 +1,166 @@
+//! Where records go: topics, file and stdout sinks, dead-letter outputs.
+//!
+//! An [`Output`] writes whole batches: to a topic (one append per batch, keyed by the
+//! topic's key so the murmur2 partitioner places it as Kafka would, timestamped with
+//! the record's event time) or to a sink shared by every pipeline and instance that
+//! writes it. [`DeadLetters`] collects a source's bad records with their position and
+//! reason and writes them a batch at a time ([`DeadLetters::flush`]) — before the
+//! batch they came with is acknowledged, so a committed input offset never covers a
+//! dead letter that was not written.
+
+use super::{io_err, RunError};
+use crate::format;
+use crate::log::{Acks, NewRecord, Topic};
+use bytes::Bytes;
+use flow_compiler::ir::{self, Format};
+use flow_types::row::{Batch, BatchBuilder, Layout, RowRef};
+use flow_types::Value;
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Dead letters buffered before a write.
+const DEAD_LETTERS_BUFFERED_MAX: usize = 1024;
+
+/// A destination of records.
+pub(crate) enum Output {
+    Topic { topic: Arc<Topic>, key: Option<usize>, time: Option<ir::EventTime> },
+    Sink(Arc<Mutex<SinkWriter>>),
+}
+
+/// A file or stdout sink; several pipelines may share one.
+pub(crate) struct SinkWriter {
+    pub out: Box<dyn Write + Send>,
+    pub format: Format,
+    pub wrote_header: bool,
+}
+
+impl SinkWriter {
+    fn write(&mut self, batch: &Batch) -> std::io::Result<()> {
+        let mut text = String::with_capacity(batch.len * 64);
+        match self.format {
+            Format::Json => {
+                for i in 0..batch.len {
+                    format::encode_json_row(&batch.row(i), &mut text);
+                    text.push('\n');
+                }
+                self.out.write_all(text.as_bytes())
+            }
+            Format::Text => {
+                for i in 0..batch.len {
+                    text.push_str(&format::csv_cell(&batch.row(i), 0));
+                    text.push('\n');
+                }
+                self.out.write_all(text.as_bytes())
+            }
+            Format::Csv => {
+                let mut w = csv::WriterBuilder::new().from_writer(Vec::new());
+                if !self.wrote_header {
+                    self.wrote_header = true;
+                    let names: Vec<&str> = batch.layout.record.fields.iter().map(|f| f.name.as_str()).collect();
+                    w.write_record(&names).map_err(std::io::Error::other)?;
+                }
+                for i in 0..batch.len {
+                    let row = batch.row(i);
+                    let cells: Vec<String> = (0..batch.layout.len()).map(|f| format::csv_cell(&row, f)).collect();
+                    w.write_record(&cells).map_err(std::io::Error::other)?;
+                }
+                let bytes = w.into_inner().map_err(|e| std::io::Error::other(e.to_string()))?;
+                self.out.write_all(&bytes)
+            }
+        }
+    }
+}
+
+/// The text form of a key value, hashed by the Kafka partitioner.
+fn key_bytes(row: &RowRef, field: usize) -> Option<Bytes> {
+    if row.is_null(field) {
+        return None;
+    }
+    Some(Bytes::from(format::csv_cell(row, field).into_bytes()))
+}
+
+impl Output {
+    pub fn write(&self, batch: &Batch) -> Result<(), RunError> {
+        if batch.len == 0 {
+            return Ok(());
+        }
+        match self {
+            Output::Topic { topic, key, time } => {
+                let now = wall_clock_ms();
+                let mut records = Vec::with_capacity(batch.len);
+                let mut text = String::new();
+                for i in 0..batch.len {
+                    let row = batch.row(i);
+                    text.clear();
+                    format::encode_json_row(&row, &mut text);
+                    let ts = match time {
+                        Some(et) if !row.is_null(et.field) => row.i64(et.field).saturating_add(et.offset_ms),
+                        _ => now,
+                    };
+                    records.push(NewRecord::new(
+                        ts,
+                        key.and_then(|k| key_bytes(&row, k)),
+                        Bytes::from(text.clone().into_bytes()),
+                    ));
+                }
+                topic.append(records, Acks::Os)?;
+                Ok(())
+            }
+            Output::Sink(w) => {
+                let mut w = w.lock().map_err(|_| RunError::Setup("a sink writer panicked".into()))?;
+                w.write(batch).map_err(io_err("writing a sink"))
+            }
+        }
+    }
+}
+
+/// Ingestion time for records without event time (the runtime's clock, never an operator's).
+pub(crate) fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A dead-letter output: the source's declared one or its default `<source>.dlq` topic.
+pub(crate) struct DeadLetters {
+    pub source: String,
+    pub output: Output,
+    pub layout: Arc<Layout>,
+    pub count: AtomicU64,
+    pending: Mutex<Option<BatchBuilder>>,
+}
+
+impl DeadLetters {
+    pub fn new(source: String, output: Output, layout: Arc<Layout>) -> DeadLetters {
+        DeadLetters { source, output, layout, count: AtomicU64::new(0), pending: Mutex::new(None) }
+    }
+
+    /// Adds a dead letter; written by the next [`DeadLetters::flush`] (or when many wait).
+    pub fn send(&self, position: &str, reason: &str, raw: &str) -> Result<(), RunError> {
+        let full = {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let b = pending.get_or_insert_with(|| BatchBuilder::new(self.layout.clone()));
+            b.push_values(&[
+                Value::String(self.source.as_str().into()),
+                Value::String(position.into()),
+                Value::String(reason.into()),
+                Value::String(raw.into()),
+            ])
+            .map_err(|e| RunError::Setup(format!("dead-letter record: {e:?}")))?;
+            self.count.fetch_add(1, Ordering::Relaxed);
+            b.len() >= DEAD_LETTERS_BUFFERED_MAX
+        };
+        if full {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the buffered dead letters.
+    pub fn flush(&self) -> Result<(), RunError> {
+        let taken = self.pending.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match taken {
+            Some(b) if !b.is_empty() => self.output.write(&b.finish()),
+            _ => Ok(()),
+        }
+    }
+}

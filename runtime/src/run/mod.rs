@@ -1,0 +1,811 @@
+//! Running a checked program: the operator runtime.
+//!
+//! [`run`] takes the program's physical plan ([`flow_compiler::physical`]) and starts,
+//! on one tokio runtime, every stage instance of every pipeline asked for: the read
+//! stage on a blocking thread (file, stdin, generator or topic; `source.rs`), every
+//! other stage instance as a task that runs its fused stateless operators (native
+//! code from cranelift, or the reference interpreter with `jit: false`) over each
+//! batch — inside `block_in_place`, so a CPU-bound stage never holds up the runtime's
+//! I/O — and either routes the result to the next stage's instances
+//! (`exchange.rs`: bounded channels, hash shuffles for `key_by`) or, in the last
+//! stage, writes it to the pipeline's outputs (`io.rs`). End of input flows through
+//! the graph as [`exchange::Msg::End`]; a pipeline reading a topic written in the same
+//! run ends when every writer of that topic has ended and it has read all they wrote.
+//!
+//! Bad input never stops a run: a record that does not decode, or whose expression
+//! fails (overflow, division by zero), goes to the source's dead-letter output with the
+//! reason, and is counted; `strict` makes it fatal instead. Setting
+//! [`RunOptions::stop`] (Ctrl-C in `flowc run`) stops the inputs; what was read is
+//! processed and written, sinks are flushed, and the run returns its summary.
+//! Operators the runtime does not run yet (windows, aggregates, joins, dedup, top-N,
+//! patterns, lookups, unions, unnest) are reported before anything starts; the other
+//! pipelines run.
+
+mod exchange;
+mod io;
+mod source;
+
+use crate::log::{Access, LogDir, Topic, TopicConfig};
+use exchange::{select_rows, CommitTracker, InBatch, KeyHasher, Msg, Router};
+use flow_compiler::exec::stage::{self, Stage, StageSpec};
+use flow_compiler::exec::{interp, EvalError};
+use flow_compiler::ir::{self, Connector};
+use flow_compiler::physical::{self, Exchange, StageKind};
+use flow_compiler::source::Span;
+use flow_types::row::{Batch, Layout};
+use flow_types::Value;
+use io::{DeadLetters, Output, SinkWriter};
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Rows per batch read from a source.
+pub const BATCH_ROWS_MAX: usize = 4096;
+/// Batches in flight into one stage instance (backpressure beyond).
+pub const CHANNEL_BATCHES_MAX: usize = 8;
+
+/// How to run.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// The log's data directory.
+    pub data_dir: PathBuf,
+    /// Relative file paths in connectors are relative to this (the .flow file's directory).
+    pub base_dir: PathBuf,
+    /// Run only these pipelines (all when empty).
+    pub pipelines: Vec<String>,
+    /// A bad record stops the run instead of being dead-lettered.
+    pub strict: bool,
+    /// Compile stages with cranelift (else run them on the reference interpreter).
+    pub jit: bool,
+    /// Instances of each parallel stage.
+    pub parallelism: u32,
+    /// Set to stop the inputs; the run drains what it read and returns.
+    pub stop: Arc<AtomicBool>,
+    /// Counters a caller may watch while the run goes (a progress line).
+    pub live: Arc<Live>,
+    /// Threads of the tokio runtime (the stage instances' tasks).
+    pub worker_threads: usize,
+    /// Ctrl-C sets `stop` (a second one exits at once, with status 130).
+    pub handle_ctrl_c: bool,
+}
+
+impl RunOptions {
+    pub fn new(data_dir: PathBuf, base_dir: PathBuf) -> RunOptions {
+        RunOptions {
+            data_dir,
+            base_dir,
+            pipelines: Vec::new(),
+            strict: false,
+            jit: true,
+            parallelism: 1,
+            stop: Arc::new(AtomicBool::new(false)),
+            live: Arc::new(Live::default()),
+            worker_threads: std::thread::available_parallelism().map_or(2, |n| n.get()).max(2),
+            handle_ctrl_c: false,
+        }
+    }
+}
+
+/// Totals over the whole run, updated as it goes.
+#[derive(Debug, Default)]
+pub struct Live {
+    pub records_in: AtomicU64,
+    pub records_out: AtomicU64,
+    /// Bytes read from input files so far, and their total size (0: unknown).
+    pub bytes_read: AtomicU64,
+    pub bytes_total: AtomicU64,
+    /// Records bounded generators will produce (0: unknown or unbounded).
+    pub records_total: AtomicU64,
+}
+
+/// What one stage of a pipeline did, summed over its instances.
+#[derive(Clone, Debug, Default)]
+pub struct StageStats {
+    /// The stage's operators, e.g. `read source bank` or `where | select`.
+    pub label: String,
+    pub parallelism: u32,
+    pub records_in: u64,
+    pub records_out: u64,
+}
+
+/// What one pipeline did.
+#[derive(Clone, Debug, Default)]
+pub struct PipelineStats {
+    pub name: String,
+    pub records_in: u64,
+    pub records_out: u64,
+    pub dead_lettered: u64,
+    pub stages: Vec<StageStats>,
+}
+
+/// What a run did.
+#[derive(Clone, Debug, Default)]
+pub struct Summary {
+    pub pipelines: Vec<PipelineStats>,
+    /// Pipelines not run, with why and where.
+    pub skipped: Vec<Unsupported>,
+    pub elapsed: Duration,
+    /// The run was stopped (Ctrl-C) before its inputs ended.
+    pub stopped: bool,
+}
+/// An operator this runtime cannot run yet.
+#[derive(Clone, Debug)]
+pub struct Unsupported {
+    pub pipeline: String,
+    pub span: Span,
+    pub message: String,
+}
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Log(#[from] crate::log::LogError),
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("{0}")]
+    Setup(String),
+    /// `strict`: a bad record, with where it came from and why.
+    #[error("{position}: {reason}")]
+    BadRecord { position: String, reason: String },
+    /// `strict`: an expression failed at run time.
+    #[error("{message}")]
+    Eval { span: Span, message: String },
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
+    let what = what.into();
+    move |source| RunError::Io { what, source }
+}
+
+/// Which operators of a pipeline this runtime can run, or why not.
+pub fn unsupported(p: &ir::Pipeline) -> Option<Unsupported> {
+    for op in &p.ops {
+        let what = match &op.kind {
+            ir::OpKind::Filter(_) | ir::OpKind::Project(_) | ir::OpKind::KeyBy(_) => continue,
+            ir::OpKind::WindowAggregate { .. } => "`window ... | aggregate`",
+            ir::OpKind::Aggregate { .. } => "`aggregate`",
+            ir::OpKind::Dedup { .. } => "`dedup`",
+            ir::OpKind::TopN { .. } => "`top`",
+            ir::OpKind::Join { .. } => "`join`",
+            ir::OpKind::Lookup { .. } => "`lookup`",
+            ir::OpKind::Union(_) => "`union`",
+            ir::OpKind::Unnest { .. } => "`unnest`",
+            ir::OpKind::Pattern { .. } => "`pattern`",
+        };
+        return Some(Unsupported {
+            pipeline: p.name.clone(),
+            span: op.span,
+            message: format!("{what} is not supported by this runtime yet (stateful operators arrive with event-time windows and state)"),
+        });
+    }
+    None
+}
+
+/// Everything shared by the pipelines of a run.
+struct Shared {
+    log: LogDir,
+    topics: HashMap<String, Arc<Topic>>,
+    sinks: HashMap<String, Arc<Mutex<SinkWriter>>>,
+    /// Per topic: how many pipelines of this run still write it.
+    writers_left: HashMap<String, Arc<AtomicU64>>,
+    /// Commit trackers of topic inputs (their errors are reported at the end).
+    trackers: Mutex<Vec<Arc<CommitTracker>>>,
+}
+
+impl Shared {
+    fn output(
+        &self,
+        target: &ir::Target,
+        program: &ir::Program,
+        time: Option<ir::EventTime>,
+    ) -> Result<Output, RunError> {
+        Ok(match target {
+            ir::Target::Topic(t) => {
+                let decl = program.topics.iter().find(|x| x.name == *t);
+                Output::Topic {
+                    topic: self
+                        .topics
+                        .get(t)
+                        .cloned()
+                        .ok_or_else(|| RunError::Setup(format!("topic `{t}` is not open")))?,
+                    key: decl.and_then(|d| d.key),
+                    time,
+                }
+            }
+            ir::Target::Sink(s) => Output::Sink(
+                self.sinks.get(s).cloned().ok_or_else(|| RunError::Setup(format!("sink `{s}` is not open")))?,
+            ),
+        })
+    }
+}
+
+fn topic_config(t: &ir::Topic) -> TopicConfig {
+    let mut c = TopicConfig { partitions: t.partitions, retention_ms: Some(t.retention_ms), ..TopicConfig::default() };
+    c.retention_bytes = t.retention_bytes.map(|b| b as u64);
+    if let Some(s) = t.segment_bytes {
+        c.segment_bytes = s as u64;
+    }
+    c
+}
+
+fn resolve(base: &Path, p: &str) -> PathBuf {
+    let path = Path::new(p);
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base.join(path)
+    }
+}
+
+fn open_sink(conn: &Connector, base: &Path) -> Result<SinkWriter, RunError> {
+    Ok(match conn {
+        Connector::Stdout { format } => {
+            SinkWriter { out: Box::new(std::io::stdout()), format: *format, wrote_header: false }
+        }
+        Connector::File { path, format, .. } => {
+            let p = resolve(base, path);
+            if let Some(dir) = p.parent() {
+                std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+            }
+            let f = std::fs::File::create(&p).map_err(io_err(format!("creating {}", p.display())))?;
+            SinkWriter { out: Box::new(std::io::BufWriter::new(f)), format: *format, wrote_header: false }
+        }
+        Connector::Kafka { .. } => return Err(RunError::Setup("`kafka` sinks come with the Kafka connector".into())),
+        other => return Err(RunError::Setup(format!("{other:?} is not a sink"))),
+    })
+}
+
+/// Runs `program`'s pipelines until their bounded inputs end.
+pub fn run(program: &ir::Program, opts: &RunOptions) -> Result<Summary, RunError> {
+    let started = Instant::now();
+    let mut summary = Summary::default();
+    let chosen: Vec<&ir::Pipeline> =
+        program.pipelines.iter().filter(|p| opts.pipelines.is_empty() || opts.pipelines.contains(&p.name)).collect();
+    let mut runnable = Vec::new();
+    for p in chosen {
+        match unsupported(p) {
+            Some(u) => summary.skipped.push(u),
+            None => runnable.push(p),
+        }
+    }
+
+    // Open the log: every declared topic exists with its declared partitions.
+    let log = LogDir::new(&opts.data_dir);
+    let mut topics = HashMap::new();
+    let mut needed: HashSet<String> = HashSet::new();
+    for p in &runnable {
+        if let ir::Input::Topic(t) = &p.input {
+            needed.insert(t.clone());
+        }
+        for o in &p.outputs {
+            if let ir::Target::Topic(t) = &o.target {
+                needed.insert(t.clone());
+            }
+        }
+    }
+    for s in &program.sources {
+        if let Some(ir::Target::Topic(t)) = &s.dead_letter {
+            needed.insert(t.clone());
+        }
+    }
+    for t in &program.topics {
+        if !needed.contains(&t.name) {
+            continue;
+        }
+        match log.open_topic(&t.name, Access::ReadWrite) {
+            Ok(topic) => {
+                if topic.partitions().len() as u32 != t.partitions {
+                    return Err(RunError::Setup(format!(
+                        "topic `{}` exists with {} partitions, but the program declares {}; delete it (`flowc topic delete {}`) or declare {}",
+                        t.name,
+                        topic.partitions().len(),
+                        t.partitions,
+                        t.name,
+                        topic.partitions().len()
+                    )));
+                }
+                topics.insert(t.name.clone(), Arc::new(topic));
+            }
+            Err(crate::log::LogError::UnknownTopic(_)) => {
+                log.create_topic(&t.name, &topic_config(t))?;
+                topics.insert(t.name.clone(), Arc::new(log.open_topic(&t.name, Access::ReadWrite)?));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let mut sinks = HashMap::new();
+    for s in &program.sinks {
+        let used = runnable.iter().any(|p| p.outputs.iter().any(|o| o.target == ir::Target::Sink(s.name.clone())))
+            || program.sources.iter().any(|src| src.dead_letter == Some(ir::Target::Sink(s.name.clone())));
+        if used {
+            sinks.insert(s.name.clone(), Arc::new(Mutex::new(open_sink(&s.connector, &opts.base_dir)?)));
+        }
+    }
+    let mut writers_left: HashMap<String, Arc<AtomicU64>> = HashMap::new();
+    for p in &runnable {
+        for o in &p.outputs {
+            if let ir::Target::Topic(t) = &o.target {
+                writers_left
+                    .entry(t.clone())
+                    .or_insert_with(|| Arc::new(AtomicU64::new(0)))
+                    .fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+    let shared = Arc::new(Shared { log, topics, sinks, writers_left, trackers: Mutex::new(Vec::new()) });
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(opts.worker_threads.max(1))
+        .enable_all()
+        .build()
+        .map_err(io_err("starting the runtime"))?;
+    if opts.handle_ctrl_c {
+        let stop = opts.stop.clone();
+        rt.spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                stop.store(true, Ordering::SeqCst);
+                eprintln!("\nstopping: finishing the records already read (Ctrl-C again to abort)");
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    std::process::exit(130);
+                }
+            }
+        });
+    }
+    let plan = physical::physical(program, opts.parallelism);
+    let program = Arc::new(program.clone());
+    let failed = Arc::new(AtomicBool::new(false));
+    let results = rt.block_on(async {
+        let mut handles = Vec::new();
+        for p in &runnable {
+            let Some(pp) = plan.pipelines.iter().find(|x| x.name == p.name) else { continue };
+            let (program, shared, opts, failed) = (program.clone(), shared.clone(), opts.clone(), failed.clone());
+            let pp = pp.clone();
+            handles.push(tokio::spawn(async move {
+                let r = run_pipeline(program, pp, shared, opts, failed.clone()).await;
+                if r.is_err() {
+                    failed.store(true, Ordering::SeqCst);
+                }
+                r
+            }));
+        }
+        let mut out = Vec::new();
+        for h in handles {
+            out.push(h.await.map_err(|e| RunError::Setup(format!("a pipeline task failed: {e}")))?);
+        }
+        Ok::<_, RunError>(out)
+    });
+    // Sinks are flushed whatever happened: what was written stays written.
+    for w in shared.sinks.values() {
+        if let Ok(mut w) = w.lock() {
+            w.out.flush().map_err(io_err("flushing a sink"))?;
+        }
+    }
+    let mut first_error = None;
+    for r in results? {
+        match r {
+            Ok(stats) => summary.pipelines.push(stats),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    let trackers = shared.trackers.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(e) = trackers.iter().find_map(|t| t.error()) {
+        return Err(RunError::Setup(format!("committing consumer-group offsets: {e}")));
+    }
+    summary.stopped = opts.stop.load(Ordering::SeqCst);
+    summary.elapsed = started.elapsed();
+    Ok(summary)
+}
+
+/// What every instance of one stage shares.
+struct StageRt {
+    stats: StageCounters,
+    /// The stage's fused operators, compiled once (None: nothing to run).
+    fused: Option<Box<dyn Stage>>,
+}
+
+#[derive(Default)]
+pub(crate) struct StageCounters {
+    pub records_in: AtomicU64,
+    pub records_out: AtomicU64,
+}
+
+/// What the last stage's instances share: the pipeline's outputs.
+struct Writes {
+    outputs: Vec<(Option<ir::Expr>, Output)>,
+    program: Arc<ir::Program>,
+    written: AtomicU64,
+}
+
+/// A short label for a stage's operators.
+fn stage_label(p: &ir::Pipeline, kind: &StageKind) -> String {
+    match kind {
+        StageKind::Read(ir::Input::Source(s)) => format!("read source {s}"),
+        StageKind::Read(ir::Input::Topic(t)) => format!("read topic {t}"),
+        StageKind::Ops { head, fused } => {
+            let names: Vec<&str> = head
+                .iter()
+                .chain(fused)
+                .map(|&i| match &p.ops[i].kind {
+                    ir::OpKind::Filter(_) => "where",
+                    ir::OpKind::Project(_) => "select",
+                    ir::OpKind::KeyBy(_) => "key_by",
+                    ir::OpKind::WindowAggregate { .. } => "window",
+                    ir::OpKind::Aggregate { .. } => "aggregate",
+                    ir::OpKind::Dedup { .. } => "dedup",
+                    ir::OpKind::TopN { .. } => "top",
+                    ir::OpKind::Join { .. } => "join",
+                    ir::OpKind::Lookup { .. } => "lookup",
+                    ir::OpKind::Union(_) => "union",
+                    ir::OpKind::Unnest { .. } => "unnest",
+                    ir::OpKind::Pattern { .. } => "pattern",
+                })
+                .collect();
+            if names.is_empty() {
+                "pass".into()
+            } else {
+                names.join(" | ")
+            }
+        }
+    }
+}
+
+async fn run_pipeline(
+    program: Arc<ir::Program>,
+    pp: physical::PhysicalPipeline,
+    shared: Arc<Shared>,
+    opts: RunOptions,
+    failed: Arc<AtomicBool>,
+) -> Result<PipelineStats, RunError> {
+    let p = program.pipelines[pp.pipeline].clone();
+    let name = p.name.clone();
+    let dead = dead_letters(&program, &p.input, &shared)?;
+
+    // Compile every stage's fused operators once; instances share the code.
+    let mut rts = Vec::new();
+    for s in &pp.stages {
+        let fused = match &s.kind {
+            StageKind::Ops { head: Some(_), .. } => {
+                return Err(RunError::Setup(format!("pipeline `{name}`: stateful operators are not supported yet")))
+            }
+            StageKind::Ops { fused, .. } if !fused.is_empty() => {
+                let spec = StageSpec { input: s.input.clone(), ops: fused.iter().map(|&i| p.ops[i].clone()).collect() };
+                Some(if opts.jit {
+                    stage::jit(&spec, &program)
+                        .map_err(|e| RunError::Setup(format!("compiling pipeline `{name}`: {e}")))?
+                } else {
+                    stage::interpreted(&spec, &program)
+                        .map_err(|e| RunError::Setup(format!("pipeline `{name}`: {e}")))?
+                })
+            }
+            _ => None,
+        };
+        rts.push(Arc::new(StageRt { stats: StageCounters::default(), fused }));
+    }
+
+    let out_time = p.ops.last().map_or_else(|| input_event_time(&program, &p.input), |o| o.event_time.clone());
+    let outputs: Vec<(Option<ir::Expr>, Output)> = p
+        .outputs
+        .iter()
+        .map(|o| Ok((o.when.clone(), shared.output(&o.target, &program, out_time.clone())?)))
+        .collect::<Result<_, RunError>>()?;
+    let writes = Arc::new(Writes { outputs, program: program.clone(), written: AtomicU64::new(0) });
+
+    // Channels into every instance of stages 1..; senders cloned into each upstream router.
+    let mut inboxes: Vec<Vec<mpsc::Receiver<Msg>>> = vec![Vec::new()];
+    let mut senders: Vec<Vec<mpsc::Sender<Msg>>> = vec![Vec::new()];
+    for s in &pp.stages[1..] {
+        let (tx, rx): (Vec<_>, Vec<_>) = (0..s.parallelism).map(|_| mpsc::channel::<Msg>(CHANNEL_BATCHES_MAX)).unzip();
+        senders.push(tx);
+        inboxes.push(rx);
+    }
+    let router_for = |from: usize, me: usize| -> Router {
+        let next = &pp.stages[from + 1];
+        let exchange = next.exchange.clone().unwrap_or(Exchange::Forward);
+        let key = match &exchange {
+            Exchange::Hash(keys) => {
+                Some(KeyHasher::new(keys, &Layout::new(pp.stages[from].output.clone()), program.clone()))
+            }
+            _ => None,
+        };
+        Router::new(exchange, senders[from + 1].clone(), me, key)
+    };
+
+    let mut tasks = Vec::new();
+    let last = pp.stages.len() - 1;
+    for si in 1..pp.stages.len() {
+        let upstream = pp.stages[si - 1].parallelism as usize;
+        for (me, rx) in std::mem::take(&mut inboxes[si]).into_iter().enumerate() {
+            let down = if si == last { Down::Write(writes.clone()) } else { Down::Next(router_for(si, me)) };
+            let inst = Instance {
+                rt: rts[si].clone(),
+                dead: dead.clone(),
+                opts: opts.clone(),
+                failed: failed.clone(),
+                program: program.clone(),
+            };
+            tasks.push(tokio::spawn(inst.run(rx, upstream, down)));
+        }
+    }
+    let reader = {
+        let (program, shared, opts, dead, failed) =
+            (program.clone(), shared.clone(), opts.clone(), dead.clone(), failed.clone());
+        let input = p.input.clone();
+        let layout = Arc::new(Layout::new(p.input_schema.clone()));
+        let group = format!("flow.{name}");
+        let router = router_for(0, 0);
+        let read_rt = rts[0].clone();
+        tokio::task::spawn_blocking(move || {
+            let live = opts.live.clone();
+            let r = source::read_input(
+                &program,
+                &input,
+                layout,
+                &shared,
+                &opts,
+                dead,
+                &group,
+                router,
+                &read_rt.stats,
+                &live,
+                failed.clone(),
+            );
+            if r.is_err() {
+                failed.store(true, Ordering::SeqCst);
+            }
+            r
+        })
+    };
+    drop(senders);
+    let mut first_error: Option<RunError> = None;
+    for t in tasks {
+        let r = t.await.map_err(|e| RunError::Setup(format!("a stage task failed: {e}")))?;
+        if let Err(e) = r {
+            first_error.get_or_insert(e);
+        }
+    }
+    let read = reader.await.map_err(|e| RunError::Setup(format!("input task failed: {e}")))?;
+    // This pipeline no longer writes its topics: their readers may finish.
+    for o in &p.outputs {
+        if let ir::Target::Topic(t) = &o.target {
+            if let Some(w) = shared.writers_left.get(t) {
+                w.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    }
+    // A reader's own error comes first: it is the cause of the others.
+    read?;
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    let records_in = rts[0].stats.records_in.load(Ordering::Relaxed);
+    let stages = pp
+        .stages
+        .iter()
+        .zip(&rts)
+        .map(|(s, rt)| StageStats {
+            label: stage_label(&p, &s.kind),
+            parallelism: s.parallelism,
+            records_in: rt.stats.records_in.load(Ordering::Relaxed),
+            records_out: rt.stats.records_out.load(Ordering::Relaxed),
+        })
+        .collect();
+    Ok(PipelineStats {
+        name,
+        records_in,
+        records_out: writes.written.load(Ordering::Relaxed),
+        dead_lettered: dead.as_ref().map_or(0, |d| d.count.load(Ordering::Relaxed)),
+        stages,
+    })
+}
+
+/// Where a stage instance's results go.
+enum Down {
+    Next(Router),
+    Write(Arc<Writes>),
+}
+
+/// One instance of a stage.
+struct Instance {
+    rt: Arc<StageRt>,
+    dead: Option<Arc<DeadLetters>>,
+    opts: RunOptions,
+    failed: Arc<AtomicBool>,
+    program: Arc<ir::Program>,
+}
+
+impl Instance {
+    async fn run(self, mut rx: mpsc::Receiver<Msg>, upstream: usize, mut down: Down) -> Result<(), RunError> {
+        let mut ended = 0;
+        while let Some(msg) = rx.recv().await {
+            let inb = match msg {
+                Msg::End => {
+                    ended += 1;
+                    if ended == upstream {
+                        break;
+                    }
+                    continue;
+                }
+                Msg::Data(inb) => inb,
+            };
+            if self.failed.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            self.rt.stats.records_in.fetch_add(inb.batch.len as u64, Ordering::Relaxed);
+            let result = tokio::task::block_in_place(|| -> Result<Option<Batch>, RunError> {
+                let out = match &self.rt.fused {
+                    None => inb.batch.clone(),
+                    Some(st) => run_stage(st.as_ref(), &inb, &self.dead, &self.opts)?,
+                };
+                self.rt.stats.records_out.fetch_add(out.len as u64, Ordering::Relaxed);
+                let out = match &down {
+                    Down::Write(w) => {
+                        write_outputs(w, &out, &inb, &self.dead, &self.opts, &self.program)?;
+                        None
+                    }
+                    Down::Next(_) => Some(out),
+                };
+                if let Some(d) = &self.dead {
+                    d.flush()?;
+                }
+                Ok(out)
+            });
+            let out = match result {
+                Ok(out) => out,
+                Err(e) => {
+                    self.failed.store(true, Ordering::SeqCst);
+                    return Err(e);
+                }
+            };
+            if let (Some(out), Down::Next(router)) = (out, &mut down) {
+                if out.len > 0 {
+                    let next = InBatch { batch: out, origin: inb.origin.clone(), ack: inb.ack.clone() };
+                    if !router.send(next).await {
+                        return Ok(());
+                    }
+                }
+            }
+            // The input batch (and its ack) is released only now, after its results moved on.
+            drop(inb);
+        }
+        if let Down::Next(router) = down {
+            if !self.failed.load(Ordering::SeqCst) {
+                router.end().await;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Routes a batch of the pipeline's results to its outputs (`when` conditions first
+/// match wins; an unconditional output takes what no condition took).
+fn write_outputs(
+    w: &Writes,
+    batch: &Batch,
+    inb: &InBatch,
+    dead: &Option<Arc<DeadLetters>>,
+    opts: &RunOptions,
+    program: &ir::Program,
+) -> Result<(), RunError> {
+    let ctx = interp::EvalCtx::new(program);
+    let conditional = w.outputs.iter().any(|(c, _)| c.is_some());
+    let mut taken = vec![false; batch.len];
+    for (when, out) in &w.outputs {
+        let chosen = match when {
+            None if conditional => select_rows(batch, |i| !taken[i]),
+            None => batch.clone(),
+            Some(cond) => {
+                let mut keep = vec![false; batch.len];
+                for (i, k) in keep.iter_mut().enumerate() {
+                    if taken[i] {
+                        continue;
+                    }
+                    match interp::eval(cond, &batch.row(i), &ctx) {
+                        Ok(Value::Bool(true)) => {
+                            *k = true;
+                            taken[i] = true;
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            taken[i] = true;
+                            expression_failed(dead, opts, &e, &inb.origin, &batch.row(i))?;
+                        }
+                    }
+                }
+                select_rows(batch, |i| keep[i])
+            }
+        };
+        w.written.fetch_add(chosen.len as u64, Ordering::Relaxed);
+        opts.live.records_out.fetch_add(chosen.len as u64, Ordering::Relaxed);
+        out.write(&chosen)?;
+    }
+    let _ = &w.program;
+    Ok(())
+}
+
+fn input_event_time(program: &ir::Program, input: &ir::Input) -> Option<ir::EventTime> {
+    match input {
+        ir::Input::Source(s) => program.sources.iter().find(|x| x.name == *s).and_then(|x| x.event_time.clone()),
+        ir::Input::Topic(t) => program.topics.iter().find(|x| x.name == *t).and_then(|x| x.event_time.clone()),
+    }
+}
+
+fn dead_letters(
+    program: &ir::Program,
+    input: &ir::Input,
+    shared: &Shared,
+) -> Result<Option<Arc<DeadLetters>>, RunError> {
+    let ir::Input::Source(name) = input else { return Ok(None) };
+    let Some(src) = program.sources.iter().find(|s| s.name == *name) else { return Ok(None) };
+    let output = match &src.dead_letter {
+        Some(t) => shared.output(t, program, None)?,
+        None => {
+            // The default dead-letter topic `<source>.dlq`.
+            let t = format!("{name}.dlq");
+            let topic = match shared.log.open_topic(&t, Access::ReadWrite) {
+                Ok(topic) => topic,
+                Err(crate::log::LogError::UnknownTopic(_)) => {
+                    shared.log.create_topic(&t, &TopicConfig::default())?;
+                    shared.log.open_topic(&t, Access::ReadWrite)?
+                }
+                Err(e) => return Err(e.into()),
+            };
+            Output::Topic { topic: Arc::new(topic), key: None, time: None }
+        }
+    };
+    let layout = Arc::new(Layout::new(flow_compiler::check::dead_letter_record()));
+    Ok(Some(Arc::new(DeadLetters::new(name.clone(), output, layout))))
+}
+
+fn expression_failed(
+    dead: &Option<Arc<DeadLetters>>,
+    opts: &RunOptions,
+    e: &EvalError,
+    origin: &str,
+    row: &flow_types::row::RowRef,
+) -> Result<(), RunError> {
+    if opts.strict || dead.is_none() {
+        return Err(RunError::Eval { span: e.span, message: e.message.clone() });
+    }
+    let mut raw = String::new();
+    crate::format::encode_json_row(row, &mut raw);
+    if let Some(d) = dead {
+        d.send(origin, &format!("expression failed: {}", e.message), &raw)?;
+    }
+    Ok(())
+}
+
+/// Runs the stage over a batch. A row whose expression fails is dead-lettered and the
+/// stage resumes after it, so the rest of the batch runs at full speed.
+fn run_stage(
+    st: &dyn Stage,
+    inb: &InBatch,
+    dead: &Option<Arc<DeadLetters>>,
+    opts: &RunOptions,
+) -> Result<Batch, RunError> {
+    let mut out = stage::output_builder(st, &inb.batch);
+    let mut from = 0;
+    loop {
+        let rest = if from == 0 { inb.batch.clone() } else { inb.batch.slice_from(from) };
+        match st.run(&rest, &mut out) {
+            Ok(()) => return Ok(out.finish()),
+            Err(e) => {
+                let failed_row = from + e.row;
+                expression_failed(dead, opts, &e, &inb.origin, &inb.batch.row(failed_row))?;
+                from = failed_row + 1;
+                if from >= inb.batch.len {
+                    return Ok(out.finish());
+                }
+            }
+        }
+    }
+}
