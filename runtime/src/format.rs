@@ -36,7 +36,340 @@ fn err<T>(msg: impl Into<String>) -> Result<T, DecodeError> {
 }
 
 /// Decodes one JSON object into a new row of `out`. On error no row is added.
+///
+/// Two paths with one meaning: [`fast_json_row`] scans the common case (a flat
+/// object, strings without escapes, strict JSON numbers) straight into the row's
+/// slots, with no allocation but the arena's; whenever it meets anything else it
+/// gives up and [`slow_json_row`] decodes the line through sonic-rs, which also
+/// writes every error message. A property test holds the two to the same results.
 pub fn decode_json_row(line: &str, out: &mut BatchBuilder) -> Result<(), DecodeError> {
+    if fast_json_row(line, out).is_some() {
+        return Ok(());
+    }
+    slow_json_row(line, out)
+}
+
+/// JSON whitespace.
+fn is_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+/// A cursor over one line for [`fast_json_row`]; `None` means "give up".
+struct Scan<'a> {
+    s: &'a str,
+    b: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Scan<'a> {
+    fn ws(&mut self) {
+        while self.i < self.b.len() && is_ws(self.b[self.i]) {
+            self.i += 1;
+        }
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    fn eat(&mut self, c: u8) -> Option<()> {
+        (self.peek()? == c).then(|| self.i += 1)
+    }
+
+    /// The body of a string without escapes or control characters (the cursor is on
+    /// its opening quote).
+    fn plain_str(&mut self) -> Option<&'a str> {
+        self.eat(b'"')?;
+        let start = self.i;
+        loop {
+            let c = *self.b.get(self.i)?;
+            if c == b'"' {
+                let s = self.s.get(start..self.i);
+                self.i += 1;
+                // Split at ASCII quotes: always on character boundaries.
+                return s;
+            }
+            if c == b'\\' || c < 0x20 {
+                return None;
+            }
+            self.i += 1;
+        }
+    }
+
+    /// A number token in strict JSON grammar.
+    fn number(&mut self) -> Option<&'a str> {
+        let start = self.i;
+        let b = self.b;
+        let digits = |i: &mut usize| {
+            let s = *i;
+            while *i < b.len() && b[*i].is_ascii_digit() {
+                *i += 1;
+            }
+            *i > s
+        };
+        let mut i = self.i;
+        if b.get(i) == Some(&b'-') {
+            i += 1;
+        }
+        match b.get(i) {
+            Some(b'0') => i += 1,
+            Some(c) if c.is_ascii_digit() => {
+                digits(&mut i);
+            }
+            _ => return None,
+        }
+        if b.get(i) == Some(&b'.') {
+            i += 1;
+            if !digits(&mut i) {
+                return None;
+            }
+        }
+        if matches!(b.get(i), Some(b'e' | b'E')) {
+            i += 1;
+            if matches!(b.get(i), Some(b'+' | b'-')) {
+                i += 1;
+            }
+            if !digits(&mut i) {
+                return None;
+            }
+        }
+        self.i = i;
+        self.s.get(start..i)
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Option<()> {
+        (self.b.get(self.i..self.i + word.len())? == word).then(|| self.i += word.len())
+    }
+
+    /// Skips any value (of a field the schema does not name).
+    fn skip_value(&mut self, depth: usize) -> Option<()> {
+        if depth > NESTING_MAX {
+            return None;
+        }
+        match self.peek()? {
+            b'"' => self.plain_str().map(|_| ()),
+            b't' => self.literal(b"true"),
+            b'f' => self.literal(b"false"),
+            b'n' => self.literal(b"null"),
+            b'{' => {
+                self.i += 1;
+                self.ws();
+                if self.eat(b'}').is_some() {
+                    return Some(());
+                }
+                loop {
+                    self.ws();
+                    self.plain_str()?;
+                    self.ws();
+                    self.eat(b':')?;
+                    self.ws();
+                    self.skip_value(depth + 1)?;
+                    self.ws();
+                    match self.peek()? {
+                        b',' => self.i += 1,
+                        b'}' => {
+                            self.i += 1;
+                            return Some(());
+                        }
+                        _ => return None,
+                    }
+                }
+            }
+            b'[' => {
+                self.i += 1;
+                self.ws();
+                if self.eat(b']').is_some() {
+                    return Some(());
+                }
+                loop {
+                    self.ws();
+                    self.skip_value(depth + 1)?;
+                    self.ws();
+                    match self.peek()? {
+                        b',' => self.i += 1,
+                        b']' => {
+                            self.i += 1;
+                            return Some(());
+                        }
+                        _ => return None,
+                    }
+                }
+            }
+            _ => self.number().map(|_| ()),
+        }
+    }
+}
+
+/// The common case of [`decode_json_row`], or `None` (and no row added) to leave the
+/// line to the general path.
+fn fast_json_row(line: &str, out: &mut BatchBuilder) -> Option<()> {
+    let layout = out.layout.clone();
+    let fields = &layout.record.fields;
+    if fields.len() > 64 {
+        return None;
+    }
+    let row = out.push_row();
+    let ok = fast_fields(line, out, row, &layout);
+    if ok.is_none() {
+        out.pop_row();
+    }
+    ok
+}
+
+fn fast_fields(line: &str, out: &mut BatchBuilder, row: usize, layout: &Layout) -> Option<()> {
+    let fields = &layout.record.fields;
+    let mut seen = 0u64;
+    let mut next = 0;
+    let mut s = Scan { s: line, b: line.as_bytes(), i: 0 };
+    s.ws();
+    s.eat(b'{')?;
+    s.ws();
+    if s.eat(b'}').is_none() {
+        loop {
+            s.ws();
+            let key = s.plain_str()?;
+            s.ws();
+            s.eat(b':')?;
+            s.ws();
+            // Keys usually come in the schema's order: try the next field first.
+            let found = match fields.get(next) {
+                Some(f) if f.name.len() == key.len() && f.name.as_bytes() == key.as_bytes() => Some(next),
+                _ => fields.iter().position(|f| f.name.len() == key.len() && f.name.as_str() == key),
+            };
+            if let Some(f) = found {
+                next = f + 1;
+            }
+            match found {
+                None => s.skip_value(0)?,
+                Some(f) => {
+                    seen |= 1 << f;
+                    fast_value(&mut s, out, row, f, &fields[f].ty, layout.slot_kinds[f])?;
+                }
+            }
+            s.ws();
+            match s.peek()? {
+                b',' => s.i += 1,
+                b'}' => {
+                    s.i += 1;
+                    break;
+                }
+                _ => return None,
+            }
+        }
+    }
+    s.ws();
+    if s.i != line.len() {
+        return None;
+    }
+    for (f, field) in fields.iter().enumerate() {
+        if seen & (1 << f) == 0 {
+            if !field.ty.nullable {
+                return None;
+            }
+            out.set_null(row, f);
+        }
+    }
+    Some(())
+}
+
+/// One value of a field the schema names, written into its slot.
+fn fast_value(s: &mut Scan, out: &mut BatchBuilder, row: usize, f: usize, ty: &Type, slot: SlotKind) -> Option<()> {
+    if s.peek()? == b'n' {
+        s.literal(b"null")?;
+        if !ty.nullable {
+            return None;
+        }
+        out.set_null(row, f);
+        return Some(());
+    }
+    // A value after a `null` for the same key (duplicate keys: the last one wins).
+    out.clear_null(row, f);
+    match (&ty.kind, slot) {
+        (Kind::Bool, _) => {
+            let v = if s.peek()? == b't' {
+                s.literal(b"true")?;
+                1
+            } else {
+                s.literal(b"false")?;
+                0
+            };
+            out.set_i64(row, f, v);
+        }
+        (Kind::Int | Kind::Duration, _) => {
+            let n = s.number()?;
+            out.set_i64(row, f, n.parse::<i64>().ok()?);
+        }
+        (Kind::Timestamp, _) => {
+            let v = if s.peek()? == b'"' {
+                flow_types::time::parse_record_timestamp(s.plain_str()?).ok()?
+            } else {
+                s.number()?.parse::<i64>().ok()?
+            };
+            out.set_i64(row, f, v);
+        }
+        (Kind::Float, _) => {
+            let n = s.number()?;
+            out.set_f64(row, f, n.parse::<f64>().ok()?);
+        }
+        (Kind::Decimal { precision, scale }, kind) => {
+            let text = if s.peek()? == b'"' { s.plain_str()? } else { s.number()? };
+            let units = match plain_decimal(text.as_bytes(), *precision, *scale) {
+                Some(u) => u,
+                None => parse_decimal(text, *precision, *scale).ok()?,
+            };
+            match kind {
+                SlotKind::Dec64 { .. } => out.set_i64(row, f, i64::try_from(units).ok()?),
+                _ => out.set_i128(row, f, units),
+            }
+        }
+        (Kind::String, _) => {
+            let v = s.plain_str()?;
+            out.set_str(row, f, v).ok()?;
+        }
+        _ => return None,
+    }
+    Some(())
+}
+
+/// `-?digits(.digits)?` with at most 18 digits and no more fractional digits than
+/// `scale`, exactly as [`parse_decimal`] reads it; `None` for anything else.
+fn plain_decimal(t: &[u8], precision: u8, scale: u8) -> Option<i128> {
+    let (neg, body) = match t.split_first()? {
+        (b'-', rest) => (true, rest),
+        _ => (false, t),
+    };
+    let mut units: i64 = 0;
+    let mut digits = 0u32;
+    let mut frac: Option<u32> = None;
+    for &c in body {
+        match c {
+            b'0'..=b'9' => {
+                digits += 1;
+                if digits > 18 {
+                    return None;
+                }
+                units = units * 10 + (c - b'0') as i64;
+                if let Some(f) = frac.as_mut() {
+                    *f += 1;
+                }
+            }
+            b'.' if frac.is_none() => frac = Some(0),
+            _ => return None,
+        }
+    }
+    let frac = frac.unwrap_or(0);
+    if digits == 0 || frac > scale as u32 || precision > 38 {
+        return None;
+    }
+    let units = units as i128 * 10i128.pow(scale as u32 - frac);
+    if units >= 10i128.pow(precision as u32) {
+        return None;
+    }
+    Some(if neg { -units } else { units })
+}
+
+/// The general path of [`decode_json_row`].
+fn slow_json_row(line: &str, out: &mut BatchBuilder) -> Result<(), DecodeError> {
     let layout = out.layout.clone();
     let rec = &layout.record;
     let mut values: Vec<Option<Value>> = vec![None; rec.fields.len()];
@@ -197,19 +530,34 @@ pub fn parse_decimal(text: &str, precision: u8, scale: u8) -> Result<i128, Decod
         Some(b) => (true, b),
         None => (false, t.strip_prefix('+').unwrap_or(t)),
     };
-    let (mantissa, exp) = match body.find(['e', 'E']) {
+    let (mantissa, exp) = match body.bytes().position(|c| c == b'e' || c == b'E') {
         Some(i) => {
             let e: i32 = body[i + 1..].parse().map_err(|_| DecodeError(format!("bad number `{t}`")))?;
             (&body[..i], e)
         }
         None => (body, 0),
     };
-    let (int_part, frac_part) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let (int_part, frac_part) = match mantissa.bytes().position(|c| c == b'.') {
+        Some(i) => (&mantissa[..i], &mantissa[i + 1..]),
+        None => (mantissa, ""),
+    };
     if int_part.is_empty() && frac_part.is_empty()
         || !int_part.bytes().all(|c| c.is_ascii_digit())
         || !frac_part.bytes().all(|c| c.is_ascii_digit())
     {
         return err(format!("expected a decimal number, found `{t}`"));
+    }
+    if exp == 0 && frac_part.len() <= scale as usize && int_part.len() + frac_part.len() <= 18 {
+        // The common case: exact without rounding, and no allocation.
+        let mut units: i128 = 0;
+        for c in int_part.bytes().chain(frac_part.bytes()) {
+            units = units * 10 + (c - b'0') as i128;
+        }
+        units *= 10i128.pow(scale as u32 - frac_part.len() as u32);
+        if units >= 10i128.pow(precision as u32) {
+            return err(format!("`{t}` does not fit decimal({precision}, {scale})"));
+        }
+        return Ok(if neg { -units } else { units });
     }
     if exp.abs() > 400 {
         return err(format!("number `{t}` out of range"));
@@ -499,6 +847,16 @@ mod tests {
         }
     }
 
+    proptest! {
+        #[test]
+        fn plain_decimals_agree_with_parse_decimal(t in "-?[0-9]{0,20}(\\.[0-9]{0,6})?", p in 1u8..=38, sc in 0u8..6) {
+            let sc = sc.min(p);
+            if let Some(u) = plain_decimal(t.as_bytes(), p, sc) {
+                prop_assert_eq!(Ok(u), parse_decimal(&t, p, sc), "{}", t);
+            }
+        }
+    }
+
     #[test]
     fn decimals_parse_exactly() {
         assert_eq!(parse_decimal("649.38", 12, 2), Ok(64938));
@@ -526,6 +884,107 @@ mod tests {
         assert_eq!(csv_cell(&batch.row(0), 1), "1.50");
         assert_eq!(csv_cell(&batch.row(1), 2), "1700000000000");
         assert_eq!(csv_cell(&batch.row(0), 3), "");
+    }
+
+    fn flat() -> Arc<Layout> {
+        Arc::new(Layout::new(Arc::new(RecordType::new(
+            None,
+            vec![
+                Field { name: "s".into(), ty: Type::string() },
+                Field { name: "i".into(), ty: Type::int().nullable() },
+                Field { name: "f".into(), ty: Type::float().nullable() },
+                Field { name: "b".into(), ty: Type::bool().nullable() },
+                Field { name: "d".into(), ty: Type::decimal(30, 4).nullable() },
+                Field { name: "m".into(), ty: Type::decimal(12, 2).nullable() },
+                Field { name: "t".into(), ty: Type::timestamp().nullable() },
+            ],
+        ))))
+    }
+
+    /// Where the fast path accepts a line, the general path must give the same row.
+    fn fast_agrees_with_slow(line: &str, layout: Arc<Layout>) -> Result<(), TestCaseError> {
+        let mut fast = BatchBuilder::new(layout.clone());
+        let accepted = fast_json_row(line, &mut fast).is_some();
+        prop_assert_eq!(fast.len(), usize::from(accepted));
+        if accepted {
+            let mut slow = BatchBuilder::new(layout);
+            let r = slow_json_row(line, &mut slow);
+            prop_assert!(r.is_ok(), "fast accepted what the general path rejects: {} ({:?})", line, r);
+            prop_assert_eq!(fast.finish().to_values(), slow.finish().to_values(), "{}", line);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn the_fast_path_takes_the_common_case() {
+        let mut b = BatchBuilder::new(txn());
+        let line =
+            r#" {"id": "e1", "amount": 649.38, "ts": 1699999999484, "note": null, "extra": {"x": [1, "y", {}]}} "#;
+        assert!(fast_json_row(line, &mut b).is_some());
+        let long = r#"{"id":"a long identifier, longer than 8 bytes: ünïcödé","amount":1,"ts":1}"#;
+        assert!(fast_json_row(long, &mut b).is_some());
+        assert_eq!(b.finish().row(1).str(0), "a long identifier, longer than 8 bytes: ünïcödé");
+        let mut b = BatchBuilder::new(txn());
+        assert!(fast_json_row(line, &mut b).is_some());
+        for bail in [
+            r#"{"id":"a\"b","amount":1,"ts":1}"#,
+            r#"{"id":"abcdefghijklm\"nopqrstuvw","amount":1,"ts":1}"#,
+            "{\"id\":\"abcdefghijklmnopq\trstuvw\",\"amount\":1,\"ts\":1}",
+            r#"{"id":"a","amount":1,"ts":1,}"#,
+            r#"{"id":"a","amount":01,"ts":1}"#,
+            r#"{"id":"a","amount":1}"#,
+            r#"{"id":"a","amount":1,"ts":1} x"#,
+            r#"{"id":"a","amount":1,"ts":1,"tags":["x"]}"#,
+        ] {
+            assert!(fast_json_row(bail, &mut b).is_none(), "{bail}");
+        }
+        assert_eq!(b.len(), 1);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn fast_and_general_json_paths_agree_on_token_soup(parts in proptest::collection::vec(prop::sample::select(vec![
+            "{", "}", "[", "]", ",", ":", "\"s\"", "\"i\"", "\"f\"", "\"b\"", "\"d\"", "\"m\"", "\"t\"", "\"zz\"",
+            "1", "0", "-0", "01", "-1.5e3", "1.", "1e", "12345678901234567890123", "0.00005", "\"x\"", "\"\"", "null", "true", "false",
+            "\"2023-11-14T22:13:20Z\"", "\"1.25\"", "\"\\u00e9\"", " ", "\t", "\"é\"",
+        ]), 0..30)) {
+            let line = parts.concat();
+            fast_agrees_with_slow(&line, flat())?;
+            fast_agrees_with_slow(&line, txn())?;
+        }
+
+        #[test]
+        fn fast_and_general_json_paths_agree_on_records(
+            s in "[a-zé ]{0,8}",
+            i in prop::option::of(any::<i64>()),
+            f in prop::option::of(-1e12f64..1e12),
+            b in prop::option::of(any::<bool>()),
+            d in prop::option::of(-99999i64..99999),
+            t in prop::option::of(0i64..4_000_000_000_000),
+            extra in prop::option::of("[a-z]{1,4}"),
+            ws in prop::sample::select(vec!["", " ", "\t", "  "]),
+            reverse in any::<bool>(),
+        ) {
+            let mut kv = vec![format!("\"s\":{ws}\"{s}\"")];
+            let opt = |v: Option<String>| v.unwrap_or_else(|| "null".into());
+            kv.push(format!("\"i\":{}", opt(i.map(|x| x.to_string()))));
+            kv.push(format!("\"f\":{ws}{}", opt(f.map(|x| format!("{x:?}")))));
+            kv.push(format!("\"b\":{}", opt(b.map(|x| x.to_string()))));
+            kv.push(format!("\"d\":{}", opt(d.map(|x| format!("{}.{:03}", x / 7, (x % 1000).abs())))));
+            kv.push(format!("\"t\":{}", opt(t.map(|x| x.to_string()))));
+            if let Some(e) = extra {
+                kv.push(format!("\"x_{e}\":{{\"n\":[1,{ws}2]}}"));
+            }
+            if reverse {
+                kv.reverse();
+            }
+            let line = format!("{{{ws}{}{ws}}}", kv.join(&format!(",{ws}")));
+            let mut fast = BatchBuilder::new(flat());
+            prop_assert!(fast_json_row(&line, &mut fast).is_some(), "{}", line);
+            fast_agrees_with_slow(&line, flat())?;
+        }
     }
 
     proptest! {

@@ -306,6 +306,12 @@ impl BatchBuilder {
         &mut self.rows[o..o + n]
     }
 
+    /// Clears a field's null bit (its slot keeps whatever it holds).
+    pub fn clear_null(&mut self, row: usize, field: usize) {
+        let w = self.layout.width as usize;
+        self.rows[row * w + field / 8] &= !(1 << (field % 8));
+    }
+
     pub fn set_null(&mut self, row: usize, field: usize) {
         let w = self.layout.width as usize;
         self.rows[row * w + field / 8] |= 1 << (field % 8);
