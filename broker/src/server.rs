@@ -115,8 +115,11 @@ async fn accept_loop(listener: TcpListener, broker: Shared, mut stop: watch::Rec
                 };
                 let b = broker.clone();
                 conns.spawn(async move {
-                    if let Err(reason) = connection(stream, peer, b).await {
-                        tracing::warn!(%peer, "closing the connection: {reason}");
+                    match connection(stream, peer, b).await {
+                        Ok(()) => {}
+                        // The client hung up (possibly while we answered): nothing to report.
+                        Err(Closed::HungUp(reason)) => tracing::debug!(%peer, "connection ended: {reason}"),
+                        Err(Closed::Closed(reason)) => tracing::warn!(%peer, "closing the connection: {reason}"),
                     }
                     drop(permit);
                 });
@@ -126,11 +129,32 @@ async fn accept_loop(listener: TcpListener, broker: Shared, mut stop: watch::Rec
     conns.shutdown().await;
 }
 
-/// Serve one connection until the client closes it (`Ok`) or it must be closed (`Err`
-/// with the reason to log).
-async fn connection(stream: TcpStream, peer: SocketAddr, broker: Shared) -> Result<(), String> {
+/// Why a connection ended early.
+enum Closed {
+    /// The peer went away (reset, broken pipe).
+    HungUp(String),
+    /// We close it: a bad frame, a limit, an idle timeout.
+    Closed(String),
+}
+
+impl From<String> for Closed {
+    fn from(s: String) -> Closed {
+        Closed::Closed(s)
+    }
+}
+
+fn io_closed(what: &str, e: std::io::Error) -> Closed {
+    use std::io::ErrorKind::*;
+    match e.kind() {
+        BrokenPipe | ConnectionReset | ConnectionAborted | UnexpectedEof => Closed::HungUp(format!("{what}: {e}")),
+        _ => Closed::Closed(format!("{what}: {e}")),
+    }
+}
+
+/// Serve one connection until the client closes it (`Ok`) or it must be closed.
+async fn connection(stream: TcpStream, peer: SocketAddr, broker: Shared) -> Result<(), Closed> {
     let _ = stream.set_nodelay(true);
-    let local = stream.local_addr().map_err(|e| e.to_string())?;
+    let local = stream.local_addr().map_err(|e| io_closed("local address", e))?;
     let limits = broker.config.limits.clone();
     let (rd, wr) = stream.into_split();
     let mut rd = BufReader::with_capacity(limits.connection_buffer_bytes, rd);
@@ -138,29 +162,30 @@ async fn connection(stream: TcpStream, peer: SocketAddr, broker: Shared) -> Resu
     loop {
         let mut size = [0u8; 4];
         match tokio::time::timeout(limits.idle_timeout, rd.read_exact(&mut size)).await {
-            Err(_) => return Err(format!("idle for {:?}", limits.idle_timeout)),
+            Err(_) => return Err(format!("idle for {:?}", limits.idle_timeout).into()),
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-            Ok(Err(e)) => return Err(format!("read failed: {e}")),
+            Ok(Err(e)) => return Err(io_closed("read failed", e)),
             Ok(Ok(_)) => {}
         }
         let size = i32::from_be_bytes(size);
         if size < 0 || size as usize > limits.request_bytes_max {
-            return Err(format!(
+            return Err(Closed::Closed(format!(
                 "a request of {size} bytes exceeds the limit of {} bytes (--max-request-bytes)",
                 limits.request_bytes_max
-            ));
+            )));
         }
         let frame = read_frame(&mut rd, size as usize, &limits).await?;
         // The codec is a dependency: a panic in it must not take the broker down.
         let decoded = match std::panic::catch_unwind(|| decode_frame(frame)) {
             Ok(Ok(d)) => d,
-            Ok(Err(FrameError(reason))) => return Err(format!("malformed request: {reason}")),
-            Err(_) => return Err("malformed request: the decoder panicked".into()),
+            Ok(Err(FrameError(reason))) => return Err(format!("malformed request: {reason}").into()),
+            Err(_) => return Err("malformed request: the decoder panicked".to_string().into()),
         };
-        let response = handle(&broker, decoded, local).await.map_err(|e| format!("cannot answer: {e}"))?;
+        let response =
+            handle(&broker, decoded, local).await.map_err(|e| Closed::Closed(format!("cannot answer: {e}")))?;
         if let Some(bytes) = response {
-            wr.write_all(&bytes).await.map_err(|e| format!("write failed: {e}"))?;
-            wr.flush().await.map_err(|e| format!("write failed: {e}"))?;
+            wr.write_all(&bytes).await.map_err(|e| io_closed("write failed", e))?;
+            wr.flush().await.map_err(|e| io_closed("write failed", e))?;
         }
         tracing::trace!(%peer, "request answered");
     }
@@ -170,7 +195,7 @@ async fn read_frame(
     rd: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
     size: usize,
     limits: &crate::Limits,
-) -> Result<bytes::Bytes, String> {
+) -> Result<bytes::Bytes, Closed> {
     let step = limits.connection_buffer_bytes.max(4096);
     let mut buf = BytesMut::with_capacity(size.min(step));
     while buf.len() < size {
@@ -178,9 +203,11 @@ async fn read_frame(
         let want = (size - buf.len()) as u64;
         let read = tokio::time::timeout(limits.idle_timeout, (&mut *rd).take(want).read_buf(&mut buf)).await;
         match read {
-            Err(_) => return Err(format!("idle for {:?} in the middle of a request", limits.idle_timeout)),
-            Ok(Err(e)) => return Err(format!("read failed: {e}")),
-            Ok(Ok(0)) => return Err(format!("the connection ended inside a request ({} of {size} bytes)", buf.len())),
+            Err(_) => return Err(format!("idle for {:?} in the middle of a request", limits.idle_timeout).into()),
+            Ok(Err(e)) => return Err(io_closed("read failed", e)),
+            Ok(Ok(0)) => {
+                return Err(format!("the connection ended inside a request ({} of {size} bytes)", buf.len()).into())
+            }
             Ok(Ok(_)) => {}
         }
     }
