@@ -201,7 +201,9 @@ pub fn diagnostic(e: LogError) -> Report {
         ),
         LogError::Locked(_) => ("flow::log::locked", Some("another flowc process is writing to this topic; wait for it to finish".into())),
         LogError::Failed { .. } | LogError::Io { .. } => ("flow::log::io", None),
-        LogError::ReadOnly(_) | LogError::EmptyAppend | LogError::BatchTooLarge { .. } => ("flow::log::usage", None),
+        LogError::ReadOnly(_) | LogError::EmptyAppend | LogError::BatchTooLarge { .. } | LogError::InvalidBatch(_) => {
+            ("flow::log::usage", None)
+        }
     };
     let mut d = MietteDiagnostic::new(e.to_string()).with_code(code);
     if let Some(h) = help {

@@ -7,6 +7,11 @@ mod front;
 mod log_cmd;
 mod lsp;
 mod run_cmd;
+mod serve_cmd;
+
+// Keeps hostile array lengths in Kafka requests from aborting `flowc serve` (see flow_broker::alloc).
+#[global_allocator]
+static ALLOC: flow_broker::alloc::GuardedAlloc = flow_broker::alloc::GuardedAlloc;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -108,6 +113,8 @@ enum Command {
     },
     /// Run the language server (LSP over stdio) for editors.
     Lsp,
+    /// Serve the data directory's topics over the Kafka wire protocol (see docs/kafka.md).
+    Serve(serve_cmd::ServeArgs),
     #[command(flatten)]
     Log(log_cmd::LogCommand),
 }
@@ -137,6 +144,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Lsp => lsp::run(),
+        Command::Serve(args) => serve_cmd::run(args),
         Command::Log(cmd) => match log_cmd::run(cmd) {
             Ok(code) => code,
             Err(report) => {

@@ -17,6 +17,10 @@
 //! The base offset and leader epoch sit before the CRC, so the log can assign offsets
 //! to an encoded batch by patching 8 bytes, without recomputing the checksum.
 //! Decoding is total: any byte sequence yields a batch or a [`BatchError`], never a panic.
+//!
+//! Compressed batches (attributes bits 0-2: gzip, snappy, lz4, zstd, as Kafka clients
+//! send them) are stored as they are; [`RecordBatch::records`] decompresses the records
+//! section (bounded by [`DECOMPRESSED_BYTES_MAX`]) before decoding it.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -29,6 +33,9 @@ pub const MAGIC_V2: i8 = 2;
 /// Largest batch we accept on read or write (Kafka's default `message.max.bytes` is ~1 MiB;
 /// we allow more for batched appends but bound it so a corrupt length cannot ask for GiBs).
 pub const BATCH_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Largest records section a compressed batch may expand to (a bound against
+/// decompression bombs; Kafka clients' batches are 1 MiB by default).
+pub const DECOMPRESSED_BYTES_MAX: usize = 256 * 1024 * 1024;
 
 const CRC_OFFSET: usize = 17;
 const ATTRIBUTES_OFFSET: usize = 21;
@@ -82,8 +89,10 @@ pub enum BatchError {
     BadMagic(i8),
     #[error("crc mismatch: stored {stored:#010x}, computed {computed:#010x}")]
     CrcMismatch { stored: u32, computed: u32 },
-    #[error("compressed batches (codec {0}) are not supported")]
-    Compressed(i16),
+    #[error("unknown compression codec {0}")]
+    UnknownCodec(i16),
+    #[error("cannot decompress the {codec} records: {reason}")]
+    Decompress { codec: &'static str, reason: String },
     #[error("malformed record {index}: {what}")]
     MalformedRecord { index: usize, what: &'static str },
     #[error("impossible offsets: base {base_offset}, last delta {last_offset_delta}, count {record_count}")]
@@ -234,6 +243,43 @@ pub fn encode_batch(base_offset: u64, records: &[NewRecord]) -> BytesMut {
     buf
 }
 
+/// Encode `records` as one v2 batch whose records section is compressed with `codec`
+/// (as a Kafka producer with `compression.type` set sends it).
+pub fn encode_compressed_batch(base_offset: u64, records: &[NewRecord], codec: Compression) -> BytesMut {
+    use std::io::Write;
+    let plain = encode_batch(base_offset, records);
+    if codec == Compression::None {
+        return plain;
+    }
+    let section = &plain[BATCH_HEADER_BYTES..];
+    // Writing into a Vec cannot fail.
+    let compressed: Vec<u8> = match codec {
+        Compression::None => section.to_vec(),
+        Compression::Gzip => {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            let _ = e.write_all(section);
+            e.finish().unwrap_or_default()
+        }
+        Compression::Snappy => snap::raw::Encoder::new().compress_vec(section).unwrap_or_default(),
+        Compression::Lz4 => {
+            let mut e = lz4_flex::frame::FrameEncoder::new(Vec::new());
+            let _ = e.write_all(section);
+            e.finish().unwrap_or_default()
+        }
+        Compression::Zstd => zstd::bulk::compress(section, 1).unwrap_or_default(),
+    };
+    let mut buf = BytesMut::with_capacity(BATCH_HEADER_BYTES + compressed.len());
+    buf.extend_from_slice(&plain[..BATCH_HEADER_BYTES]);
+    buf.extend_from_slice(&compressed);
+    let attributes = be_i16(&buf, ATTRIBUTES_OFFSET) | codec as i16;
+    buf[ATTRIBUTES_OFFSET..ATTRIBUTES_OFFSET + 2].copy_from_slice(&attributes.to_be_bytes());
+    let batch_length = (buf.len() - LOG_OVERHEAD_BYTES) as i32;
+    buf[8..12].copy_from_slice(&batch_length.to_be_bytes());
+    let crc = compute_crc(&buf);
+    buf[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
+    buf
+}
+
 /// Overwrite the base offset of an encoded batch (not covered by the CRC).
 pub fn set_base_offset(batch: &mut [u8], base_offset: u64) {
     batch[0..8].copy_from_slice(&(base_offset as i64).to_be_bytes());
@@ -258,10 +304,7 @@ impl RecordBatch {
         if computed != header.crc {
             return Err(BatchError::CrcMismatch { stored: header.crc, computed });
         }
-        let codec = header.attributes & COMPRESSION_MASK;
-        if codec != 0 {
-            return Err(BatchError::Compressed(codec));
-        }
+        Compression::from_attributes(header.attributes)?;
         if i64::from(header.record_count) != i64::from(header.last_offset_delta) + 1 {
             return Err(BatchError::CountMismatch {
                 count: header.record_count,
@@ -291,7 +334,14 @@ impl RecordBatch {
         self.header.attributes & (CONTROL_FLAG | TRANSACTIONAL_FLAG) == CONTROL_FLAG | TRANSACTIONAL_FLAG
     }
 
+    /// How the records section is compressed.
+    pub fn compression(&self) -> Compression {
+        // Checked in `from_bytes`.
+        Compression::from_attributes(self.header.attributes).unwrap_or(Compression::None)
+    }
+
     /// Decode every record, checking the structure (the CRC was checked on construction).
+    /// A compressed batch is decompressed first (a failure is the first and only item).
     /// The first malformed record ends the iteration with an error.
     pub fn records(&self) -> impl Iterator<Item = Result<Record, BatchError>> + '_ {
         self.records_iter()
@@ -314,12 +364,119 @@ impl RecordBatch {
     }
 
     fn records_iter(&self) -> RecordIter<'_> {
-        RecordIter { batch: self, pos: BATCH_HEADER_BYTES, index: 0 }
+        let section = self.bytes.slice(BATCH_HEADER_BYTES..);
+        let (data, failed) = match self.compression().decompress(&section) {
+            Ok(data) => (data, None),
+            Err(e) => (Bytes::new(), Some(e)),
+        };
+        RecordIter { header: &self.header, data, failed, pos: 0, index: 0 }
     }
 }
 
+/// The compression codec of a batch (attributes bits 0-2), as Kafka numbers them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    None = 0,
+    Gzip = 1,
+    Snappy = 2,
+    Lz4 = 3,
+    Zstd = 4,
+}
+
+impl Compression {
+    pub fn from_attributes(attributes: i16) -> Result<Compression, BatchError> {
+        Ok(match attributes & COMPRESSION_MASK {
+            0 => Compression::None,
+            1 => Compression::Gzip,
+            2 => Compression::Snappy,
+            3 => Compression::Lz4,
+            4 => Compression::Zstd,
+            other => return Err(BatchError::UnknownCodec(other)),
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
+
+    /// The records section of a batch, decompressed (a cheap clone when uncompressed).
+    /// Output beyond [`DECOMPRESSED_BYTES_MAX`] is an error.
+    pub fn decompress(self, section: &Bytes) -> Result<Bytes, BatchError> {
+        use std::io::Read;
+        let fail = |reason: String| BatchError::Decompress { codec: self.name(), reason };
+        let limit = DECOMPRESSED_BYTES_MAX as u64 + 1;
+        let mut out = Vec::new();
+        let read = match self {
+            Compression::None => return Ok(section.clone()),
+            Compression::Gzip => flate2::read::MultiGzDecoder::new(&section[..]).take(limit).read_to_end(&mut out),
+            Compression::Lz4 => lz4_flex::frame::FrameDecoder::new(&section[..]).take(limit).read_to_end(&mut out),
+            Compression::Zstd => match zstd::stream::read::Decoder::new(&section[..]) {
+                Ok(d) => d.take(limit).read_to_end(&mut out),
+                Err(e) => Err(e),
+            },
+            Compression::Snappy => {
+                out = snappy_decompress(section).map_err(fail)?;
+                Ok(out.len())
+            }
+        };
+        read.map_err(|e| fail(e.to_string()))?;
+        if out.len() > DECOMPRESSED_BYTES_MAX {
+            return Err(fail(format!("expands beyond {DECOMPRESSED_BYTES_MAX} bytes")));
+        }
+        Ok(Bytes::from(out))
+    }
+}
+
+/// The header of the xerial snappy-java framing the Java client writes; librdkafka
+/// writes one raw snappy block. Both are accepted.
+const XERIAL_MAGIC: &[u8; 8] = b"\x82SNAPPY\x00";
+
+fn snappy_decompress(data: &[u8]) -> Result<Vec<u8>, String> {
+    let mut dec = snap::raw::Decoder::new();
+    let mut block = |b: &[u8], out: &mut Vec<u8>| -> Result<(), String> {
+        let n = snap::raw::decompress_len(b).map_err(|e| e.to_string())?;
+        if out.len() + n > DECOMPRESSED_BYTES_MAX {
+            return Err(format!("expands beyond {DECOMPRESSED_BYTES_MAX} bytes"));
+        }
+        let at = out.len();
+        out.resize(at + n, 0);
+        let got = dec.decompress(b, &mut out[at..]).map_err(|e| e.to_string())?;
+        out.truncate(at + got);
+        Ok(())
+    };
+    let mut out = Vec::new();
+    if data.len() >= 16 && &data[..8] == XERIAL_MAGIC {
+        // magic (8), version (4), compatible version (4), then blocks: length (4, BE) + raw snappy.
+        let mut pos = 16;
+        while pos < data.len() {
+            let Some(len) = data.get(pos..pos + 4) else {
+                return Err("truncated xerial block length".into());
+            };
+            let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+            pos += 4;
+            let Some(b) = data.get(pos..pos.saturating_add(len)) else {
+                return Err("truncated xerial block".into());
+            };
+            block(b, &mut out)?;
+            pos += len;
+        }
+    } else {
+        block(data, &mut out)?;
+    }
+    Ok(out)
+}
+
 struct RecordIter<'a> {
-    batch: &'a RecordBatch,
+    header: &'a BatchHeader,
+    /// The (decompressed) records section.
+    data: Bytes,
+    failed: Option<BatchError>,
     pos: usize,
     index: usize,
 }
@@ -327,8 +484,12 @@ struct RecordIter<'a> {
 impl Iterator for RecordIter<'_> {
     type Item = Result<Record, BatchError>;
     fn next(&mut self) -> Option<Self::Item> {
-        if self.index >= self.batch.header.record_count.max(0) as usize {
-            if self.pos != self.batch.bytes.len() && self.index == self.batch.header.record_count as usize {
+        if let Some(e) = self.failed.take() {
+            self.index = usize::MAX;
+            return Some(Err(e));
+        }
+        if self.index >= self.header.record_count.max(0) as usize {
+            if self.pos != self.data.len() && self.index == self.header.record_count as usize {
                 self.index += 1;
                 return Some(Err(BatchError::MalformedRecord {
                     index: self.index - 1,
@@ -337,7 +498,7 @@ impl Iterator for RecordIter<'_> {
             }
             return None;
         }
-        let r = decode_record(self.batch, &mut self.pos, self.index);
+        let r = decode_record(self.header, &self.data, &mut self.pos, self.index);
         self.index += 1;
         if r.is_err() {
             // Stop after the first error.
@@ -347,8 +508,8 @@ impl Iterator for RecordIter<'_> {
     }
 }
 
-fn decode_record(batch: &RecordBatch, pos: &mut usize, index: usize) -> Result<Record, BatchError> {
-    let buf = &batch.bytes[..];
+fn decode_record(header: &BatchHeader, data: &Bytes, pos: &mut usize, index: usize) -> Result<Record, BatchError> {
+    let buf = &data[..];
     let bad = |what| BatchError::MalformedRecord { index, what };
     let len = get_varint(buf, pos).ok_or(bad("bad length"))?;
     if len < 0 || *pos + len as usize > buf.len() {
@@ -362,28 +523,28 @@ fn decode_record(batch: &RecordBatch, pos: &mut usize, index: usize) -> Result<R
     *pos += 1; // attributes
     let ts_delta = get_varlong(body, pos).ok_or(bad("bad timestamp delta"))?;
     let offset_delta = get_varint(body, pos).ok_or(bad("bad offset delta"))?;
-    if offset_delta < 0 || offset_delta > batch.header.last_offset_delta {
+    if offset_delta < 0 || offset_delta > header.last_offset_delta {
         return Err(bad("offset delta out of range"));
     }
-    let key = get_bytes(&batch.bytes, body.len(), pos).ok_or(bad("bad key"))?;
-    let value = get_bytes(&batch.bytes, body.len(), pos).ok_or(bad("bad value"))?;
+    let key = get_bytes(data, body.len(), pos).ok_or(bad("bad key"))?;
+    let value = get_bytes(data, body.len(), pos).ok_or(bad("bad value"))?;
     let nh = get_varint(body, pos).ok_or(bad("bad header count"))?;
     if nh < 0 || nh as usize > len as usize {
         return Err(bad("bad header count"));
     }
     let mut headers = Vec::with_capacity(nh as usize);
     for _ in 0..nh {
-        let k = get_bytes(&batch.bytes, body.len(), pos).ok_or(bad("bad header key"))?.ok_or(bad("null header key"))?;
+        let k = get_bytes(data, body.len(), pos).ok_or(bad("bad header key"))?.ok_or(bad("null header key"))?;
         let key = String::from_utf8(k.to_vec()).map_err(|_| bad("header key is not utf-8"))?;
-        let value = get_bytes(&batch.bytes, body.len(), pos).ok_or(bad("bad header value"))?;
+        let value = get_bytes(data, body.len(), pos).ok_or(bad("bad header value"))?;
         headers.push(Header { key, value });
     }
     if *pos != end {
         return Err(bad("record length does not match its fields"));
     }
     Ok(Record {
-        offset: (batch.header.base_offset + i64::from(offset_delta)) as u64,
-        timestamp_ms: batch.header.base_timestamp.wrapping_add(ts_delta),
+        offset: (header.base_offset + i64::from(offset_delta)) as u64,
+        timestamp_ms: header.base_timestamp.wrapping_add(ts_delta),
         key,
         value,
         headers,
@@ -549,6 +710,66 @@ mod tests {
         // record: len=8 (zigzag 16), attrs 0, tsDelta 0, offDelta 0, keyLen 1 (2) 'k', valLen 1 (2) 'v', headers 0
         assert_eq!(&b[61..], &[16, 0, 0, 0, 2, b'k', 2, b'v', 0]);
         assert_eq!(u32::from_be_bytes([b[17], b[18], b[19], b[20]]), crc32c::crc32c(&b[21..]));
+    }
+
+    #[test]
+    fn compressed_batches_decode_with_every_codec() {
+        let recs: Vec<NewRecord> = (0..50)
+            .map(|i| rec(1000 + i, Some(&format!("k{i}")), &format!("value number {i} {}", "x".repeat(40))))
+            .collect();
+        for codec in [Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd] {
+            let b = encode_compressed_batch(10, &recs, codec).freeze();
+            assert!(b.len() < encode_batch(10, &recs).len(), "{codec:?} did not compress");
+            let batch = RecordBatch::from_bytes(b).unwrap();
+            assert_eq!(batch.compression(), codec);
+            batch.validate_records().unwrap();
+            let out: Vec<Record> = batch.records().map(Result::unwrap).collect();
+            assert_eq!(out.len(), 50);
+            for (i, (o, r)) in out.iter().zip(&recs).enumerate() {
+                assert_eq!(
+                    (o.offset, o.timestamp_ms, &o.key, &o.value),
+                    (10 + i as u64, r.timestamp_ms, &r.key, &r.value)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn xerial_framed_snappy_is_accepted() {
+        let plain = encode_batch(0, &[rec(1, Some("k"), "hello"), rec(2, None, "world")]);
+        let section = &plain[BATCH_HEADER_BYTES..];
+        let mut framed = XERIAL_MAGIC.to_vec();
+        framed.extend_from_slice(&1i32.to_be_bytes());
+        framed.extend_from_slice(&1i32.to_be_bytes());
+        // Two blocks, as snappy-java writes for large inputs.
+        for part in [&section[..7], &section[7..]] {
+            let c = snap::raw::Encoder::new().compress_vec(part).unwrap();
+            framed.extend_from_slice(&(c.len() as u32).to_be_bytes());
+            framed.extend_from_slice(&c);
+        }
+        assert_eq!(Compression::Snappy.decompress(&Bytes::from(framed)).unwrap(), Bytes::copy_from_slice(section));
+    }
+
+    #[test]
+    fn corrupt_compressed_data_is_an_error_not_a_panic() {
+        for codec in [Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd] {
+            let b = encode_compressed_batch(0, &[rec(1, Some("k"), "hello world hello world")], codec);
+            for cut in [BATCH_HEADER_BYTES + 1, b.len() - 3] {
+                let mut c = b[..cut].to_vec();
+                c.extend_from_slice(&[0xff, 0x00, 0x13]);
+                let len = (c.len() - LOG_OVERHEAD_BYTES) as i32;
+                c[8..12].copy_from_slice(&len.to_be_bytes());
+                let crc = compute_crc(&c);
+                c[17..21].copy_from_slice(&crc.to_be_bytes());
+                let batch = RecordBatch::from_bytes(Bytes::from(c)).unwrap();
+                assert!(batch.validate_records().is_err(), "{codec:?} cut at {cut}");
+            }
+        }
+        let mut c = encode_batch(0, &[rec(1, None, "x")]).to_vec();
+        c[22] |= 5;
+        let crc = compute_crc(&c);
+        c[17..21].copy_from_slice(&crc.to_be_bytes());
+        assert_eq!(RecordBatch::from_bytes(Bytes::from(c)).unwrap_err(), BatchError::UnknownCodec(5));
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub enum LogError {
     Failed { topic: String, partition: u32, reason: String },
     #[error("offset {offset} is out of range for topic `{topic}` partition {partition} (start {start}, end {end})")]
     OffsetOutOfRange { topic: String, partition: u32, offset: u64, start: u64, end: u64 },
+    #[error("invalid batch: {0}")]
+    InvalidBatch(BatchError),
     #[error("an append needs at least one record")]
     EmptyAppend,
     #[error("batch of {bytes} bytes exceeds the limit of {limit} bytes")]

@@ -31,7 +31,7 @@ pub mod retention;
 pub mod segment;
 pub mod topic;
 
-pub use batch::{Header, NewRecord, Record, RecordBatch};
+pub use batch::{Compression, Header, NewRecord, Record, RecordBatch};
 pub use error::{LogError, Result};
 pub use groups::GroupStore;
 pub use partition::{Access, Acks, Appended, Partition, PartitionInfo, RecoveryEvent, RetentionOutcome};

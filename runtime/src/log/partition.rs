@@ -306,10 +306,43 @@ impl Partition {
         if records.is_empty() {
             return Err(LogError::EmptyAppend);
         }
-        let mut buf = encode_batch(0, records);
+        let buf = encode_batch(0, records);
         if buf.len() > BATCH_BYTES_MAX {
             return Err(LogError::BatchTooLarge { bytes: buf.len(), limit: BATCH_BYTES_MAX });
         }
+        self.append_encoded(buf, acks)
+    }
+
+    /// Append one batch that was encoded elsewhere (a Kafka producer's batch, possibly
+    /// compressed, with its producer id and sequence), stored byte for byte as given
+    /// except the base offset (assigned here) and the leader epoch (set to 0); neither is
+    /// covered by the CRC. It is checked first: length, magic, CRC, codec and every
+    /// record (decompressed), so nothing unreadable enters the log.
+    pub fn append_batch(&self, batch: &[u8], acks: Acks) -> Result<Appended> {
+        if batch.len() > BATCH_BYTES_MAX {
+            return Err(LogError::BatchTooLarge { bytes: batch.len(), limit: BATCH_BYTES_MAX });
+        }
+        let checked = RecordBatch::from_bytes(Bytes::copy_from_slice(batch))
+            .and_then(|b| b.validate_records().map(|()| b))
+            .map_err(LogError::InvalidBatch)?;
+        if checked.bytes().len() != batch.len() {
+            return Err(LogError::InvalidBatch(BatchError::BadLength(batch.len() as i64)));
+        }
+        if checked.header().record_count == 0 {
+            return Err(LogError::EmptyAppend);
+        }
+        if checked.is_control() {
+            return Err(LogError::InvalidBatch(BatchError::MalformedRecord {
+                index: 0,
+                what: "control batches (transactions) are not supported",
+            }));
+        }
+        let mut buf = bytes::BytesMut::from(batch);
+        buf[12..16].copy_from_slice(&0i32.to_be_bytes());
+        self.append_encoded(buf, acks)
+    }
+
+    fn append_encoded(&self, mut buf: bytes::BytesMut, acks: Acks) -> Result<Appended> {
         let appended = {
             let mut st = lock(&self.state);
             self.check_writable(&st)?;

@@ -1,0 +1,215 @@
+//! The listener and the connections: one tokio task per connection, reading
+//! size-prefixed frames and answering them one at a time, in order (as Kafka does).
+//!
+//! Limits: a frame larger than `request_bytes_max` (or with a negative size), a frame
+//! that does not decode, or a silence longer than `idle_timeout` closes that connection
+//! with a logged reason; nothing else is affected. A frame's buffer grows with the bytes
+//! that actually arrive, so a client announcing a large frame and sending nothing costs
+//! nothing. Connections beyond `connections_max` are closed when accepted.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::codec::{decode_frame, FrameError};
+use crate::handlers::{handle, Broker};
+use crate::{Config, Shared};
+
+/// Why the broker could not start.
+#[derive(Debug)]
+pub enum StartError {
+    Bind { addr: SocketAddr, source: std::io::Error },
+    DataDir { path: std::path::PathBuf, source: std::io::Error },
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
+            StartError::DataDir { path, source } => {
+                write!(f, "cannot create the data directory {}: {source}", path.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// A running broker.
+#[derive(Debug)]
+pub struct BrokerHandle {
+    local_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    broker: Shared,
+}
+
+impl BrokerHandle {
+    /// The address it listens on (with the real port when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The broker's state (its topics are open for writing in this process).
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
+    /// Stop accepting, close every connection, and wait until it is done.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+
+    /// Wait until the broker stops (it stops only through [`BrokerHandle::shutdown`]
+    /// or when its task is aborted).
+    pub async fn wait(&mut self) {
+        let _ = (&mut self.task).await;
+    }
+}
+
+/// Bind `config.listen` and serve on the current tokio runtime (multi-threaded or not).
+pub async fn start(config: Config) -> Result<BrokerHandle, StartError> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|source| StartError::DataDir { path: config.data_dir.clone(), source })?;
+    let listener =
+        TcpListener::bind(config.listen).await.map_err(|source| StartError::Bind { addr: config.listen, source })?;
+    let local_addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
+    let broker: Shared = Arc::new(Broker::new(config));
+    let (stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(accept_loop(listener, broker.clone(), stop_rx));
+    tracing::info!(%local_addr, data_dir = %broker.config.data_dir.display(), "flow broker listening");
+    Ok(BrokerHandle { local_addr, stop, task, broker })
+}
+
+async fn accept_loop(listener: TcpListener, broker: Shared, mut stop: watch::Receiver<bool>) {
+    let permits = Arc::new(Semaphore::new(broker.config.limits.connections_max));
+    let mut conns = JoinSet::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = tick.tick() => {
+                broker.groups.lock().unwrap_or_else(|p| p.into_inner()).tick(Instant::now());
+                while conns.try_join_next().is_some() {}
+            }
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    tracing::warn!(%peer, limit = broker.config.limits.connections_max, "closing a new connection: too many connections (--max-connections)");
+                    drop(stream);
+                    continue;
+                };
+                let b = broker.clone();
+                conns.spawn(async move {
+                    match connection(stream, peer, b).await {
+                        Ok(()) => {}
+                        // The client hung up (possibly while we answered): nothing to report.
+                        Err(Closed::HungUp(reason)) => tracing::debug!(%peer, "connection ended: {reason}"),
+                        Err(Closed::Closed(reason)) => tracing::warn!(%peer, "closing the connection: {reason}"),
+                    }
+                    drop(permit);
+                });
+            }
+        }
+    }
+    conns.shutdown().await;
+}
+
+/// Why a connection ended early.
+enum Closed {
+    /// The peer went away (reset, broken pipe).
+    HungUp(String),
+    /// We close it: a bad frame, a limit, an idle timeout.
+    Closed(String),
+}
+
+impl From<String> for Closed {
+    fn from(s: String) -> Closed {
+        Closed::Closed(s)
+    }
+}
+
+fn io_closed(what: &str, e: std::io::Error) -> Closed {
+    use std::io::ErrorKind::*;
+    match e.kind() {
+        BrokenPipe | ConnectionReset | ConnectionAborted | UnexpectedEof => Closed::HungUp(format!("{what}: {e}")),
+        _ => Closed::Closed(format!("{what}: {e}")),
+    }
+}
+
+/// Serve one connection until the client closes it (`Ok`) or it must be closed.
+async fn connection(stream: TcpStream, peer: SocketAddr, broker: Shared) -> Result<(), Closed> {
+    let _ = stream.set_nodelay(true);
+    let local = stream.local_addr().map_err(|e| io_closed("local address", e))?;
+    let limits = broker.config.limits.clone();
+    let (rd, wr) = stream.into_split();
+    let mut rd = BufReader::with_capacity(limits.connection_buffer_bytes, rd);
+    let mut wr = BufWriter::with_capacity(limits.connection_buffer_bytes, wr);
+    loop {
+        let mut size = [0u8; 4];
+        match tokio::time::timeout(limits.idle_timeout, rd.read_exact(&mut size)).await {
+            Err(_) => return Err(format!("idle for {:?}", limits.idle_timeout).into()),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Ok(Err(e)) => return Err(io_closed("read failed", e)),
+            Ok(Ok(_)) => {}
+        }
+        let size = i32::from_be_bytes(size);
+        if size < 0 || size as usize > limits.request_bytes_max {
+            return Err(Closed::Closed(format!(
+                "a request of {size} bytes exceeds the limit of {} bytes (--max-request-bytes)",
+                limits.request_bytes_max
+            )));
+        }
+        let frame = read_frame(&mut rd, size as usize, &limits).await?;
+        // The codec is a dependency: a panic in it must not take the broker down.
+        let decoded = match std::panic::catch_unwind(|| decode_frame(frame)) {
+            Ok(Ok(d)) => d,
+            Ok(Err(FrameError(reason))) => return Err(format!("malformed request: {reason}").into()),
+            Err(_) => return Err("malformed request: the decoder panicked".to_string().into()),
+        };
+        let response =
+            handle(&broker, decoded, local).await.map_err(|e| Closed::Closed(format!("cannot answer: {e}")))?;
+        if let Some(bytes) = response {
+            wr.write_all(&bytes).await.map_err(|e| io_closed("write failed", e))?;
+            wr.flush().await.map_err(|e| io_closed("write failed", e))?;
+        }
+        tracing::trace!(%peer, "request answered");
+    }
+}
+
+async fn read_frame(
+    rd: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+    size: usize,
+    limits: &crate::Limits,
+) -> Result<bytes::Bytes, Closed> {
+    let step = limits.connection_buffer_bytes.max(4096);
+    let mut buf = BytesMut::with_capacity(size.min(step));
+    while buf.len() < size {
+        buf.reserve((size - buf.len()).min(step.max(1 << 20)));
+        let want = (size - buf.len()) as u64;
+        let read = tokio::time::timeout(limits.idle_timeout, (&mut *rd).take(want).read_buf(&mut buf)).await;
+        match read {
+            Err(_) => return Err(format!("idle for {:?} in the middle of a request", limits.idle_timeout).into()),
+            Ok(Err(e)) => return Err(io_closed("read failed", e)),
+            Ok(Ok(0)) => {
+                return Err(format!("the connection ended inside a request ({} of {size} bytes)", buf.len()).into())
+            }
+            Ok(Ok(_)) => {}
+        }
+    }
+    Ok(buf.freeze())
+}
