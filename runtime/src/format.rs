@@ -43,7 +43,15 @@ fn err<T>(msg: impl Into<String>) -> Result<T, DecodeError> {
 /// gives up and [`slow_json_row`] decodes the line through sonic-rs, which also
 /// writes every error message. A property test holds the two to the same results.
 pub fn decode_json_row(line: &str, out: &mut BatchBuilder) -> Result<(), DecodeError> {
-    if fast_json_row(line, out).is_some() {
+    let layout = out.layout.clone();
+    decode_json_row_in(line, &layout, out)
+}
+
+/// [`decode_json_row`] with `out`'s layout passed by the caller: the hot loop then
+/// touches no reference count (shared between decoding threads, it would bounce
+/// between their caches).
+pub fn decode_json_row_in(line: &str, layout: &Layout, out: &mut BatchBuilder) -> Result<(), DecodeError> {
+    if fast_json_row(line, layout, out).is_some() {
         return Ok(());
     }
     slow_json_row(line, out)
@@ -202,14 +210,13 @@ impl<'a> Scan<'a> {
 
 /// The common case of [`decode_json_row`], or `None` (and no row added) to leave the
 /// line to the general path.
-fn fast_json_row(line: &str, out: &mut BatchBuilder) -> Option<()> {
-    let layout = out.layout.clone();
-    let fields = &layout.record.fields;
-    if fields.len() > 64 {
+fn fast_json_row(line: &str, layout: &Layout, out: &mut BatchBuilder) -> Option<()> {
+    debug_assert!(std::ptr::eq(layout, &*out.layout));
+    if layout.record.fields.len() > 64 {
         return None;
     }
     let row = out.push_row();
-    let ok = fast_fields(line, out, row, &layout);
+    let ok = fast_fields(line, out, row, layout);
     if ok.is_none() {
         out.pop_row();
     }
@@ -904,7 +911,7 @@ mod tests {
     /// Where the fast path accepts a line, the general path must give the same row.
     fn fast_agrees_with_slow(line: &str, layout: Arc<Layout>) -> Result<(), TestCaseError> {
         let mut fast = BatchBuilder::new(layout.clone());
-        let accepted = fast_json_row(line, &mut fast).is_some();
+        let accepted = fast_json_row(line, &fast.layout.clone(), &mut fast).is_some();
         prop_assert_eq!(fast.len(), usize::from(accepted));
         if accepted {
             let mut slow = BatchBuilder::new(layout);
@@ -920,12 +927,12 @@ mod tests {
         let mut b = BatchBuilder::new(txn());
         let line =
             r#" {"id": "e1", "amount": 649.38, "ts": 1699999999484, "note": null, "extra": {"x": [1, "y", {}]}} "#;
-        assert!(fast_json_row(line, &mut b).is_some());
+        assert!(fast_json_row(line, &b.layout.clone(), &mut b).is_some());
         let long = r#"{"id":"a long identifier, longer than 8 bytes: ünïcödé","amount":1,"ts":1}"#;
-        assert!(fast_json_row(long, &mut b).is_some());
+        assert!(fast_json_row(long, &b.layout.clone(), &mut b).is_some());
         assert_eq!(b.finish().row(1).str(0), "a long identifier, longer than 8 bytes: ünïcödé");
         let mut b = BatchBuilder::new(txn());
-        assert!(fast_json_row(line, &mut b).is_some());
+        assert!(fast_json_row(line, &b.layout.clone(), &mut b).is_some());
         for bail in [
             r#"{"id":"a\"b","amount":1,"ts":1}"#,
             r#"{"id":"abcdefghijklm\"nopqrstuvw","amount":1,"ts":1}"#,
@@ -936,7 +943,7 @@ mod tests {
             r#"{"id":"a","amount":1,"ts":1} x"#,
             r#"{"id":"a","amount":1,"ts":1,"tags":["x"]}"#,
         ] {
-            assert!(fast_json_row(bail, &mut b).is_none(), "{bail}");
+            assert!(fast_json_row(bail, &b.layout.clone(), &mut b).is_none(), "{bail}");
         }
         assert_eq!(b.len(), 1);
     }
@@ -982,7 +989,7 @@ mod tests {
             }
             let line = format!("{{{ws}{}{ws}}}", kv.join(&format!(",{ws}")));
             let mut fast = BatchBuilder::new(flat());
-            prop_assert!(fast_json_row(&line, &mut fast).is_some(), "{}", line);
+            prop_assert!(fast_json_row(&line, &fast.layout.clone(), &mut fast).is_some(), "{}", line);
             fast_agrees_with_slow(&line, flat())?;
         }
     }

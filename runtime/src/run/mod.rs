@@ -71,6 +71,8 @@ pub struct RunOptions {
     pub worker_threads: usize,
     /// Ctrl-C sets `stop` (a second one exits at once, with status 130).
     pub handle_ctrl_c: bool,
+    /// Threads decoding a JSON-lines file's chunks (handed on in file order).
+    pub decode_threads: usize,
 }
 
 impl RunOptions {
@@ -86,6 +88,7 @@ impl RunOptions {
             live: Arc::new(Live::default()),
             worker_threads: std::thread::available_parallelism().map_or(2, |n| n.get()).max(2),
             handle_ctrl_c: false,
+            decode_threads: std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8),
         }
     }
 }

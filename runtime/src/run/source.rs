@@ -17,7 +17,6 @@ use flow_compiler::ir::{self, Connector, Format};
 use flow_types::row::{Batch, BatchBuilder, Layout};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -105,6 +104,7 @@ fn read(
             match &src.connector {
                 Connector::File { path, format, header, delimiter } => {
                     let files = expand_glob(&resolve(&opts.base_dir, path))?;
+                    let decoders = opts.decode_threads.max(1);
                     let total: u64 = files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum();
                     feed.live.bytes_total.fetch_add(total, Ordering::Relaxed);
                     for file in files {
@@ -115,7 +115,7 @@ fn read(
                         let shown = file.display().to_string();
                         match format {
                             Format::Csv => read_csv(f, &shown, *header, *delimiter, &layout, feed)?,
-                            _ => read_json_lines(std::io::BufReader::with_capacity(1 << 20, f), &shown, &layout, feed)?,
+                            _ => read_json_lines(f, &shown, &layout, feed, decoders)?,
                         }
                     }
                 }
@@ -123,7 +123,7 @@ fn read(
                     let stdin = std::io::stdin();
                     match format {
                         Format::Csv => read_csv(stdin.lock(), "stdin", true, b',', &layout, feed)?,
-                        _ => read_json_lines(stdin.lock(), "stdin", &layout, feed)?,
+                        _ => read_json_lines(stdin.lock(), "stdin", &layout, feed, 1)?,
                     }
                 }
                 Connector::Generator { kind, rate_per_s, seed, count, keys } => {
@@ -166,7 +166,7 @@ fn read(
                     for r in &records {
                         last = r.offset;
                         let raw = r.value.as_ref().map_or("", |v| std::str::from_utf8(v).unwrap_or(""));
-                        if let Err(e) = format::decode_json_row(raw, &mut b) {
+                        if let Err(e) = format::decode_json_row_in(raw, &layout, &mut b) {
                             bad(format!("topic {t} partition {pid} offset {}", r.offset), raw, e)?;
                         }
                     }
@@ -219,49 +219,219 @@ fn expand_glob(path: &Path) -> Result<Vec<PathBuf>, RunError> {
     Ok(files)
 }
 
-fn read_json_lines(mut r: impl BufRead, shown: &str, layout: &Arc<Layout>, feed: &Feed) -> Result<(), RunError> {
-    let (send, bad) = (feed.send, feed.bad);
-    let mut line = String::new();
-    let mut lineno = 0u64;
+/// Bytes read from a file at a time (lines are split out of these chunks in place).
+const READ_CHUNK_BYTES: usize = 4 << 20;
+
+/// What decoding one chunk of JSON lines gave, in line order.
+struct Decoded {
+    batches: Vec<(Batch, String)>,
+    bad: Vec<(String, String, DecodeError)>,
+}
+
+/// Decodes the complete lines of `chunk`, the first being line `first_line` of `shown`.
+/// A line that is not UTF-8 is a bad record like any other.
+fn decode_chunk(chunk: &[u8], first_line: u64, shown: &str, layout: &Arc<Layout>) -> Decoded {
+    let mut out = Decoded { batches: Vec::new(), bad: Vec::new() };
     let mut b = BatchBuilder::new(layout.clone());
-    let mut first = 1u64;
-    loop {
-        line.clear();
-        let n = match r.read_line(&mut line) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                lineno += 1;
-                bad(format!("{shown}:{lineno}"), "", DecodeError("not valid UTF-8".into()))?;
-                let mut skip = Vec::new();
-                r.read_until(b'\n', &mut skip).map_err(io_err(format!("reading {shown}")))?;
-                continue;
-            }
-            Err(e) => return Err(RunError::Io { what: format!("reading {shown}"), source: e }),
-        };
-        if n == 0 {
-            break;
-        }
-        feed.live.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+    let mut lineno = first_line - 1;
+    let mut first = first_line;
+    let mut line = |raw: &[u8], text: Result<&str, std::str::Utf8Error>, out: &mut Decoded| {
         lineno += 1;
-        let text = line.trim_end_matches(['\n', '\r']);
-        if text.trim().is_empty() {
-            continue;
-        }
-        if let Err(e) = format::decode_json_row(text, &mut b) {
-            bad(format!("{shown}:{lineno}"), text, e)?;
+        match text {
+            Ok(text) if text.trim().is_empty() => {}
+            Ok(text) => {
+                if let Err(e) = format::decode_json_row_in(text, layout, &mut b) {
+                    out.bad.push((format!("{shown}:{lineno}"), text.to_string(), e));
+                }
+            }
+            Err(e) => out.bad.push((
+                format!("{shown}:{lineno}"),
+                String::from_utf8_lossy(raw).into_owned(),
+                DecodeError(format!("not valid UTF-8 (byte {} of the line)", e.valid_up_to() + 1)),
+            )),
         }
         if b.len() >= BATCH_ROWS_MAX {
             let full = std::mem::replace(&mut b, BatchBuilder::new(layout.clone()));
-            if !send(full.finish(), format!("{shown}:{first}-{lineno}")) {
-                return Ok(());
-            }
+            out.batches.push((full.finish(), format!("{shown}:{first}-{lineno}")));
             first = lineno + 1;
+        }
+    };
+    let strip = |l: &'_ [u8]| -> usize {
+        let l2 = l.strip_suffix(b"\n").unwrap_or(l);
+        l2.strip_suffix(b"\r").unwrap_or(l2).len()
+    };
+    match simdutf8::basic::from_utf8(chunk) {
+        // One SIMD validation for the whole chunk; lines split at '\n' stay valid.
+        Ok(text) => {
+            for l in text.split_inclusive('\n') {
+                let n = strip(l.as_bytes());
+                line(&l.as_bytes()[..n], Ok(&l[..n]), &mut out);
+            }
+        }
+        Err(_) => {
+            for l in chunk.split_inclusive(|&c| c == b'\n') {
+                let raw = &l[..strip(l)];
+                line(raw, std::str::from_utf8(raw), &mut out);
+            }
         }
     }
     if !b.is_empty() {
-        send(b.finish(), format!("{shown}:{first}-{lineno}"));
+        out.batches.push((b.finish(), format!("{shown}:{first}-{lineno}")));
+    }
+    out
+}
+
+/// Hands a decoded chunk's bad records and batches on, in order; false to stop.
+fn emit(d: Decoded, feed: &Feed) -> Result<bool, RunError> {
+    for (position, raw, e) in d.bad {
+        (feed.bad)(position, &raw, e)?;
+    }
+    for (batch, origin) in d.batches {
+        if !(feed.send)(batch, origin) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Reads chunks of complete lines from `r`, calling `each(chunk, first_line)`; false
+/// from `each` stops. A short read (a pipe with nothing more for now) hands on what
+/// it has at once, so lines typed into stdin flow without waiting for a full chunk.
+fn chunks(
+    mut r: impl std::io::Read,
+    shown: &str,
+    feed: &Feed,
+    chunk_bytes: usize,
+    each: &mut dyn FnMut(Vec<u8>, u64) -> Result<bool, RunError>,
+) -> Result<(), RunError> {
+    let mut buf: Vec<u8> = vec![0; chunk_bytes.max(1)];
+    let mut filled = 0;
+    let mut eof = false;
+    let mut next_line = 1u64;
+    while !eof || filled > 0 {
+        let mut short = false;
+        if !eof {
+            if filled == buf.len() {
+                // One line longer than the buffer: grow it.
+                buf.resize(buf.len() * 2, 0);
+            }
+            match r.read(&mut buf[filled..]) {
+                Ok(0) => eof = true,
+                Ok(n) => {
+                    short = filled + n < buf.len();
+                    filled += n;
+                    feed.live.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(RunError::Io { what: format!("reading {shown}"), source: e }),
+            }
+            if !short && !eof && filled < buf.len() {
+                continue;
+            }
+        }
+        let complete = match memchr::memrchr(b'\n', &buf[..filled]) {
+            Some(last) => last + 1,
+            None if eof => filled,
+            None => continue,
+        };
+        if complete == 0 {
+            continue;
+        }
+        let lines = memchr::memchr_iter(b'\n', &buf[..complete]).count() as u64 + u64::from(buf[complete - 1] != b'\n');
+        let chunk = buf[..complete].to_vec();
+        buf.copy_within(complete..filled, 0);
+        filled -= complete;
+        let first = next_line;
+        next_line += lines;
+        if !each(chunk, first)? {
+            return Ok(());
+        }
     }
     Ok(())
+}
+
+/// Reads JSON lines: chunks of lines are decoded where they lie (no line copies), on
+/// `decoders` threads for a file, and handed on strictly in file order (so a file is
+/// one ordered stream, as event time needs).
+fn read_json_lines(
+    r: impl std::io::Read,
+    shown: &str,
+    layout: &Arc<Layout>,
+    feed: &Feed,
+    decoders: usize,
+) -> Result<(), RunError> {
+    read_json_lines_sized(r, shown, layout, feed, decoders, READ_CHUNK_BYTES)
+}
+
+fn read_json_lines_sized(
+    r: impl std::io::Read,
+    shown: &str,
+    layout: &Arc<Layout>,
+    feed: &Feed,
+    decoders: usize,
+    chunk_bytes: usize,
+) -> Result<(), RunError> {
+    if decoders <= 1 {
+        return chunks(r, shown, feed, chunk_bytes, &mut |chunk, first| {
+            emit(decode_chunk(&chunk, first, shown, layout), feed)
+        });
+    }
+    let (jobs_tx, jobs_rx) = crossbeam_channel::bounded::<(u64, Vec<u8>, u64)>(decoders);
+    let (done_tx, done_rx) = crossbeam_channel::unbounded::<(u64, Decoded)>();
+    std::thread::scope(|scope| {
+        for _ in 0..decoders {
+            let (jobs_rx, done_tx) = (jobs_rx.clone(), done_tx.clone());
+            scope.spawn(move || {
+                while let Ok((seq, chunk, first)) = jobs_rx.recv() {
+                    if done_tx.send((seq, decode_chunk(&chunk, first, shown, layout))).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(done_tx);
+        // Results come back in any order; they are handed on in sequence.
+        let mut pending: std::collections::BTreeMap<u64, Decoded> = Default::default();
+        let (mut sent, mut next) = (0u64, 0u64);
+        let mut stopped = false;
+        let drain = |pending: &mut std::collections::BTreeMap<u64, Decoded>,
+                     next: &mut u64,
+                     until: u64,
+                     stopped: &mut bool|
+         -> Result<(), RunError> {
+            while *next < until {
+                let d = match pending.remove(next) {
+                    Some(d) => d,
+                    None => match done_rx.recv() {
+                        Ok((seq, d)) => {
+                            pending.insert(seq, d);
+                            continue;
+                        }
+                        Err(_) => return Ok(()),
+                    },
+                };
+                *next += 1;
+                if !*stopped && !emit(d, feed)? {
+                    *stopped = true;
+                }
+            }
+            Ok(())
+        };
+        let result = chunks(r, shown, feed, chunk_bytes, &mut |chunk, first| {
+            if jobs_tx.send((sent, chunk, first)).is_err() {
+                return Ok(false);
+            }
+            sent += 1;
+            // Keep at most `decoders` chunks in flight beyond the one being handed on.
+            let keep = decoders as u64;
+            if sent > next + keep {
+                drain(&mut pending, &mut next, sent - keep, &mut stopped)?;
+            }
+            Ok(!stopped)
+        });
+        drop(jobs_tx);
+        result.and_then(|()| drain(&mut pending, &mut next, sent, &mut stopped))
+    })
 }
 
 fn read_csv(
@@ -317,4 +487,94 @@ fn read_csv(
         send(b.finish(), format!("{shown}:{first}-"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flow_types::{Field, RecordType, Type, Value};
+    use std::cell::RefCell;
+
+    /// Reads `input` with the given chunk size and decoder threads; returns the rows'
+    /// ids in order, the batches' origins, and the bad records' positions and reasons.
+    fn read(input: &[u8], chunk: usize, decoders: usize) -> (Vec<i64>, Vec<String>, Vec<(String, String)>) {
+        let layout = Arc::new(Layout::new(Arc::new(RecordType::new(
+            None,
+            vec![
+                Field { name: "id".into(), ty: Type::int() },
+                Field { name: "s".into(), ty: Type::string().nullable() },
+            ],
+        ))));
+        let rows = RefCell::new(Vec::new());
+        let origins = RefCell::new(Vec::new());
+        let bad = RefCell::new(Vec::new());
+        let send = |b: Batch, origin: String| {
+            for r in b.to_values() {
+                let Value::Int(i) = r[0] else { panic!("id") };
+                rows.borrow_mut().push(i);
+            }
+            origins.borrow_mut().push(origin);
+            true
+        };
+        let bad_fn = |pos: String, _raw: &str, e: DecodeError| {
+            bad.borrow_mut().push((pos, e.0));
+            Ok(())
+        };
+        let live = Live::default();
+        let feed = Feed { send: &send, bad: &bad_fn, live: &live };
+        read_json_lines_sized(input, "in.jsonl", &layout, &feed, decoders, chunk).expect("reads");
+        assert_eq!(live.bytes_read.load(Ordering::Relaxed), input.len() as u64);
+        (rows.into_inner(), origins.into_inner(), bad.into_inner())
+    }
+
+    fn lines(n: i64) -> Vec<u8> {
+        let mut v = Vec::new();
+        for i in 1..=n {
+            v.extend_from_slice(
+                format!("{{\"id\":{i},\"s\":\"row {i} {}\"}}\n", "x".repeat((i % 7) as usize)).as_bytes(),
+            );
+        }
+        v
+    }
+
+    #[test]
+    fn every_line_arrives_once_in_order_whatever_the_chunks_and_threads() {
+        let input = lines(20_000);
+        for (chunk, decoders) in [(1 << 20, 1), (64, 1), (1000, 2), (777, 3), (4 << 20, 2)] {
+            let (ids, _, bad) = read(&input, chunk, decoders);
+            assert!(bad.is_empty(), "{bad:?}");
+            assert_eq!(ids, (1..=20_000).collect::<Vec<_>>(), "chunk {chunk}, {decoders} decoders");
+        }
+    }
+
+    #[test]
+    fn bad_lines_keep_their_numbers_and_lose_no_neighbour() {
+        let mut input = Vec::new();
+        input.extend_from_slice(b"{\"id\":1}\r\n");
+        input.extend_from_slice(b"{\"id\":2,\"s\":\"\xff\xfe\"}\n"); // not UTF-8
+        input.extend_from_slice(b"{\"id\":3}\n");
+        input.extend_from_slice(b"\n"); // blank
+        input.extend_from_slice(b"{\"id\":\"four\"}\n");
+        input.extend_from_slice(b"{\"id\":5}"); // no final newline
+        for (chunk, decoders) in [(1 << 20, 1), (8, 1), (16, 2)] {
+            let (ids, origins, bad) = read(&input, chunk, decoders);
+            assert_eq!(ids, vec![1, 3, 5], "chunk {chunk}");
+            assert_eq!(bad.len(), 2, "{bad:?}");
+            assert_eq!(bad[0].0, "in.jsonl:2");
+            assert!(bad[0].1.contains("not valid UTF-8"), "{}", bad[0].1);
+            assert_eq!(bad[1].0, "in.jsonl:5");
+            if chunk > 1000 {
+                // The complete lines at once; the unterminated last one at the end of input.
+                assert_eq!(origins, vec!["in.jsonl:1-5".to_string(), "in.jsonl:6-6".to_string()]);
+            }
+        }
+    }
+
+    #[test]
+    fn a_line_longer_than_a_chunk_grows_the_buffer() {
+        let long = format!("{{\"id\":7,\"s\":\"{}\"}}\n{{\"id\":8}}\n", "y".repeat(10_000));
+        let (ids, _, bad) = read(long.as_bytes(), 100, 2);
+        assert!(bad.is_empty(), "{bad:?}");
+        assert_eq!(ids, vec![7, 8]);
+    }
 }
