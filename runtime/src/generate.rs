@@ -9,7 +9,7 @@
 //! produces each of them with a compatible type).
 
 use flow_compiler::ir::GeneratorKind;
-use flow_types::row::{Batch, BatchBuilder, Layout};
+use flow_types::row::{Batch, BatchBuilder, Layout, SlotKind};
 use flow_types::Value;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -139,9 +139,21 @@ fn push_int(s: &mut String, v: i64) {
     s.push_str(itoa::Buffer::new().format(v));
 }
 
+/// Appends `v` in lower-case hex without leading zeros (as `{:x}` does).
 fn push_hex(s: &mut String, v: u64) {
-    use std::fmt::Write as _;
-    let _ = write!(s, "{v:x}");
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [0u8; 16];
+    let mut i = buf.len();
+    let mut x = v;
+    loop {
+        i -= 1;
+        buf[i] = DIGITS[(x & 15) as usize];
+        x >>= 4;
+        if x == 0 {
+            break;
+        }
+    }
+    buf[i..].iter().for_each(|&c| s.push(c as char));
 }
 
 struct Transactions {
@@ -299,7 +311,7 @@ impl Nexmark {
                 let bidder = FIRST_PERSON_ID + (persons - 1 - r.below(recent_persons) as i64).max(0);
                 // Nexmark's PriceGenerator: round(10^(6u) * 100), u uniform in [0, 1).
                 let u = (r.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-                let price = (10f64.powf(u * 6.0) * 100.0).round() as i64;
+                let price = ((u * 6.0 * std::f64::consts::LN_10).exp() * 100.0).round() as i64;
                 let c = r.below(NEXMARK_CHANNELS.len() as u64) as usize;
                 let channel_id = r.below(1000);
                 w.int(0, auction);
@@ -362,8 +374,10 @@ pub fn generate(
     let started = Instant::now();
     let mut produced_n = 0u64;
     let mut scratch = String::new();
+    // Room for a whole batch up front: no reallocation while it fills.
+    let arena_guess = layout.slot_kinds.iter().filter(|k| matches!(k, SlotKind::Str)).count() * 32;
     loop {
-        let mut b = BatchBuilder::new(layout.clone());
+        let mut b = BatchBuilder::with_capacity(layout.clone(), GEN_BATCH_ROWS, GEN_BATCH_ROWS * arena_guess);
         while b.len() < GEN_BATCH_ROWS && total.is_none_or(|t| produced_n < t) {
             let row = b.push_row();
             let mut w = RowWriter { b: &mut b, row, map: &map, scratch: std::mem::take(&mut scratch), error: None };
@@ -412,6 +426,15 @@ mod tests {
         })
         .unwrap();
         rows
+    }
+
+    #[test]
+    fn hex_matches_the_formatter() {
+        for v in [0u64, 1, 15, 16, 255, 0xdead_beef, u64::MAX] {
+            let mut s = String::new();
+            push_hex(&mut s, v);
+            assert_eq!(s, format!("{v:x}"));
+        }
     }
 
     #[test]

@@ -205,13 +205,29 @@ pub fn cast_failure(_to: &Type) -> &'static str {
 pub unsafe extern "C" fn flow_op(ctx: *mut NativeCtx, site: u64, args: *const Slot, n: u64, out: *mut Slot) -> u32 {
     // SAFETY: the caller passes a live context and valid slots.
     let ctx = unsafe { &mut *ctx };
-    let sites = ctx.sites.clone();
+    // Moved out and back rather than cloned: no reference-count traffic per call
+    // (instances on other threads share the sites).
+    let sites = std::mem::take(&mut ctx.sites);
     let site = &sites[site as usize];
     let slots = if n == 0 { &[][..] } else { unsafe { std::slice::from_raw_parts(args, n as usize) } };
-    let values: Vec<Value> = slots.iter().zip(&site.args).map(|(s, t)| unsafe { from_slot(s, t) }).collect();
-    match apply(site, &values) {
-        Ok(v) => {
-            let s = ctx.to_slot(&v, &site.ret);
+    let result = match dec_arith_slots(site, slots) {
+        Some(r) => r,
+        None if slots.len() <= 4 => {
+            // Up to four arguments on the stack: no allocation for the common calls.
+            let values: [Value; 4] = std::array::from_fn(|i| match (slots.get(i), site.args.get(i)) {
+                (Some(s), Some(t)) => unsafe { from_slot(s, t) },
+                _ => Value::Null,
+            });
+            apply(site, &values[..slots.len()]).map(|v| ctx.to_slot(&v, &site.ret))
+        }
+        None => {
+            let values: Vec<Value> = slots.iter().zip(&site.args).map(|(s, t)| unsafe { from_slot(s, t) }).collect();
+            apply(site, &values).map(|v| ctx.to_slot(&v, &site.ret))
+        }
+    };
+    ctx.sites = sites;
+    match result {
+        Ok(s) => {
             unsafe { *out = s };
             0
         }
@@ -220,6 +236,39 @@ pub unsafe extern "C" fn flow_op(ctx: *mut NativeCtx, site: u64, args: *const Sl
             1
         }
     }
+}
+
+/// Decimal arithmetic straight from and to slots (what [`apply`] does for
+/// `DecArith`, without building values); `None` for other sites.
+fn dec_arith_slots(site: &Site, slots: &[Slot]) -> Option<Result<Slot, String>> {
+    let NativeOp::DecArith(op) = site.op else { return None };
+    let (
+        [a, b],
+        [Type { kind: Kind::Decimal { precision: pa, scale: sa }, .. }, Type { kind: Kind::Decimal { precision: pb, scale: sb }, .. }],
+        Kind::Decimal { precision, scale },
+    ) = (slots, site.args.as_slice(), &site.ret.kind)
+    else {
+        return None;
+    };
+    if a.null != 0 || b.null != 0 {
+        return Some(Ok(Slot { null: 1, a: 0, b: 0 }));
+    }
+    let units = |s: &Slot, p: u8| {
+        if p <= 18 {
+            i128::from(s.a as i64)
+        } else {
+            (s.a as u128 | (u128::from(s.b) << 64)) as i128
+        }
+    };
+    Some(ops::dec_arith(op, units(a, *pa), *sa, units(b, *pb), *sb, *precision, *scale).map_err(String::from).map(
+        |u| {
+            if *precision <= 18 {
+                Slot { null: 0, a: u as i64 as u64, b: 0 }
+            } else {
+                Slot { null: 0, a: u as u64, b: (u >> 64) as u64 }
+            }
+        },
+    ))
 }
 
 /// Appends `len` bytes at `ptr` to the output arena; returns their arena offset, or

@@ -269,6 +269,19 @@ impl BatchBuilder {
         BatchBuilder { layout, rows: Vec::new(), len: 0, base: Bytes::new(), extra: Vec::new() }
     }
 
+    /// A builder with room for `rows` rows and `arena` bytes of strings before it
+    /// reallocates.
+    pub fn with_capacity(layout: Arc<Layout>, rows: usize, arena: usize) -> Self {
+        let width = layout.width as usize;
+        BatchBuilder {
+            layout,
+            rows: Vec::with_capacity(rows.saturating_mul(width)),
+            len: 0,
+            base: Bytes::new(),
+            extra: Vec::with_capacity(arena),
+        }
+    }
+
     /// A builder whose arena starts with `base` (shared, not copied): string slots may
     /// point into it.
     pub fn with_base(layout: Arc<Layout>, base: Bytes) -> Self {
