@@ -332,3 +332,24 @@ pipeline p = from gen | select { id, account, amount, big: amount >= 1000.00 } -
         assert!(l.starts_with("{\"id\":") && l.ends_with('}'), "a torn line: {l}");
     }
 }
+
+#[test]
+fn bench_commands_run_the_real_queries() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let o =
+        flowc(dir.path(), &["bench", "nexmark", "--query", "q2", "--query", "q14", "--events", "20000", "--runs", "1"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    let rows = |q: &str| -> u64 {
+        let line = out.lines().find(|l| l.starts_with(q)).unwrap_or_else(|| panic!("{q} in {out}"));
+        line.split_whitespace().nth(2).and_then(|n| n.parse().ok()).expect("rows out")
+    };
+    assert!(rows("q2 ") > 0 && rows("q2 ") < 1000, "{out}");
+    assert!(rows("q14") > 1000, "{out}");
+    let o = flowc(dir.path(), &["bench", "nexmark", "--query", "q9"]);
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains("no Nexmark query `q9`"), "{}", text(&o.stderr));
+    let o = flowc(dir.path(), &["bench", "ingest", "--lines", "2000", "--runs", "1"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("2000 lines"), "{}", text(&o.stdout));
+}

@@ -161,6 +161,36 @@ pub struct ConsumeArgs {
 pub enum BenchCommand {
     /// Measure append and read throughput of the durable log against the file system's own limits
     Log(BenchLogArgs),
+    /// Nexmark q0, q1, q2, q14 from the built-in generator through the compiled query, on one core
+    Nexmark(BenchNexmarkArgs),
+    /// JSON-lines decoding into rows (the file source's work), on one core
+    Ingest(BenchIngestArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchNexmarkArgs {
+    /// Queries to run (repeatable): q0, q1, q2, q14; all by default
+    #[arg(long = "query")]
+    pub queries: Vec<String>,
+    /// Bid events per run
+    #[arg(long, default_value_t = 10_000_000)]
+    pub events: u64,
+    /// Runs per query (the median is reported)
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Run the queries on the reference interpreter instead of compiled code
+    #[arg(long)]
+    pub no_jit: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchIngestArgs {
+    /// Generated transactions to decode per run
+    #[arg(long, default_value_t = 1_000_000)]
+    pub lines: u64,
+    /// Runs (the median is reported)
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
 }
 
 #[derive(Debug, Args)]
@@ -183,6 +213,8 @@ pub fn run(cmd: LogCommand) -> miette::Result<ExitCode> {
         LogCommand::Produce(a) => produce(a),
         LogCommand::Consume(a) => consume(a),
         LogCommand::Bench(BenchCommand::Log(a)) => bench_log(a),
+        LogCommand::Bench(BenchCommand::Nexmark(a)) => bench_nexmark(a),
+        LogCommand::Bench(BenchCommand::Ingest(a)) => bench_ingest(a),
     }
 }
 
@@ -585,6 +617,55 @@ fn bench_log(a: BenchLogArgs) -> miette::Result<ExitCode> {
     let report = flow_runtime::log::bench::run(&a.data_dir, a.bytes, a.producers)
         .map_err(|e| miette!(code = "flow::log::bench", "{e}"))?;
     print!("{report}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The median of `runs` measurements of `f` (at least one).
+fn median_run(
+    runs: usize,
+    mut f: impl FnMut() -> Result<flow_runtime::bench::Measured, String>,
+) -> miette::Result<flow_runtime::bench::Measured> {
+    let mut all = Vec::new();
+    for _ in 0..runs.max(1) {
+        all.push(f().map_err(|e| miette!(code = "flow::bench", "{e}"))?);
+    }
+    all.sort_by_key(|m| m.elapsed);
+    Ok(all.swap_remove(all.len() / 2))
+}
+
+fn bench_nexmark(a: BenchNexmarkArgs) -> miette::Result<ExitCode> {
+    use flow_runtime::bench::{Nexmark, NEXMARK_QUERIES};
+    let names: Vec<String> =
+        if a.queries.is_empty() { NEXMARK_QUERIES.iter().map(|(n, _)| n.to_string()).collect() } else { a.queries };
+    println!(
+        "Nexmark over the built-in bid generator, {} events, {} on one core, median of {}",
+        a.events,
+        if a.no_jit { "interpreted" } else { "compiled" },
+        a.runs.max(1)
+    );
+    println!("{:<6} {:>14} {:>12} {:>12}", "query", "events/s", "rows out", "seconds");
+    for name in names {
+        let q = Nexmark::new(&name, !a.no_jit).map_err(|e| miette!(code = "flow::bench", "{e}"))?;
+        let m = median_run(a.runs, || q.run(a.events))?;
+        let secs = m.elapsed.as_secs_f64().max(1e-9);
+        println!("{name:<6} {:>14.0} {:>12} {:>12.3}", m.events as f64 / secs, m.rows_out, secs);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench_ingest(a: BenchIngestArgs) -> miette::Result<ExitCode> {
+    let (layout, text) =
+        flow_runtime::bench::transactions_json(a.lines).map_err(|e| miette!(code = "flow::bench", "{e}"))?;
+    let m = median_run(a.runs, || flow_runtime::bench::ingest(&layout, &text))?;
+    let secs = m.elapsed.as_secs_f64().max(1e-9);
+    println!(
+        "JSON-lines ingest, {} lines ({} bytes) on one core, median of {}: {:.0} MB/s, {:.0} lines/s",
+        m.events,
+        m.bytes,
+        a.runs.max(1),
+        m.bytes as f64 / secs / 1e6,
+        m.events as f64 / secs
+    );
     Ok(ExitCode::SUCCESS)
 }
 
