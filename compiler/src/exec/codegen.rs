@@ -10,7 +10,7 @@
 //! ```
 //!
 //! Inline: field loads and stores, null bits, int/float/timestamp arithmetic (checked),
-//! decimal(p <= 18) `+` and `-`,
+//! decimal(p <= 18) `+` and `-`, exact decimal `*` and int -> wide decimal casts,
 //! comparisons of every scalar type, string equality and `starts_with`, `and`/`or`/
 //! `??`/`if`/`case`/`in`/`is null`, int -> float casts, user fns (inlined). Through
 //! helpers from `flow_stdlib::native`: other stdlib scalars, other decimal arithmetic, other
@@ -858,6 +858,21 @@ impl<'b> Gen<'_, 'b> {
             (Kind::Int, Kind::Float) => V { null: v.null, a: self.ins().fcvt_from_sint(types::F64, v.a), b: None },
             (Kind::Int | Kind::Timestamp | Kind::Duration, Kind::Int | Kind::Timestamp | Kind::Duration) => v,
             (Kind::Bool, Kind::Int) => V { null: v.null, a: self.ins().uextend(types::I64, v.a), b: None },
+            // int -> decimal(p, s) with p - s >= 19 digits for the integer part: every
+            // int fits, so the cast is a widening multiply by 10^s.
+            (Kind::Int, Kind::Decimal { precision, scale })
+                if *precision > 18 && *precision <= 38 && precision - scale >= 19 && *scale <= 18 =>
+            {
+                let wide = self.ins().sextend(types::I128, v.a);
+                let a = if *scale == 0 {
+                    wide
+                } else {
+                    let k = self.iconst(types::I64, 10i64.pow(u32::from(*scale)));
+                    let k = self.ins().sextend(types::I128, k);
+                    self.ins().imul(wide, k)
+                };
+                V { null: v.null, a, b: None }
+            }
             _ => self.helper(NativeOp::Cast, &[v], vec![x.ty.clone()], &e.ty, e.span),
         })
     }
@@ -1069,6 +1084,24 @@ impl<'b> Gen<'_, 'b> {
                 let over = self.ins().bor(hi, lo);
                 let bad = self.ins().band(over, live);
                 self.fail_if(bad, e.span, Some(flow_stdlib::ops::DEC_OVERFLOW));
+                return Ok(V { null, a: v, b: None });
+            }
+        }
+        if let (
+            Kind::Decimal { precision: p1, scale: s1 },
+            Kind::Decimal { precision: p2, scale: s2 },
+            Kind::Decimal { precision: p, scale: s },
+        ) = (&a.ty.kind, &b.ty.kind, &e.ty.kind)
+        {
+            if arith == Arith::Mul && u32::from(*s) == u32::from(*s1) + u32::from(*s2) && p1 + p2 <= *p && *p <= 38 {
+                // Inline: the exact product has scale s1 + s2 = s and fewer than
+                // p1 + p2 <= p digits, so it needs no rounding and cannot overflow.
+                let widen =
+                    |me: &mut Self, x: CV, prec: u8| if prec <= 18 { me.ins().sextend(types::I128, x) } else { x };
+                let la = widen(self, l.a, *p1);
+                let rb = widen(self, r.a, *p2);
+                let prod = self.ins().imul(la, rb);
+                let v = if *p <= 18 { self.ins().ireduce(types::I64, prod) } else { prod };
                 return Ok(V { null, a: v, b: None });
             }
         }
