@@ -353,3 +353,43 @@ fn bench_commands_run_the_real_queries() {
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert!(text(&o.stdout).contains("2000 lines"), "{}", text(&o.stdout));
 }
+
+#[test]
+fn topic_inputs_start_where_asked() {
+    let dir = setup(
+        r#"
+topic transactions: Txn { partitions: 2, key: account }
+source bank: Txn = file("txns.jsonl") event_time ts watermark 5s dead_letter -> bad
+sink bad = file("bad.jsonl")
+sink out = file("out.jsonl")
+pipeline ingest = from bank -> transactions
+pipeline show = from transactions | select { id } -> out
+"#,
+    );
+    let ids = |dir: &Path| -> Vec<String> {
+        let mut v: Vec<String> =
+            std::fs::read_to_string(dir.join("out.jsonl")).expect("out").lines().map(String::from).collect();
+        v.sort();
+        v
+    };
+    let all = vec![r#"{"id":"t1"}"#, r#"{"id":"t2"}"#, r#"{"id":"t4"}"#, r#"{"id":"t5"}"#];
+    let o = flowc(dir.path(), &["run", "p.flow", "--data-dir", "data"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(ids(dir.path()), all);
+    // The group has read everything: committed gives nothing, earliest everything again.
+    for (from, want) in [
+        ("committed", vec![]),
+        ("earliest", all.clone()),
+        ("latest", vec![]),
+        // Event time is the topic's record timestamp: t4 at ...300, t5 at ...400.
+        ("2023-11-14T22:13:20.300Z", vec![r#"{"id":"t4"}"#, r#"{"id":"t5"}"#]),
+        ("1700000000400", vec![r#"{"id":"t5"}"#]),
+    ] {
+        let o = flowc(dir.path(), &["run", "p.flow", "--data-dir", "data", "--pipeline", "show", "--from", from]);
+        assert!(o.status.success(), "--from {from}: {}", text(&o.stderr));
+        assert_eq!(ids(dir.path()), want, "--from {from}");
+    }
+    let o = flowc(dir.path(), &["run", "p.flow", "--data-dir", "data", "--from", "yesterday"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("is not committed, earliest, latest"), "{}", text(&o.stderr));
+}

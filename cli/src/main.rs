@@ -95,6 +95,10 @@ enum Command {
         /// Instances of each parallel stage (`key_by` hash-partitions between them).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
         parallelism: u32,
+        /// Where topic inputs start: committed (the consumer group's offsets), earliest,
+        /// latest, or a time (RFC 3339 or epoch milliseconds)
+        #[arg(long = "from", default_value = "committed", value_name = "POSITION")]
+        start_from: flow_runtime::run::StartFrom,
         /// Never draw the progress line (it is drawn only when stderr is a terminal).
         #[arg(long)]
         no_progress: bool,
@@ -127,7 +131,7 @@ fn main() -> ExitCode {
         }
         Command::Compile { file, emit, parallelism, width } => front::compile(&file, emit, parallelism, width),
         Command::Explain { code } => front::explain(code.as_deref()),
-        Command::Run { file, pipelines, data_dir, strict, no_jit, parallelism, no_progress, width } => {
+        Command::Run { file, pipelines, data_dir, strict, no_jit, parallelism, start_from, no_progress, width } => {
             run_cmd::run(run_cmd::RunArgs {
                 file,
                 pipelines,
@@ -135,6 +139,7 @@ fn main() -> ExitCode {
                 strict,
                 no_jit,
                 parallelism,
+                start_from,
                 no_progress,
                 width,
             })

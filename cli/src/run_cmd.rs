@@ -16,6 +16,7 @@ pub struct RunArgs {
     pub strict: bool,
     pub no_jit: bool,
     pub parallelism: u32,
+    pub start_from: run::StartFrom,
     pub no_progress: bool,
     pub width: usize,
 }
@@ -48,6 +49,7 @@ pub fn run(args: RunArgs) -> ExitCode {
     opts.strict = args.strict;
     opts.jit = !args.no_jit;
     opts.parallelism = args.parallelism;
+    opts.start_from = args.start_from;
     opts.handle_ctrl_c = true;
     let progress = (!args.no_progress && std::io::stderr().is_terminal()).then(|| Progress::start(opts.live.clone()));
     let result = run::run(program, &opts);

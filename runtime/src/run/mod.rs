@@ -73,6 +73,40 @@ pub struct RunOptions {
     pub handle_ctrl_c: bool,
     /// Threads decoding a JSON-lines file's chunks (handed on in file order).
     pub decode_threads: usize,
+    /// Where topic inputs start reading.
+    pub start_from: StartFrom,
+}
+
+/// Where a topic input starts reading (`flowc run --from`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StartFrom {
+    /// The pipeline's consumer group's committed offsets; the earliest where it has none.
+    #[default]
+    Committed,
+    /// The earliest offset each partition still holds.
+    Earliest,
+    /// The end of each partition: only records appended from now on.
+    Latest,
+    /// The first record with a timestamp at or after this one (epoch milliseconds).
+    Time(i64),
+}
+
+impl std::str::FromStr for StartFrom {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<StartFrom, String> {
+        Ok(match s {
+            "committed" => StartFrom::Committed,
+            "earliest" => StartFrom::Earliest,
+            "latest" => StartFrom::Latest,
+            _ => match s.parse::<i64>() {
+                Ok(ms) => StartFrom::Time(ms),
+                Err(_) => StartFrom::Time(flow_types::time::parse_record_timestamp(s).map_err(|e| {
+                    format!("`{s}` is not committed, earliest, latest, epoch milliseconds or a timestamp ({e})")
+                })?),
+            },
+        })
+    }
 }
 
 impl RunOptions {
@@ -89,6 +123,7 @@ impl RunOptions {
             worker_threads: std::thread::available_parallelism().map_or(2, |n| n.get()).max(2),
             handle_ctrl_c: false,
             decode_threads: std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8),
+            start_from: StartFrom::Committed,
         }
     }
 }

@@ -145,7 +145,16 @@ fn read(
             let topic =
                 shared.topics.get(t).cloned().ok_or_else(|| RunError::Setup(format!("topic `{t}` is not open")))?;
             let groups = crate::log::GroupStore::new(shared.log.root().to_path_buf(), Arc::new(crate::log::io::StdIo));
-            let mut next: BTreeMap<u32, u64> = groups.committed(group, t)?;
+            let mut next: BTreeMap<u32, u64> = match opts.start_from {
+                super::StartFrom::Committed => groups.committed(group, t)?,
+                super::StartFrom::Earliest => BTreeMap::new(),
+                super::StartFrom::Latest => topic.partitions().iter().map(|p| (p.id(), p.end_offset())).collect(),
+                super::StartFrom::Time(ms) => topic
+                    .partitions()
+                    .iter()
+                    .map(|p| Ok((p.id(), p.offset_for_time(ms)?.unwrap_or_else(|| p.end_offset()))))
+                    .collect::<Result<_, RunError>>()?,
+            };
             let tracker = CommitTracker::new(groups, group, t, failed.clone());
             shared.trackers.lock().unwrap_or_else(|e| e.into_inner()).push(tracker.clone());
             let writers = shared.writers_left.get(t).cloned();
