@@ -176,7 +176,7 @@ impl Gen<'_> {
             },
             (Kind::Decimal { precision, scale }, _) if self.rng.below(4) == 0 => {
                 // An int widened to a decimal (as `0.908 * price` does), cast to the wanted one.
-                let wide = self.rng.pick(&[(19u8, 0u8), (22, 3), (38, 18), (20, 2)]).clone();
+                let wide = *self.rng.pick(&[(19u8, 0u8), (22, 3), (38, 18), (20, 2)]);
                 let x = self.expr(&Kind::Int, d);
                 let w = self.cast(x, Kind::Decimal { precision: wide.0, scale: wide.1 }, false);
                 self.cast(w, Kind::Decimal { precision: *precision, scale: *scale }, true)
