@@ -145,6 +145,10 @@ impl Gen<'_> {
                     let ty = x.ty.clone();
                     self.mk(ExprKind::Unary(UnOp::Neg, Box::new(x)), ty)
                 }
+                4 if self.rng.below(2) == 0 => {
+                    let t = self.expr(&Kind::Timestamp, d);
+                    self.call("hour", vec![t], Kind::Int, false)
+                }
                 4 => {
                     let s = self.expr(&Kind::String, d);
                     self.call("length", vec![s], Kind::Int, false)

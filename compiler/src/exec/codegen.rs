@@ -10,7 +10,7 @@
 //! ```
 //!
 //! Inline: field loads and stores, null bits, int/float/timestamp arithmetic (checked),
-//! decimal(p <= 18) `+` and `-`, exact decimal `*` and int -> wide decimal casts,
+//! decimal(p <= 18) `+` and `-`, exact decimal `*` and int -> wide decimal casts, `hour`,
 //! comparisons of every scalar type, string equality and `starts_with`, `and`/`or`/
 //! `??`/`if`/`case`/`in`/`is null`, int -> float casts, user fns (inlined). Through
 //! helpers from `flow_stdlib::native`: other stdlib scalars, other decimal arithmetic, other
@@ -839,6 +839,17 @@ impl<'b> Gen<'_, 'b> {
             let eq = self.bytes_eq_guarded(fits, s.a, p.a, pl);
             let null = self.ins().bor(s.null, p.null);
             return Ok(V { null, a: eq, b: None });
+        }
+        if name == "hour" && vals.len() == 1 {
+            // Inline: ms.rem_euclid(one day) / one hour (no trap: constant divisors).
+            let t = vals[0];
+            const DAY: i64 = 86_400_000;
+            let r = self.ins().srem_imm_s(t.a, DAY);
+            let neg = self.ins().icmp_imm_s(IntCC::SignedLessThan, r, 0);
+            let up = self.ins().iadd_imm_s(r, DAY);
+            let r = self.ins().select(neg, up, r);
+            let h = self.ins().sdiv_imm_s(r, 3_600_000);
+            return Ok(V { null: t.null, a: h, b: None });
         }
         let tys = args.iter().map(|a| a.ty.clone()).collect();
         Ok(self.helper(NativeOp::Scalar(name), &vals, tys, &e.ty, e.span))
