@@ -708,21 +708,42 @@ fn json_float(x: f64, out: &mut String) {
 
 fn json_string(s: &str, out: &mut String) {
     out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
+    // Runs of bytes that need no escape are copied whole; only `"`, `\` and control
+    // bytes (all ASCII, so never inside a multi-byte character) are escaped.
+    let mut clean = 0;
+    for (i, b) in s.bytes().enumerate() {
+        if !STRING_ESCAPE[b as usize] {
+            continue;
         }
+        out.push_str(&s[clean..i]);
+        match b {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            c => {
+                let _ = write!(out, "\\u{:04x}", c);
+            }
+        }
+        clean = i + 1;
     }
+    out.push_str(&s[clean..]);
     out.push('"');
 }
+
+/// Bytes a JSON string must escape.
+static STRING_ESCAPE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 0x20 {
+        t[c] = true;
+        c += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
 
 fn json_value_out(v: &Value, ty: &Type, out: &mut String) {
     match (v, &ty.kind) {
@@ -861,6 +882,16 @@ mod tests {
             if let Some(u) = plain_decimal(t.as_bytes(), p, sc) {
                 prop_assert_eq!(Ok(u), parse_decimal(&t, p, sc), "{}", t);
             }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn json_strings_round_trip(text in "\\PC{0,40}|[\\x00-\\x1f\"\\\\a-z]{0,20}") {
+            let mut out = String::new();
+            json_string(&text, &mut out);
+            let back: String = serde_json::from_str(&out).expect("valid JSON string");
+            prop_assert_eq!(back, text);
         }
     }
 

@@ -88,21 +88,25 @@ impl Output {
         match self {
             Output::Topic { topic, key, time } => {
                 let now = wall_clock_ms();
-                let mut records = Vec::with_capacity(batch.len);
-                let mut text = String::new();
+                // Every value is encoded into one buffer; records hold slices of it
+                // (one allocation per batch, not per record).
+                let mut text = String::with_capacity(batch.len * 96);
+                let mut ends = Vec::with_capacity(batch.len);
                 for i in 0..batch.len {
+                    format::encode_json_row(&batch.row(i), &mut text);
+                    ends.push(text.len());
+                }
+                let all = Bytes::from(text.into_bytes());
+                let mut records = Vec::with_capacity(batch.len);
+                let mut start = 0;
+                for (i, &end) in ends.iter().enumerate() {
                     let row = batch.row(i);
-                    text.clear();
-                    format::encode_json_row(&row, &mut text);
                     let ts = match time {
                         Some(et) if !row.is_null(et.field) => row.i64(et.field).saturating_add(et.offset_ms),
                         _ => now,
                     };
-                    records.push(NewRecord::new(
-                        ts,
-                        key.and_then(|k| key_bytes(&row, k)),
-                        Bytes::from(text.clone().into_bytes()),
-                    ));
+                    records.push(NewRecord::new(ts, key.and_then(|k| key_bytes(&row, k)), all.slice(start..end)));
+                    start = end;
                 }
                 topic.append(records, Acks::Os)?;
                 Ok(())
