@@ -393,3 +393,43 @@ pipeline show = from transactions | select { id } -> out
     assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
     assert!(text(&o.stderr).contains("is not committed, earliest, latest"), "{}", text(&o.stderr));
 }
+
+#[test]
+fn bad_records_in_a_topic_go_to_its_dead_letter_topic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("p.flow"),
+        r#"
+schema N { id: int }
+topic numbers: N { partitions: 1 }
+sink out: N = file("out.jsonl")
+pipeline a = from numbers -> out
+pipeline b = from numbers | where id > 1 -> out
+"#,
+    )
+    .expect("flow");
+    let o = flowc(dir.path(), &["topic", "create", "numbers", "--partitions", "1", "--data-dir", "data"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let mut p = Command::new(env!("CARGO_BIN_EXE_flowc"))
+        .current_dir(dir.path())
+        .args(["produce", "numbers", "--raw", "--data-dir", "data"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("produce");
+    use std::io::Write as _;
+    p.stdin.take().expect("stdin").write_all(b"{\"id\":1}\n{\"id\":\"oops\"}\nnot json\n{\"id\":3}\n").expect("write");
+    assert!(p.wait().expect("produce ends").success());
+    // Two pipelines read the topic: both dead-letter into the one `numbers.dlq`.
+    let o = flowc(dir.path(), &["run", "p.flow", "--data-dir", "data"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let mut out: Vec<String> =
+        std::fs::read_to_string(dir.path().join("out.jsonl")).expect("out").lines().map(String::from).collect();
+    out.sort();
+    assert_eq!(out, vec![r#"{"id":1}"#, r#"{"id":3}"#, r#"{"id":3}"#]);
+    let c = flowc(dir.path(), &["consume", "numbers.dlq", "--data-dir", "data", "--from-beginning", "--max", "10"]);
+    assert!(c.status.success(), "{}", text(&c.stderr));
+    let dlq = text(&c.stdout);
+    assert_eq!(dlq.lines().count(), 4, "{dlq}");
+    assert_eq!(dlq.matches("topic numbers partition 0 offset 1").count(), 2, "{dlq}");
+    assert_eq!(dlq.matches("topic numbers partition 0 offset 2").count(), 2, "{dlq}");
+}

@@ -233,6 +233,8 @@ struct Shared {
     writers_left: HashMap<String, Arc<AtomicU64>>,
     /// Commit trackers of topic inputs (their errors are reported at the end).
     trackers: Mutex<Vec<Arc<CommitTracker>>>,
+    /// Default dead-letter topics opened so far.
+    dlq_topics: Mutex<HashMap<String, Arc<Topic>>>,
 }
 
 impl Shared {
@@ -375,7 +377,14 @@ pub fn run(program: &ir::Program, opts: &RunOptions) -> Result<Summary, RunError
             }
         }
     }
-    let shared = Arc::new(Shared { log, topics, sinks, writers_left, trackers: Mutex::new(Vec::new()) });
+    let shared = Arc::new(Shared {
+        log,
+        topics,
+        sinks,
+        writers_left,
+        trackers: Mutex::new(Vec::new()),
+        dlq_topics: Mutex::new(HashMap::new()),
+    });
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(opts.worker_threads.max(1))
@@ -777,27 +786,43 @@ fn input_event_time(program: &ir::Program, input: &ir::Input) -> Option<ir::Even
     }
 }
 
+/// The dead-letter output of a pipeline's input: a source's declared one, or the
+/// default topic `<source>.dlq` / `<topic>.dlq` (opened once per run, however many
+/// pipelines read the input).
 fn dead_letters(
     program: &ir::Program,
     input: &ir::Input,
     shared: &Shared,
 ) -> Result<Option<Arc<DeadLetters>>, RunError> {
-    let ir::Input::Source(name) = input else { return Ok(None) };
-    let Some(src) = program.sources.iter().find(|s| s.name == *name) else { return Ok(None) };
-    let output = match &src.dead_letter {
+    let (name, declared) = match input {
+        ir::Input::Source(name) => {
+            let Some(src) = program.sources.iter().find(|s| s.name == *name) else { return Ok(None) };
+            (name, src.dead_letter.clone())
+        }
+        ir::Input::Topic(name) => (name, None),
+    };
+    let output = match &declared {
         Some(t) => shared.output(t, program, None)?,
         None => {
-            // The default dead-letter topic `<source>.dlq`.
             let t = format!("{name}.dlq");
-            let topic = match shared.log.open_topic(&t, Access::ReadWrite) {
-                Ok(topic) => topic,
-                Err(crate::log::LogError::UnknownTopic(_)) => {
-                    shared.log.create_topic(&t, &TopicConfig::default())?;
-                    shared.log.open_topic(&t, Access::ReadWrite)?
+            let mut open = shared.dlq_topics.lock().unwrap_or_else(|e| e.into_inner());
+            let topic = match (shared.topics.get(&t), open.get(&t)) {
+                (Some(topic), _) | (None, Some(topic)) => topic.clone(),
+                (None, None) => {
+                    let topic = match shared.log.open_topic(&t, Access::ReadWrite) {
+                        Ok(topic) => topic,
+                        Err(crate::log::LogError::UnknownTopic(_)) => {
+                            shared.log.create_topic(&t, &TopicConfig::default())?;
+                            shared.log.open_topic(&t, Access::ReadWrite)?
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
+                    let topic = Arc::new(topic);
+                    open.insert(t, topic.clone());
+                    topic
                 }
-                Err(e) => return Err(e.into()),
             };
-            Output::Topic { topic: Arc::new(topic), key: None, time: None }
+            Output::Topic { topic, key: None, time: None }
         }
     };
     let layout = Arc::new(Layout::new(flow_compiler::check::dead_letter_record()));

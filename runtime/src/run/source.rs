@@ -174,9 +174,19 @@ fn read(
                     let mut last = first;
                     for r in &records {
                         last = r.offset;
-                        let raw = r.value.as_ref().map_or("", |v| std::str::from_utf8(v).unwrap_or(""));
-                        if let Err(e) = format::decode_json_row_in(raw, &layout, &mut b) {
-                            bad(format!("topic {t} partition {pid} offset {}", r.offset), raw, e)?;
+                        let position = || format!("topic {t} partition {pid} offset {}", r.offset);
+                        let value = r.value.as_deref().unwrap_or_default();
+                        match std::str::from_utf8(value) {
+                            Ok(raw) => {
+                                if let Err(e) = format::decode_json_row_in(raw, &layout, &mut b) {
+                                    bad(position(), raw, e)?;
+                                }
+                            }
+                            Err(e) => bad(
+                                position(),
+                                &String::from_utf8_lossy(value),
+                                DecodeError(format!("not valid UTF-8 (byte {} of the value)", e.valid_up_to() + 1)),
+                            )?,
                         }
                     }
                     next.insert(pid, last + 1);
