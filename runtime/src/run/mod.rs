@@ -23,6 +23,7 @@
 
 mod exchange;
 mod io;
+mod kafka;
 mod source;
 
 use crate::log::{Access, LogDir, Topic, TopicConfig};
@@ -191,6 +192,7 @@ struct Shared {
     log: LogDir,
     topics: HashMap<String, Arc<Topic>>,
     sinks: HashMap<String, Arc<Mutex<SinkWriter>>>,
+    kafka_sinks: HashMap<String, Arc<kafka::KafkaSink>>,
     /// Per topic: how many pipelines of this run still write it.
     writers_left: HashMap<String, Arc<AtomicU64>>,
     /// Commit trackers of topic inputs (their errors are reported at the end).
@@ -216,6 +218,9 @@ impl Shared {
                     key: decl.and_then(|d| d.key),
                     time,
                 }
+            }
+            ir::Target::Sink(s) if self.kafka_sinks.contains_key(s) => {
+                Output::Kafka { sink: self.kafka_sinks[s].clone(), time }
             }
             ir::Target::Sink(s) => Output::Sink(
                 self.sinks.get(s).cloned().ok_or_else(|| RunError::Setup(format!("sink `{s}` is not open")))?,
@@ -255,7 +260,6 @@ fn open_sink(conn: &Connector, base: &Path) -> Result<SinkWriter, RunError> {
             let f = std::fs::File::create(&p).map_err(io_err(format!("creating {}", p.display())))?;
             SinkWriter { out: Box::new(std::io::BufWriter::new(f)), format: *format, wrote_header: false }
         }
-        Connector::Kafka { .. } => return Err(RunError::Setup("`kafka` sinks come with the Kafka connector".into())),
         other => return Err(RunError::Setup(format!("{other:?} is not a sink"))),
     })
 }
@@ -318,11 +322,13 @@ pub fn run(program: &ir::Program, opts: &RunOptions) -> Result<Summary, RunError
             Err(e) => return Err(e.into()),
         }
     }
-    let mut sinks = HashMap::new();
+    let (mut sinks, mut kafka_sinks) = (HashMap::new(), HashMap::new());
     for s in &program.sinks {
         let used = runnable.iter().any(|p| p.outputs.iter().any(|o| o.target == ir::Target::Sink(s.name.clone())))
             || program.sources.iter().any(|src| src.dead_letter == Some(ir::Target::Sink(s.name.clone())));
-        if used {
+        if used && matches!(s.connector, Connector::Kafka { .. }) {
+            kafka_sinks.insert(s.name.clone(), Arc::new(kafka::KafkaSink::open(s)?));
+        } else if used {
             sinks.insert(s.name.clone(), Arc::new(Mutex::new(open_sink(&s.connector, &opts.base_dir)?)));
         }
     }
@@ -337,7 +343,7 @@ pub fn run(program: &ir::Program, opts: &RunOptions) -> Result<Summary, RunError
             }
         }
     }
-    let shared = Arc::new(Shared { log, topics, sinks, writers_left, trackers: Mutex::new(Vec::new()) });
+    let shared = Arc::new(Shared { log, topics, sinks, kafka_sinks, writers_left, trackers: Mutex::new(Vec::new()) });
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(opts.worker_threads.max(1))
