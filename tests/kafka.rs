@@ -375,3 +375,41 @@ pipeline p = from s | where id % 2 == 0 -> k, f
     all.sort();
     assert_eq!(consume_out(), all);
 }
+
+/// `flowc serve --pipelines`: a Kafka client produces into a topic, a pipeline running in
+/// the server's process filters it into another topic, a Kafka client consumes that.
+#[test]
+fn serve_runs_pipelines_beside_the_broker_on_the_same_topics() {
+    let Some(kcat) = kcat() else { return };
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    flowc(&data, &["topic", "create", "orders", "--partitions", "2"], None);
+    let flow = d.path().join("p.flow");
+    std::fs::write(
+        &flow,
+        "schema Order { id: int, amount: int }\n\
+         topic orders: Order { partitions: 2 }\n\
+         topic big: Order { partitions: 1 }\n\
+         pipeline p = from orders | where amount >= 100 -> big\n",
+    )
+    .unwrap();
+    let s = Server::start(&data, &["--pipelines", flow.to_str().unwrap()]);
+    let lines: String = (1..=8).map(|i| format!("{{\"id\":{i},\"amount\":{}}}\n", i * 30)).collect();
+    ok(
+        run(Command::new(&kcat).args(["-b", &s.bootstrap(), "-P", "-t", "orders", "-X", "acks=all"]), Some(&lines)),
+        "kcat -P",
+    );
+    let want: Vec<String> = (4..=8).map(|i| format!("{{\"id\":{i},\"amount\":{}}}", i * 30)).collect();
+    let mut got = Vec::new();
+    for _ in 0..100 {
+        let o = run(Command::new(&kcat).args(["-b", &s.bootstrap(), "-C", "-t", "big", "-e", "-q"]), None);
+        got = sorted_lines(&String::from_utf8_lossy(&o.stdout));
+        if got.len() >= want.len() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut want = want;
+    want.sort();
+    assert_eq!(got, want);
+}

@@ -26,7 +26,7 @@ mod io;
 mod kafka;
 mod source;
 
-use crate::log::{Access, LogDir, Topic, TopicConfig};
+use crate::log::{LogDir, Topic, TopicConfig};
 use exchange::{select_rows, CommitTracker, InBatch, KeyHasher, Msg, Router};
 use flow_compiler::exec::stage::{self, Stage, StageSpec};
 use flow_compiler::exec::{interp, EvalError};
@@ -72,6 +72,9 @@ pub struct RunOptions {
     pub worker_threads: usize,
     /// Ctrl-C sets `stop` (a second one exits at once, with status 130).
     pub handle_ctrl_c: bool,
+    /// Topic inputs wait for more records until `stop`, even once no pipeline of the
+    /// run writes them (`flowc serve --pipelines`, where Kafka clients write them).
+    pub follow_topics: bool,
 }
 
 impl RunOptions {
@@ -87,6 +90,7 @@ impl RunOptions {
             live: Arc::new(Live::default()),
             worker_threads: std::thread::available_parallelism().map_or(2, |n| n.get()).max(2),
             handle_ctrl_c: false,
+            follow_topics: false,
         }
     }
 }
@@ -301,7 +305,7 @@ pub fn run(program: &ir::Program, opts: &RunOptions) -> Result<Summary, RunError
         if !needed.contains(&t.name) {
             continue;
         }
-        match log.open_topic(&t.name, Access::ReadWrite) {
+        match log.open_topic_shared(&t.name) {
             Ok(topic) => {
                 if topic.partitions().len() as u32 != t.partitions {
                     return Err(RunError::Setup(format!(
@@ -313,11 +317,11 @@ pub fn run(program: &ir::Program, opts: &RunOptions) -> Result<Summary, RunError
                         topic.partitions().len()
                     )));
                 }
-                topics.insert(t.name.clone(), Arc::new(topic));
+                topics.insert(t.name.clone(), topic);
             }
             Err(crate::log::LogError::UnknownTopic(_)) => {
                 log.create_topic(&t.name, &topic_config(t))?;
-                topics.insert(t.name.clone(), Arc::new(log.open_topic(&t.name, Access::ReadWrite)?));
+                topics.insert(t.name.clone(), log.open_topic_shared(&t.name)?);
             }
             Err(e) => return Err(e.into()),
         }
@@ -757,15 +761,15 @@ fn dead_letters(
         None => {
             // The default dead-letter topic `<source>.dlq`.
             let t = format!("{name}.dlq");
-            let topic = match shared.log.open_topic(&t, Access::ReadWrite) {
+            let topic = match shared.log.open_topic_shared(&t) {
                 Ok(topic) => topic,
                 Err(crate::log::LogError::UnknownTopic(_)) => {
                     shared.log.create_topic(&t, &TopicConfig::default())?;
-                    shared.log.open_topic(&t, Access::ReadWrite)?
+                    shared.log.open_topic_shared(&t)?
                 }
                 Err(e) => return Err(e.into()),
             };
-            Output::Topic { topic: Arc::new(topic), key: None, time: None }
+            Output::Topic { topic, key: None, time: None }
         }
     };
     let layout = Arc::new(Layout::new(flow_compiler::check::dead_letter_record()));

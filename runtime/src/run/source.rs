@@ -180,7 +180,7 @@ fn read(
                 if !progressed {
                     // `writers_done` was read before this pass: a pass that found nothing
                     // after every writer had ended has read all they wrote.
-                    if writers_done {
+                    if writers_done && !opts.follow_topics {
                         break;
                     }
                     if stopping() {
