@@ -340,3 +340,69 @@ impl KafkaSink {
         RunError::Setup(format!("kafka sink `{}` (topic {}): {why}", self.name, self.topic))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flow_types::{Field, Kind, RecordType, Type};
+
+    fn layout() -> Arc<Layout> {
+        let rec = RecordType {
+            name: None,
+            fields: vec![
+                Field { name: "id".into(), ty: Type::new(Kind::Int) },
+                Field { name: "name".into(), ty: Type::new(Kind::String) },
+            ],
+        };
+        Arc::new(Layout::new(Arc::new(rec)))
+    }
+
+    #[test]
+    fn record_values_decode_as_json_or_csv_and_bad_ones_say_why() {
+        let l = layout();
+        let mut b = BatchBuilder::new(l.clone());
+        Decoder::Json.decode(r#"{"id": 7, "name": "a"}"#, &mut b).unwrap();
+        let csv = Decoder::Csv(CsvColumns::by_position(&l.record));
+        csv.decode("8,\"b, c\"", &mut b).unwrap();
+        assert!(csv.decode("", &mut b).is_err());
+        assert!(csv.decode("x,y", &mut b).is_err());
+        assert!(Decoder::Json.decode("[1]", &mut b).is_err());
+        let batch = b.finish();
+        assert_eq!(batch.len, 2);
+        assert_eq!((batch.row(0).i64(0), batch.row(0).str(1)), (7, "a"));
+        assert_eq!((batch.row(1).i64(0), batch.row(1).str(1)), (8, "b, c"));
+    }
+
+    #[test]
+    fn a_batch_origin_names_each_partition_offset_range() {
+        let mut s = Span::default();
+        s.add(1, 10);
+        s.add(0, 3);
+        s.add(1, 12);
+        assert_eq!(s.origin("t"), "kafka topic t partition 0 offsets 3-3, partition 1 offsets 10-12");
+    }
+
+    #[test]
+    fn sinks_encode_rows_as_json_or_one_csv_line() {
+        let l = layout();
+        let mut b = BatchBuilder::new(l.clone());
+        b.push_values(&[flow_types::Value::Int(1), flow_types::Value::String("x, \"y\"".into())]).unwrap();
+        let batch = b.finish();
+        let sink = |format| {
+            let program = flow_compiler::compile_str(
+                "t.flow",
+                &format!(
+                    "schema R {{ id: int, name: string }}\nsink k: R = kafka(\"127.0.0.1:1\", topic: \"t\", format: {format})"
+                ),
+            )
+            .program
+            .expect("program");
+            KafkaSink::open(&program.sinks[0]).expect("a producer is created without connecting")
+        };
+        let (mut json, mut csv) = (String::new(), String::new());
+        sink("json").encode(&batch.row(0), &mut json).unwrap();
+        sink("csv").encode(&batch.row(0), &mut csv).unwrap();
+        assert_eq!(json, r#"{"id":1,"name":"x, \"y\""}"#);
+        assert_eq!(csv, r#"1,"x, ""y""""#);
+    }
+}
