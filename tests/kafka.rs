@@ -413,3 +413,36 @@ fn serve_runs_pipelines_beside_the_broker_on_the_same_topics() {
     want.sort();
     assert_eq!(got, want);
 }
+
+/// `--sasl-users`: kcat with a listed user and password produces and consumes; a wrong
+/// password and a client without SASL are refused.
+#[test]
+fn sasl_plain_lets_listed_users_in_and_keeps_others_out() {
+    let Some(kcat) = kcat() else { return };
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    flowc(&data, &["topic", "create", "t"], None);
+    let users = d.path().join("users");
+    std::fs::write(&users, "# user:password\nalice:s3cret\n").unwrap();
+    let s = Server::start(&data, &["--sasl-users", users.to_str().unwrap()]);
+    let sasl = |password: &str| -> Vec<String> {
+        ["security.protocol=SASL_PLAINTEXT", "sasl.mechanisms=PLAIN", "sasl.username=alice"]
+            .iter()
+            .map(|x| x.to_string())
+            .chain([format!("sasl.password={password}")])
+            .flat_map(|x| ["-X".to_string(), x])
+            .collect()
+    };
+    let b = s.bootstrap();
+    ok(run(Command::new(&kcat).args(["-b", &b, "-P", "-t", "t"]).args(sasl("s3cret")), Some("hello\n")), "kcat -P");
+    let got = ok(
+        run(Command::new(&kcat).args(["-b", &b, "-C", "-t", "t", "-e", "-q"]).args(sasl("s3cret")), None),
+        "kcat -C",
+    );
+    assert_eq!(got, "hello\n");
+    let wrong = run(Command::new(&kcat).args(["-b", &b, "-L", "-m", "3"]).args(sasl("wrong")), None);
+    assert!(!wrong.status.success(), "a wrong password was let in");
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("invalid user name or password"));
+    let anonymous = run(Command::new(&kcat).args(["-b", &b, "-L", "-m", "3"]), None);
+    assert!(!anonymous.status.success(), "a client without SASL was let in");
+}

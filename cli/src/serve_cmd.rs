@@ -49,6 +49,9 @@ pub struct ServeArgs {
     /// more records until the server stops (Ctrl-C, which drains them first).
     #[arg(long, value_name = "FILE.flow")]
     pub pipelines: Option<PathBuf>,
+    /// Require SASL/PLAIN authentication with the users of this file (`user:password` a line).
+    #[arg(long, value_name = "FILE")]
+    pub sasl_users: Option<PathBuf>,
     /// Log level on stderr: error, warn, info, debug, trace.
     #[arg(long, default_value = "info")]
     pub log_level: tracing::Level,
@@ -81,6 +84,16 @@ pub fn run(args: ServeArgs) -> ExitCode {
             Some((program, opts))
         }
     };
+    let sasl_users = match &args.sasl_users {
+        None => None,
+        Some(path) => match flow_broker::sasl::Users::load(path) {
+            Ok(users) => Some(Arc::new(users)),
+            Err(e) => {
+                eprintln!("error: --sasl-users {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
     let defaults = Limits::default();
     let config = Config {
         data_dir: args.data_dir,
@@ -95,6 +108,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
             ..defaults
         },
         auto_create_topics: args.auto_create_topics,
+        sasl_users,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
