@@ -304,3 +304,145 @@ fn conformance_probe_passes() {
         assert!(o.status.success() && last.contains(" 0 failed"), "the probe failed with {}: {last}", py.display());
     }
 }
+
+/// `flowc run` with the records of a `kafka(...)` source as JSON values, sorted.
+fn sorted_lines(text: &str) -> Vec<String> {
+    let mut v: Vec<String> = text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect();
+    v.sort();
+    v
+}
+
+/// Runs `p.flow` in `dir` with the Kafka sources' idle timeout, so the run ends by itself.
+fn flowc_run_kafka(dir: &Path) -> String {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_flowc"));
+    cmd.args(["run", "p.flow", "--data-dir", "run-data"])
+        .current_dir(dir)
+        .env_remove("FLOW_DATA_DIR")
+        .env("FLOW_KAFKA_IDLE_MS", "1500");
+    ok(run(&mut cmd, None), "flowc run (kafka source and sink)")
+}
+
+/// The `kafka(...)` connector round-trips through `flowc serve`: a pipeline consumes a
+/// topic in a consumer group (bad records to its dead-letter topic), filters, and
+/// produces to another topic and a file; run again, it resumes after the offsets the
+/// first run committed.
+#[test]
+fn the_kafka_connector_round_trips_through_flowc_serve_and_resumes_its_group() {
+    let Some(kcat) = kcat() else { return };
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("serve-data");
+    flowc(&data, &["topic", "create", "in", "--partitions", "2"], None);
+    flowc(&data, &["topic", "create", "out"], None);
+    let first: String = (1..=6).map(|i| format!("{{\"id\":{i},\"name\":\"n{i}\"}}\n")).collect();
+    flowc(&data, &["produce", "in", "--key-field", "name"], Some(&first));
+    let s = Server::start(&data, &[]);
+    let produce = |lines: &str| {
+        ok(run(Command::new(&kcat).args(["-b", &s.bootstrap(), "-P", "-t", "in"]), Some(lines)), "kcat -P");
+    };
+    produce("not json\n");
+    std::fs::write(
+        d.path().join("p.flow"),
+        format!(
+            r#"schema R {{ id: int, name: string }}
+source s: R = kafka("{b}", topic: "in", group: "g1", format: json)
+sink k: R = kafka("{b}", topic: "out")
+sink f: R = file("out.jsonl", format: json)
+pipeline p = from s | where id % 2 == 0 -> k, f
+"#,
+            b = s.bootstrap()
+        ),
+    )
+    .unwrap();
+    let consume_out = || {
+        let o =
+            ok(run(Command::new(&kcat).args(["-b", &s.bootstrap(), "-C", "-t", "out", "-e", "-q"]), None), "kcat -C");
+        sorted_lines(&o)
+    };
+
+    let summary = flowc_run_kafka(d.path());
+    let want = ["{\"id\":2,\"name\":\"n2\"}", "{\"id\":4,\"name\":\"n4\"}", "{\"id\":6,\"name\":\"n6\"}"];
+    assert_eq!(sorted_lines(&std::fs::read_to_string(d.path().join("out.jsonl")).unwrap()), want, "{summary}");
+    assert_eq!(consume_out(), want);
+    let dlq = flowc(&d.path().join("run-data"), &["consume", "s.dlq", "--from-beginning"], None);
+    assert!(dlq.contains("topic in partition") && dlq.contains("not json"), "{dlq}");
+
+    // The group resumes: only the records produced since are read.
+    produce("{\"id\":8,\"name\":\"n8\"}\n{\"id\":9,\"name\":\"n9\"}\n{\"id\":10,\"name\":\"n10\"}\n");
+    let summary = flowc_run_kafka(d.path());
+    let second = ["{\"id\":10,\"name\":\"n10\"}", "{\"id\":8,\"name\":\"n8\"}"];
+    assert_eq!(sorted_lines(&std::fs::read_to_string(d.path().join("out.jsonl")).unwrap()), second, "{summary}");
+    let mut all: Vec<String> = want.iter().chain(&second).map(|s| s.to_string()).collect();
+    all.sort();
+    assert_eq!(consume_out(), all);
+}
+
+/// `flowc serve --pipelines`: a Kafka client produces into a topic, a pipeline running in
+/// the server's process filters it into another topic, a Kafka client consumes that.
+#[test]
+fn serve_runs_pipelines_beside_the_broker_on_the_same_topics() {
+    let Some(kcat) = kcat() else { return };
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    flowc(&data, &["topic", "create", "orders", "--partitions", "2"], None);
+    let flow = d.path().join("p.flow");
+    std::fs::write(
+        &flow,
+        "schema Order { id: int, amount: int }\n\
+         topic orders: Order { partitions: 2 }\n\
+         topic big: Order { partitions: 1 }\n\
+         pipeline p = from orders | where amount >= 100 -> big\n",
+    )
+    .unwrap();
+    let s = Server::start(&data, &["--pipelines", flow.to_str().unwrap()]);
+    let lines: String = (1..=8).map(|i| format!("{{\"id\":{i},\"amount\":{}}}\n", i * 30)).collect();
+    ok(
+        run(Command::new(&kcat).args(["-b", &s.bootstrap(), "-P", "-t", "orders", "-X", "acks=all"]), Some(&lines)),
+        "kcat -P",
+    );
+    let want: Vec<String> = (4..=8).map(|i| format!("{{\"id\":{i},\"amount\":{}}}", i * 30)).collect();
+    let mut got = Vec::new();
+    for _ in 0..100 {
+        let o = run(Command::new(&kcat).args(["-b", &s.bootstrap(), "-C", "-t", "big", "-e", "-q"]), None);
+        got = sorted_lines(&String::from_utf8_lossy(&o.stdout));
+        if got.len() >= want.len() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut want = want;
+    want.sort();
+    assert_eq!(got, want);
+}
+
+/// `--sasl-users`: kcat with a listed user and password produces and consumes; a wrong
+/// password and a client without SASL are refused.
+#[test]
+fn sasl_plain_lets_listed_users_in_and_keeps_others_out() {
+    let Some(kcat) = kcat() else { return };
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    flowc(&data, &["topic", "create", "t"], None);
+    let users = d.path().join("users");
+    std::fs::write(&users, "# user:password\nalice:s3cret\n").unwrap();
+    let s = Server::start(&data, &["--sasl-users", users.to_str().unwrap()]);
+    let sasl = |password: &str| -> Vec<String> {
+        ["security.protocol=SASL_PLAINTEXT", "sasl.mechanisms=PLAIN", "sasl.username=alice"]
+            .iter()
+            .map(|x| x.to_string())
+            .chain([format!("sasl.password={password}")])
+            .flat_map(|x| ["-X".to_string(), x])
+            .collect()
+    };
+    let b = s.bootstrap();
+    ok(run(Command::new(&kcat).args(["-b", &b, "-P", "-t", "t"]).args(sasl("s3cret")), Some("hello\n")), "kcat -P");
+    let got = ok(
+        run(Command::new(&kcat).args(["-b", &b, "-C", "-t", "t", "-e", "-q"]).args(sasl("s3cret")), None),
+        "kcat -C",
+    );
+    assert_eq!(got, "hello\n");
+    let wrong = run(Command::new(&kcat).args(["-b", &b, "-L", "-m", "3"]).args(sasl("wrong")), None);
+    assert!(!wrong.status.success(), "a wrong password was let in");
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("invalid user name or password"));
+    let anonymous = run(Command::new(&kcat).args(["-b", &b, "-L", "-m", "3"]), None);
+    assert!(!anonymous.status.success(), "a client without SASL was let in");
+}

@@ -34,6 +34,11 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreateTopics, 2, 5),
     (ApiKey::DeleteTopics, 1, 5),
     (ApiKey::InitProducerId, 0, 4),
+    // SASL/PLAIN (sasl.rs). Handshake v0 is listed because librdkafka looks for it to
+    // enable SASL at all; it then uses v1 and SaslAuthenticate. A client that sends the
+    // raw tokens of v0 after the handshake has its connection closed (malformed frame).
+    (ApiKey::SaslHandshake, 0, 1),
+    (ApiKey::SaslAuthenticate, 0, 2),
 ];
 
 /// The version range we answer for `key`, if we answer it at all.

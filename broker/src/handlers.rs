@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use flow_runtime::log::batch::BatchHeader;
-use flow_runtime::log::{Access, Acks, LogDir, LogError, Topic, TopicConfig};
+use flow_runtime::log::{Acks, LogDir, LogError, Topic, TopicConfig};
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
@@ -60,7 +60,8 @@ pub mod code {
 /// A topic opened for writing by the broker, with its partitions' producer states.
 #[derive(Debug)]
 pub struct OpenTopic {
-    pub topic: Topic,
+    /// Shared with pipelines running in the same process (`LogDir::open_topic_shared`).
+    pub topic: Arc<Topic>,
     producers: Vec<Mutex<ProducerStates>>,
 }
 
@@ -143,7 +144,7 @@ impl Broker {
         }
         let dir = self.dir.clone();
         let n = name.to_string();
-        let opened = blocking(move || dir.open_topic(&n, Access::ReadWrite)).await?;
+        let opened = blocking(move || dir.open_topic_shared(&n)).await?;
         let topic = match opened {
             Ok(t) => t,
             Err(LogError::UnknownTopic(_)) => return Ok(None),

@@ -10,6 +10,7 @@
 //! - [`handlers`]: one function per API over the log ([`flow_runtime::log`]).
 //! - [`group`]: the consumer-group coordinator state machine.
 //! - [`producer`]: idempotent-produce sequence checks.
+//! - [`sasl`]: optional SASL/PLAIN authentication with users from a file.
 //! - [`alloc`]: the allocator guard against hostile array lengths.
 //!
 //! What it must not know: .flow programs, pipelines, terminals. Batches are stored as
@@ -24,6 +25,7 @@ pub mod codec;
 pub mod group;
 pub mod handlers;
 pub mod producer;
+pub mod sasl;
 pub mod server;
 
 #[cfg(test)]
@@ -85,11 +87,19 @@ pub struct Config {
     /// Create a topic (one partition) when a client asks for an unknown one in Metadata
     /// with auto-creation allowed. Off by default: topics are created explicitly.
     pub auto_create_topics: bool,
+    /// SASL/PLAIN users; with them every connection must authenticate first (sasl.rs).
+    pub sasl_users: Option<Arc<sasl::Users>>,
 }
 
 impl Config {
     pub fn new(data_dir: impl Into<PathBuf>, listen: SocketAddr) -> Config {
-        Config { data_dir: data_dir.into(), listen, limits: Limits::default(), auto_create_topics: false }
+        Config {
+            data_dir: data_dir.into(),
+            listen,
+            limits: Limits::default(),
+            auto_create_topics: false,
+            sasl_users: None,
+        }
     }
 }
 

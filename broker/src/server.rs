@@ -159,6 +159,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, broker: Shared) -> Resu
     let (rd, wr) = stream.into_split();
     let mut rd = BufReader::with_capacity(limits.connection_buffer_bytes, rd);
     let mut wr = BufWriter::with_capacity(limits.connection_buffer_bytes, wr);
+    let mut session = crate::sasl::Session::default();
     loop {
         let mut size = [0u8; 4];
         match tokio::time::timeout(limits.idle_timeout, rd.read_exact(&mut size)).await {
@@ -181,8 +182,18 @@ async fn connection(stream: TcpStream, peer: SocketAddr, broker: Shared) -> Resu
             Ok(Err(FrameError(reason))) => return Err(format!("malformed request: {reason}").into()),
             Err(_) => return Err("malformed request: the decoder panicked".to_string().into()),
         };
-        let response =
-            handle(&broker, decoded, local).await.map_err(|e| Closed::Closed(format!("cannot answer: {e}")))?;
+        let response = match session.step(broker.config.sasl_users.as_deref(), &decoded) {
+            crate::sasl::Step::Pass => {
+                handle(&broker, decoded, local).await.map_err(|e| Closed::Closed(format!("cannot answer: {e}")))?
+            }
+            crate::sasl::Step::Answer(bytes) => Some(bytes),
+            crate::sasl::Step::AnswerAndClose(bytes, reason) => {
+                wr.write_all(&bytes).await.map_err(|e| io_closed("write failed", e))?;
+                wr.flush().await.map_err(|e| io_closed("write failed", e))?;
+                return Err(Closed::Closed(reason));
+            }
+            crate::sasl::Step::Close(reason) => return Err(Closed::Closed(reason)),
+        };
         if let Some(bytes) = response {
             wr.write_all(&bytes).await.map_err(|e| io_closed("write failed", e))?;
             wr.flush().await.map_err(|e| io_closed("write failed", e))?;

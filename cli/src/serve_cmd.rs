@@ -1,6 +1,8 @@
 //! `flowc serve`: run the Kafka-protocol broker (`flow-broker`) over a data directory
 //! until interrupted. Parses flags into the broker's `Config` and sets up logging to
-//! stderr; the broker itself lives in the `flow-broker` crate.
+//! stderr; the broker itself lives in the `flow-broker` crate. With `--pipelines FILE`,
+//! the file's pipelines run beside it, on their own thread (the runtime's `run` blocks
+//! and builds its own tokio runtime), sharing the broker's open topics (docs/kafka.md).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,6 +10,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use flow_broker::{Config, Limits};
+use flow_runtime::run::{self, RunError, RunOptions, Summary};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
@@ -38,6 +44,14 @@ pub struct ServeArgs {
     /// Create unknown topics (1 partition) when a client's Metadata request allows it.
     #[arg(long)]
     pub auto_create_topics: bool,
+    /// Run this .flow file's pipelines in the same process, over the same data directory:
+    /// records Kafka clients produce flow straight into them. Their topic inputs wait for
+    /// more records until the server stops (Ctrl-C, which drains them first).
+    #[arg(long, value_name = "FILE.flow")]
+    pub pipelines: Option<PathBuf>,
+    /// Require SASL/PLAIN authentication with the users of this file (`user:password` a line).
+    #[arg(long, value_name = "FILE")]
+    pub sasl_users: Option<PathBuf>,
     /// Log level on stderr: error, warn, info, debug, trace.
     #[arg(long, default_value = "info")]
     pub log_level: tracing::Level,
@@ -51,6 +65,35 @@ pub fn run(args: ServeArgs) -> ExitCode {
         .with_max_level(args.log_level)
         .with_target(false)
         .init();
+    // The pipelines are checked before anything listens: a file with errors stops here.
+    let program = match &args.pipelines {
+        None => None,
+        Some(file) => {
+            let c = crate::front::run_front_end(file);
+            for d in &c.diagnostics {
+                eprint!("{}", d.render(&c.sources, 100));
+                eprintln!();
+            }
+            let Some(program) = c.program else {
+                eprintln!("error: {} has errors; not serving", file.display());
+                return ExitCode::from(1);
+            };
+            let base_dir = file.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+            let mut opts = RunOptions::new(args.data_dir.clone(), base_dir);
+            opts.follow_topics = true;
+            Some((program, opts))
+        }
+    };
+    let sasl_users = match &args.sasl_users {
+        None => None,
+        Some(path) => match flow_broker::sasl::Users::load(path) {
+            Ok(users) => Some(Arc::new(users)),
+            Err(e) => {
+                eprintln!("error: --sasl-users {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
     let defaults = Limits::default();
     let config = Config {
         data_dir: args.data_dir,
@@ -65,6 +108,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
             ..defaults
         },
         auto_create_topics: args.auto_create_topics,
+        sasl_users,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -83,9 +127,67 @@ pub fn run(args: ServeArgs) -> ExitCode {
         };
         // The first line on stdout says where it listens (tests read it to learn the port).
         println!("flowc serve: listening on {}", handle.local_addr());
-        let _ = tokio::signal::ctrl_c().await;
-        eprintln!("flowc serve: stopping");
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut pipelines = program.map(|(program, mut opts)| {
+            opts.stop = stop.clone();
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let spawned = std::thread::Builder::new().name("flowc-pipelines".into()).spawn(move || {
+                let _ = tx.send(run::run(&program, &opts));
+            });
+            if let Err(e) = spawned {
+                eprintln!("error: cannot start the pipelines' thread: {e}");
+            }
+            rx
+        });
+        let mut status = ExitCode::SUCCESS;
+        let ended = async {
+            match pipelines.as_mut() {
+                Some(rx) => rx.await.map_err(|_| RunError::Setup("the pipelines' thread ended without a result".into())),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {
+                eprintln!("flowc serve: stopping");
+                if let Some(rx) = pipelines.take() {
+                    // The pipelines finish what they read before the broker goes away.
+                    stop.store(true, Ordering::SeqCst);
+                    let r = rx.await.map_err(|_| RunError::Setup("the pipelines' thread ended without a result".into()));
+                    status = report(r.and_then(|r| r));
+                }
+            }
+            r = ended => {
+                // Bounded inputs all ended (the server goes on), or the pipelines failed (it stops).
+                status = report(r.and_then(|r| r));
+                if status == ExitCode::SUCCESS {
+                    let _ = tokio::signal::ctrl_c().await;
+                    eprintln!("flowc serve: stopping");
+                }
+            }
+        }
         handle.shutdown().await;
-        ExitCode::SUCCESS
+        status
     })
+}
+
+/// Says what the pipelines did (or why they failed) on stderr.
+fn report(r: Result<Summary, RunError>) -> ExitCode {
+    match r {
+        Ok(summary) => {
+            for s in &summary.skipped {
+                eprintln!("note: pipeline `{}` was not run: {}", s.pipeline, s.message);
+            }
+            for p in &summary.pipelines {
+                eprintln!(
+                    "pipeline {}: {} records in, {} out, {} dead-lettered",
+                    p.name, p.records_in, p.records_out, p.dead_lettered
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: pipelines: {e}");
+            ExitCode::from(1)
+        }
+    }
 }

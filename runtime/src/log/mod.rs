@@ -29,6 +29,7 @@ pub mod partition;
 pub mod partitioner;
 pub mod retention;
 pub mod segment;
+mod shared;
 pub mod topic;
 
 pub use batch::{Compression, Header, NewRecord, Record, RecordBatch};

@@ -170,7 +170,11 @@ impl LogDir {
             return Err(LogError::TopicExists(name.to_string()));
         }
         self.io.create_dir_all(&self.root).map_err(|e| LogError::io(format!("creating {}", self.root.display()), e))?;
-        let tmp = self.root.join(format!(".{name}.creating-{}", std::process::id()));
+        // Unique per creation, so threads of one process creating the same topic at
+        // once do not share a scratch directory (the rename decides who wins).
+        static CREATING: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = CREATING.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = self.root.join(format!(".{name}.creating-{}-{n}", std::process::id()));
         if tmp.exists() {
             self.io.remove_dir_all(&tmp).map_err(|e| LogError::io(format!("removing {}", tmp.display()), e))?;
         }

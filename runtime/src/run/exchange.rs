@@ -41,11 +41,12 @@ pub(crate) struct InBatch {
     pub ack: Option<Arc<Ack>>,
 }
 
+/// Commits a partition -> next-offset map.
+pub(crate) type CommitFn = dyn Fn(&BTreeMap<u32, u64>) -> Result<(), String> + Send + Sync;
+
 /// Consumer-group offsets committed in read order as batches complete.
 pub(crate) struct CommitTracker {
-    store: GroupStore,
-    group: String,
-    topic: String,
+    commit: Box<CommitFn>,
     failed: Arc<AtomicBool>,
     state: Mutex<TrackState>,
 }
@@ -60,13 +61,16 @@ struct TrackState {
 
 impl CommitTracker {
     pub fn new(store: GroupStore, group: &str, topic: &str, failed: Arc<AtomicBool>) -> Arc<CommitTracker> {
-        Arc::new(CommitTracker {
-            store,
-            group: group.into(),
-            topic: topic.into(),
-            failed,
-            state: Mutex::new(TrackState::default()),
-        })
+        let (group, topic) = (group.to_string(), topic.to_string());
+        let commit =
+            move |offsets: &BTreeMap<u32, u64>| store.commit(&group, &topic, offsets).map_err(|e| e.to_string());
+        CommitTracker::with_commit(Box::new(commit), failed)
+    }
+
+    /// A tracker that hands each completed prefix's offsets to `commit` (the Kafka
+    /// connector stores them in its consumer; `kafka.rs`).
+    pub fn with_commit(commit: Box<CommitFn>, failed: Arc<AtomicBool>) -> Arc<CommitTracker> {
+        Arc::new(CommitTracker { commit, failed, state: Mutex::new(TrackState::default()) })
     }
 
     /// An ack for the next batch read, completing `offsets` (next offset per partition).
@@ -91,8 +95,8 @@ impl CommitTracker {
             last = Some(o);
         }
         if let Some(offsets) = last {
-            if let Err(e) = self.store.commit(&self.group, &self.topic, &offsets) {
-                st.error.get_or_insert(e.to_string());
+            if let Err(e) = (self.commit)(&offsets) {
+                st.error.get_or_insert(e);
             }
         }
     }

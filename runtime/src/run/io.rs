@@ -26,6 +26,7 @@ const DEAD_LETTERS_BUFFERED_MAX: usize = 1024;
 pub(crate) enum Output {
     Topic { topic: Arc<Topic>, key: Option<usize>, time: Option<ir::EventTime> },
     Sink(Arc<Mutex<SinkWriter>>),
+    Kafka { sink: Arc<super::kafka::KafkaSink>, time: Option<ir::EventTime> },
 }
 
 /// A file or stdout sink; several pipelines may share one.
@@ -115,6 +116,7 @@ impl Output {
                 let mut w = w.lock().map_err(|_| RunError::Setup("a sink writer panicked".into()))?;
                 w.write(batch).map_err(io_err("writing a sink"))
             }
+            Output::Kafka { sink, time } => sink.write(batch, time),
         }
     }
 }

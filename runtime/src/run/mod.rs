@@ -23,9 +23,10 @@
 
 mod exchange;
 mod io;
+mod kafka;
 mod source;
 
-use crate::log::{Access, LogDir, Topic, TopicConfig};
+use crate::log::{LogDir, Topic, TopicConfig};
 use exchange::{select_rows, CommitTracker, InBatch, KeyHasher, Msg, Router};
 use flow_compiler::exec::stage::{self, Stage, StageSpec};
 use flow_compiler::exec::{interp, EvalError};
@@ -71,6 +72,9 @@ pub struct RunOptions {
     pub worker_threads: usize,
     /// Ctrl-C sets `stop` (a second one exits at once, with status 130).
     pub handle_ctrl_c: bool,
+    /// Topic inputs wait for more records until `stop`, even once no pipeline of the
+    /// run writes them (`flowc serve --pipelines`, where Kafka clients write them).
+    pub follow_topics: bool,
     /// Threads decoding a JSON-lines file's chunks (handed on in file order).
     pub decode_threads: usize,
     /// Where topic inputs start reading.
@@ -124,6 +128,7 @@ impl RunOptions {
             handle_ctrl_c: false,
             decode_threads: std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8),
             start_from: StartFrom::Committed,
+            follow_topics: false,
         }
     }
 }
@@ -229,12 +234,11 @@ struct Shared {
     log: LogDir,
     topics: HashMap<String, Arc<Topic>>,
     sinks: HashMap<String, Arc<Mutex<SinkWriter>>>,
+    kafka_sinks: HashMap<String, Arc<kafka::KafkaSink>>,
     /// Per topic: how many pipelines of this run still write it.
     writers_left: HashMap<String, Arc<AtomicU64>>,
     /// Commit trackers of topic inputs (their errors are reported at the end).
     trackers: Mutex<Vec<Arc<CommitTracker>>>,
-    /// Default dead-letter topics opened so far.
-    dlq_topics: Mutex<HashMap<String, Arc<Topic>>>,
 }
 
 impl Shared {
@@ -256,6 +260,9 @@ impl Shared {
                     key: decl.and_then(|d| d.key),
                     time,
                 }
+            }
+            ir::Target::Sink(s) if self.kafka_sinks.contains_key(s) => {
+                Output::Kafka { sink: self.kafka_sinks[s].clone(), time }
             }
             ir::Target::Sink(s) => Output::Sink(
                 self.sinks.get(s).cloned().ok_or_else(|| RunError::Setup(format!("sink `{s}` is not open")))?,
@@ -295,7 +302,6 @@ fn open_sink(conn: &Connector, base: &Path) -> Result<SinkWriter, RunError> {
             let f = std::fs::File::create(&p).map_err(io_err(format!("creating {}", p.display())))?;
             SinkWriter { out: Box::new(std::io::BufWriter::new(f)), format: *format, wrote_header: false }
         }
-        Connector::Kafka { .. } => return Err(RunError::Setup("`kafka` sinks come with the Kafka connector".into())),
         other => return Err(RunError::Setup(format!("{other:?} is not a sink"))),
     })
 }
@@ -337,7 +343,7 @@ pub fn run(program: &ir::Program, opts: &RunOptions) -> Result<Summary, RunError
         if !needed.contains(&t.name) {
             continue;
         }
-        match log.open_topic(&t.name, Access::ReadWrite) {
+        match log.open_topic_shared(&t.name) {
             Ok(topic) => {
                 if topic.partitions().len() as u32 != t.partitions {
                     return Err(RunError::Setup(format!(
@@ -349,20 +355,22 @@ pub fn run(program: &ir::Program, opts: &RunOptions) -> Result<Summary, RunError
                         topic.partitions().len()
                     )));
                 }
-                topics.insert(t.name.clone(), Arc::new(topic));
+                topics.insert(t.name.clone(), topic);
             }
             Err(crate::log::LogError::UnknownTopic(_)) => {
                 log.create_topic(&t.name, &topic_config(t))?;
-                topics.insert(t.name.clone(), Arc::new(log.open_topic(&t.name, Access::ReadWrite)?));
+                topics.insert(t.name.clone(), log.open_topic_shared(&t.name)?);
             }
             Err(e) => return Err(e.into()),
         }
     }
-    let mut sinks = HashMap::new();
+    let (mut sinks, mut kafka_sinks) = (HashMap::new(), HashMap::new());
     for s in &program.sinks {
         let used = runnable.iter().any(|p| p.outputs.iter().any(|o| o.target == ir::Target::Sink(s.name.clone())))
             || program.sources.iter().any(|src| src.dead_letter == Some(ir::Target::Sink(s.name.clone())));
-        if used {
+        if used && matches!(s.connector, Connector::Kafka { .. }) {
+            kafka_sinks.insert(s.name.clone(), Arc::new(kafka::KafkaSink::open(s)?));
+        } else if used {
             sinks.insert(s.name.clone(), Arc::new(Mutex::new(open_sink(&s.connector, &opts.base_dir)?)));
         }
     }
@@ -377,14 +385,7 @@ pub fn run(program: &ir::Program, opts: &RunOptions) -> Result<Summary, RunError
             }
         }
     }
-    let shared = Arc::new(Shared {
-        log,
-        topics,
-        sinks,
-        writers_left,
-        trackers: Mutex::new(Vec::new()),
-        dlq_topics: Mutex::new(HashMap::new()),
-    });
+    let shared = Arc::new(Shared { log, topics, sinks, kafka_sinks, writers_left, trackers: Mutex::new(Vec::new()) });
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(opts.worker_threads.max(1))
@@ -787,8 +788,8 @@ fn input_event_time(program: &ir::Program, input: &ir::Input) -> Option<ir::Even
 }
 
 /// The dead-letter output of a pipeline's input: a source's declared one, or the
-/// default topic `<source>.dlq` / `<topic>.dlq` (opened once per run, however many
-/// pipelines read the input).
+/// default topic `<source>.dlq` / `<topic>.dlq` (one shared handle in the process,
+/// however many pipelines read the input).
 fn dead_letters(
     program: &ir::Program,
     input: &ir::Input,
@@ -805,22 +806,17 @@ fn dead_letters(
         Some(t) => shared.output(t, program, None)?,
         None => {
             let t = format!("{name}.dlq");
-            let mut open = shared.dlq_topics.lock().unwrap_or_else(|e| e.into_inner());
-            let topic = match (shared.topics.get(&t), open.get(&t)) {
-                (Some(topic), _) | (None, Some(topic)) => topic.clone(),
-                (None, None) => {
-                    let topic = match shared.log.open_topic(&t, Access::ReadWrite) {
-                        Ok(topic) => topic,
-                        Err(crate::log::LogError::UnknownTopic(_)) => {
-                            shared.log.create_topic(&t, &TopicConfig::default())?;
-                            shared.log.open_topic(&t, Access::ReadWrite)?
-                        }
+            let topic = match shared.log.open_topic_shared(&t) {
+                Ok(topic) => topic,
+                Err(crate::log::LogError::UnknownTopic(_)) => {
+                    // Another pipeline of this run may be creating it at the same moment.
+                    match shared.log.create_topic(&t, &TopicConfig::default()) {
+                        Ok(()) | Err(crate::log::LogError::TopicExists(_)) => {}
                         Err(e) => return Err(e.into()),
-                    };
-                    let topic = Arc::new(topic);
-                    open.insert(t, topic.clone());
-                    topic
+                    }
+                    shared.log.open_topic_shared(&t)?
                 }
+                Err(e) => return Err(e.into()),
             };
             Output::Topic { topic, key: None, time: None }
         }

@@ -135,8 +135,9 @@ fn read(
                     })
                     .map_err(RunError::Setup)?;
                 }
-                Connector::Kafka { .. } => {
-                    return Err(RunError::Setup("`kafka` sources come with the Kafka connector".into()))
+                Connector::Kafka { brokers, topic, group: named, format } => {
+                    let feed = super::kafka::SourceFeed { send_acked, bad, stopping, failed };
+                    super::kafka::read(brokers, topic, named.as_deref().unwrap_or(group), *format, &layout, &feed)?;
                 }
                 Connector::Stdout { .. } => return Err(RunError::Setup("stdout is not a source".into())),
             }
@@ -198,7 +199,7 @@ fn read(
                 if !progressed {
                     // `writers_done` was read before this pass: a pass that found nothing
                     // after every writer had ended has read all they wrote.
-                    if writers_done {
+                    if writers_done && !opts.follow_topics {
                         break;
                     }
                     if stopping() {

@@ -1,0 +1,408 @@
+//! The `kafka(...)` connector: sources that consume from a Kafka cluster in a consumer
+//! group, and sinks that produce to one (rdkafka over the system's librdkafka).
+//!
+//! A source subscribes to its topic with its group (`group:`, else `flow.<pipeline>`;
+//! a group with no committed offset starts at the earliest record), decodes each
+//! record's value with the `format` decoders into batches of up to [`BATCH_ROWS_MAX`]
+//! rows (a batch also goes out once nothing new arrived for [`BATCH_WAIT`]), and sends
+//! a record that does not decode to the dead-letter output with its position
+//! (`topic t partition p offset o`). Offsets are at-least-once: each batch carries an
+//! [`Ack`](super::exchange::Ack) of a [`CommitTracker`] and, once every batch up to
+//! it has been written by the pipeline's outputs, its next offsets are stored in the
+//! consumer; librdkafka commits stored offsets every second, on a rebalance and when
+//! the consumer closes (after the last batch's ack is dropped). Committing with
+//! checkpoints, exactly once, comes with the checkpoints issue.
+//!
+//! A Kafka source is unbounded: it ends when the run is stopped (Ctrl-C), or — for
+//! tests and batch jobs — once the environment variable [`IDLE_ENV`] (milliseconds) is
+//! set and that long passed with partitions assigned and no new record (with it set, a
+//! source that gets no partition within 30 s fails instead of waiting forever).
+//!
+//! A sink produces each batch's rows as one record each (JSON, or a CSV line with
+//! `format: csv`), without a key, timestamped with the rows' event time when they have
+//! one, with `acks=all` and idempotence on; a batch's write returns once every record
+//! of it is acknowledged, so the source offsets it completes are stored only then.
+
+use super::exchange::{Ack, CommitTracker};
+use super::{RunError, BATCH_ROWS_MAX};
+use crate::format::{self, CsvColumns, DecodeError};
+use flow_compiler::ir::{self, Format};
+use flow_types::row::{Batch, BatchBuilder, Layout, RowRef};
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Milliseconds without a new record after which a Kafka source ends (unset: never).
+pub const IDLE_ENV: &str = "FLOW_KAFKA_IDLE_MS";
+/// A partial batch goes out after this long without a new record.
+const BATCH_WAIT: Duration = Duration::from_millis(100);
+/// With an idle timeout, how long a source may wait for its first partitions.
+const ASSIGN_WAIT_MAX: Duration = Duration::from_secs(30);
+/// How long a sink waits for a batch's acknowledgements before failing the run.
+const SINK_FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// librdkafka's logs and errors, through `tracing`; the latest error is kept for reports.
+#[derive(Default)]
+struct Ctx {
+    what: String,
+    last_error: Mutex<Option<String>>,
+    delivery_error: Mutex<Option<String>>,
+}
+
+impl ClientContext for Ctx {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+                tracing::error!("{}: librdkafka {fac}: {message}", self.what)
+            }
+            RDKafkaLogLevel::Warning => tracing::warn!("{}: librdkafka {fac}: {message}", self.what),
+            _ => tracing::debug!("{}: librdkafka {fac}: {message}", self.what),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!("{}: {error}: {reason}", self.what);
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("{error}: {reason}"));
+    }
+}
+
+impl ConsumerContext for Ctx {}
+
+impl ProducerContext for Ctx {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            self.delivery_error.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(|| e.to_string());
+        }
+    }
+}
+
+/// The idle timeout of Kafka sources, from [`IDLE_ENV`].
+fn idle_timeout() -> Result<Option<Duration>, RunError> {
+    match std::env::var(IDLE_ENV) {
+        Err(_) => Ok(None),
+        Ok(v) => v
+            .trim()
+            .parse::<u64>()
+            .map(|ms| Some(Duration::from_millis(ms)))
+            .map_err(|_| RunError::Setup(format!("{IDLE_ENV}={v:?}: expected a number of milliseconds"))),
+    }
+}
+
+/// The decoder of one record value.
+enum Decoder {
+    Json,
+    Csv(CsvColumns),
+}
+
+impl Decoder {
+    fn decode(&self, raw: &str, b: &mut BatchBuilder) -> Result<(), DecodeError> {
+        match self {
+            Decoder::Json => format::decode_json_row(raw, b),
+            Decoder::Csv(cols) => {
+                let mut rdr = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(raw.as_bytes());
+                let mut rec = csv::StringRecord::new();
+                match rdr.read_record(&mut rec) {
+                    Ok(true) => format::decode_csv_row(&rec, cols, b),
+                    Ok(false) => Err(DecodeError("an empty record".into())),
+                    Err(e) => Err(DecodeError(e.to_string())),
+                }
+            }
+        }
+    }
+}
+
+/// What a batch being built covers: first and last offset per partition.
+#[derive(Default)]
+struct Span(BTreeMap<i32, (i64, i64)>);
+
+impl Span {
+    fn add(&mut self, partition: i32, offset: i64) {
+        let e = self.0.entry(partition).or_insert((offset, offset));
+        e.1 = offset;
+    }
+
+    fn origin(&self, topic: &str) -> String {
+        let parts: Vec<String> = self.0.iter().map(|(p, (a, b))| format!("partition {p} offsets {a}-{b}")).collect();
+        format!("kafka topic {topic} {}", parts.join(", "))
+    }
+}
+
+/// The decoded batch, the source callbacks and the offsets to complete.
+pub(super) struct SourceFeed<'a> {
+    pub send_acked: &'a dyn Fn(Batch, String, Option<Arc<Ack>>) -> bool,
+    pub bad: &'a dyn Fn(String, &str, DecodeError) -> Result<(), RunError>,
+    pub stopping: &'a dyn Fn() -> bool,
+    pub failed: &'a Arc<AtomicBool>,
+}
+
+/// Consumes `topic` in `group` until the run stops (or the idle timeout), sending batches.
+pub(super) fn read(
+    brokers: &str,
+    topic: &str,
+    group: &str,
+    fmt: Format,
+    layout: &Arc<Layout>,
+    feed: &SourceFeed,
+) -> Result<(), RunError> {
+    let idle = idle_timeout()?;
+    let ctx = Ctx { what: format!("kafka source (topic {topic}, group {group})"), ..Ctx::default() };
+    let consumer: BaseConsumer<Ctx> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("client.id", "flowc")
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .create_with_context(ctx)
+        .map_err(|e| RunError::Setup(format!("kafka source (topic {topic}): {e}")))?;
+    consumer.subscribe(&[topic]).map_err(|e| RunError::Setup(format!("kafka source (topic {topic}): {e}")))?;
+    let consumer = Arc::new(consumer);
+
+    // Completed offsets are stored in the consumer (committed by librdkafka), one
+    // partition at a time: one revoked by a rebalance is refused and left to its next
+    // owner, which reads it again from the last commit (at-least-once).
+    let tracker = {
+        let (consumer, topic) = (consumer.clone(), topic.to_string());
+        let commit = move |offsets: &BTreeMap<u32, u64>| -> Result<(), String> {
+            for (&p, &next) in offsets {
+                let mut tpl = TopicPartitionList::new();
+                let stored = tpl
+                    .add_partition_offset(&topic, p as i32, Offset::Offset(next as i64))
+                    .and_then(|()| consumer.store_offsets(&tpl));
+                if let Err(e) = stored {
+                    tracing::debug!("kafka source (topic {topic}): offset {next} of partition {p} not stored: {e}");
+                }
+            }
+            Ok(())
+        };
+        CommitTracker::with_commit(Box::new(commit), feed.failed.clone())
+    };
+
+    let decoder = match fmt {
+        Format::Csv => Decoder::Csv(CsvColumns::by_position(&layout.record)),
+        _ => Decoder::Json,
+    };
+    let mut next: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut b = BatchBuilder::new(layout.clone());
+    let mut span = Span::default();
+    let mut last_record = Instant::now();
+    let mut assigned_since: Option<Instant> = None;
+    let started = Instant::now();
+    let send = |b: &mut BatchBuilder, span: &mut Span, next: &BTreeMap<u32, u64>| -> bool {
+        let full = std::mem::replace(b, BatchBuilder::new(layout.clone()));
+        let origin = std::mem::take(span).origin(topic);
+        (feed.send_acked)(full.finish(), origin, Some(tracker.ack(next.clone())))
+    };
+    loop {
+        if (feed.stopping)() {
+            return Ok(());
+        }
+        match consumer.poll(BATCH_WAIT) {
+            Some(Ok(m)) => {
+                last_record = Instant::now();
+                let (p, o) = (m.partition(), m.offset());
+                let position = format!("topic {topic} partition {p} offset {o}");
+                match m.payload().map(std::str::from_utf8) {
+                    None => (feed.bad)(position, "", DecodeError("the record has no value".into()))?,
+                    Some(Err(_)) => (feed.bad)(position, "", DecodeError("not valid UTF-8".into()))?,
+                    Some(Ok(raw)) => {
+                        if let Err(e) = decoder.decode(raw.trim_end_matches(['\n', '\r']), &mut b) {
+                            (feed.bad)(position, raw, e)?;
+                        }
+                    }
+                }
+                span.add(p, o);
+                next.insert(p.max(0) as u32, (o + 1).max(0) as u64);
+                if b.len() >= BATCH_ROWS_MAX && !send(&mut b, &mut span, &next) {
+                    return Ok(());
+                }
+            }
+            Some(Err(e)) => {
+                // librdkafka retries by itself (brokers down, leader moves); say so and go on.
+                tracing::warn!("kafka source (topic {topic}): {e}");
+            }
+            None => {
+                // A batch of only dead letters still completes its offsets.
+                if !span.0.is_empty() && !send(&mut b, &mut span, &next) {
+                    return Ok(());
+                }
+                let Some(idle) = idle else { continue };
+                if assigned_since.is_none() && consumer.assignment().is_ok_and(|a| a.count() > 0) {
+                    assigned_since = Some(Instant::now());
+                }
+                match assigned_since {
+                    Some(since) if since.max(last_record).elapsed() >= idle => return Ok(()),
+                    Some(_) => {}
+                    // Never assigned: the cluster is unreachable or the topic missing.
+                    None if started.elapsed() >= idle.max(ASSIGN_WAIT_MAX) => {
+                        let why = consumer.context().last_error.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                        return Err(RunError::Setup(format!(
+                            "kafka source (topic {topic}, group {group}): no partition assigned after {}s{}",
+                            started.elapsed().as_secs(),
+                            why.map_or(String::new(), |w| format!(" (last error: {w})"))
+                        )));
+                    }
+                    None => {}
+                }
+            }
+        }
+    }
+}
+
+/// A `kafka(...)` sink: an idempotent producer with `acks=all`.
+pub(crate) struct KafkaSink {
+    name: String,
+    topic: String,
+    format: Format,
+    producer: BaseProducer<Ctx>,
+}
+
+impl KafkaSink {
+    pub fn open(sink: &ir::Sink) -> Result<KafkaSink, RunError> {
+        let ir::Connector::Kafka { brokers, topic, format, .. } = &sink.connector else {
+            return Err(RunError::Setup(format!("sink `{}` is not a kafka sink", sink.name)));
+        };
+        let ctx = Ctx { what: format!("kafka sink `{}` (topic {topic})", sink.name), ..Ctx::default() };
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("client.id", "flowc")
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", "30000")
+            .create_with_context(ctx)
+            .map_err(|e| RunError::Setup(format!("kafka sink `{}`: {e}", sink.name)))?;
+        Ok(KafkaSink { name: sink.name.clone(), topic: topic.clone(), format: *format, producer })
+    }
+
+    fn encode(&self, row: &RowRef, out: &mut String) -> Result<(), RunError> {
+        match self.format {
+            Format::Json => format::encode_json_row(row, out),
+            Format::Text => out.push_str(&format::csv_cell(row, 0)),
+            Format::Csv => {
+                let mut w = csv::WriterBuilder::new().terminator(csv::Terminator::Any(b'\n')).from_writer(Vec::new());
+                let cells: Vec<String> = (0..row.batch.layout.len()).map(|f| format::csv_cell(row, f)).collect();
+                w.write_record(&cells).map_err(|e| RunError::Setup(format!("kafka sink `{}`: {e}", self.name)))?;
+                let bytes = w.into_inner().map_err(|e| RunError::Setup(format!("kafka sink `{}`: {e}", self.name)))?;
+                out.push_str(String::from_utf8_lossy(&bytes).trim_end_matches('\n'));
+            }
+        }
+        Ok(())
+    }
+
+    /// Produces the batch's rows and waits until every one is acknowledged.
+    pub fn write(&self, batch: &Batch, time: &Option<ir::EventTime>) -> Result<(), RunError> {
+        let now = super::io::wall_clock_ms();
+        let mut text = String::new();
+        for i in 0..batch.len {
+            let row = batch.row(i);
+            text.clear();
+            self.encode(&row, &mut text)?;
+            let ts = match time {
+                Some(et) if !row.is_null(et.field) => row.i64(et.field).saturating_add(et.offset_ms),
+                _ => now,
+            };
+            let mut record: BaseRecord<'_, (), str> = BaseRecord::to(&self.topic).payload(text.as_str()).timestamp(ts);
+            loop {
+                match self.producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        record = back;
+                        self.producer.poll(Duration::from_millis(10));
+                    }
+                    Err((e, _)) => return Err(self.failed(e.to_string())),
+                }
+            }
+        }
+        self.producer.flush(SINK_FLUSH_TIMEOUT).map_err(|e| {
+            let why = self.producer.context().last_error.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            self.failed(match why {
+                Some(why) => format!("{e} ({why})"),
+                None => e.to_string(),
+            })
+        })?;
+        if let Some(e) = self.producer.context().delivery_error.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            return Err(self.failed(e));
+        }
+        Ok(())
+    }
+
+    fn failed(&self, why: String) -> RunError {
+        RunError::Setup(format!("kafka sink `{}` (topic {}): {why}", self.name, self.topic))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flow_types::{Field, Kind, RecordType, Type};
+
+    fn layout() -> Arc<Layout> {
+        let rec = RecordType {
+            name: None,
+            fields: vec![
+                Field { name: "id".into(), ty: Type::new(Kind::Int) },
+                Field { name: "name".into(), ty: Type::new(Kind::String) },
+            ],
+        };
+        Arc::new(Layout::new(Arc::new(rec)))
+    }
+
+    #[test]
+    fn record_values_decode_as_json_or_csv_and_bad_ones_say_why() {
+        let l = layout();
+        let mut b = BatchBuilder::new(l.clone());
+        Decoder::Json.decode(r#"{"id": 7, "name": "a"}"#, &mut b).unwrap();
+        let csv = Decoder::Csv(CsvColumns::by_position(&l.record));
+        csv.decode("8,\"b, c\"", &mut b).unwrap();
+        assert!(csv.decode("", &mut b).is_err());
+        assert!(csv.decode("x,y", &mut b).is_err());
+        assert!(Decoder::Json.decode("[1]", &mut b).is_err());
+        let batch = b.finish();
+        assert_eq!(batch.len, 2);
+        assert_eq!((batch.row(0).i64(0), batch.row(0).str(1)), (7, "a"));
+        assert_eq!((batch.row(1).i64(0), batch.row(1).str(1)), (8, "b, c"));
+    }
+
+    #[test]
+    fn a_batch_origin_names_each_partition_offset_range() {
+        let mut s = Span::default();
+        s.add(1, 10);
+        s.add(0, 3);
+        s.add(1, 12);
+        assert_eq!(s.origin("t"), "kafka topic t partition 0 offsets 3-3, partition 1 offsets 10-12");
+    }
+
+    #[test]
+    fn sinks_encode_rows_as_json_or_one_csv_line() {
+        let l = layout();
+        let mut b = BatchBuilder::new(l.clone());
+        b.push_values(&[flow_types::Value::Int(1), flow_types::Value::String("x, \"y\"".into())]).unwrap();
+        let batch = b.finish();
+        let sink = |format| {
+            let program = flow_compiler::compile_str(
+                "t.flow",
+                &format!(
+                    "schema R {{ id: int, name: string }}\nsink k: R = kafka(\"127.0.0.1:1\", topic: \"t\", format: {format})"
+                ),
+            )
+            .program
+            .expect("program");
+            KafkaSink::open(&program.sinks[0]).expect("a producer is created without connecting")
+        };
+        let (mut json, mut csv) = (String::new(), String::new());
+        sink("json").encode(&batch.row(0), &mut json).unwrap();
+        sink("csv").encode(&batch.row(0), &mut csv).unwrap();
+        assert_eq!(json, r#"{"id":1,"name":"x, \"y\""}"#);
+        assert_eq!(csv, r#"1,"x, ""y""""#);
+    }
+}
