@@ -470,7 +470,6 @@ pub(crate) struct StageCounters {
 /// What the last stage's instances share: the pipeline's outputs.
 struct Writes {
     outputs: Vec<(Option<ir::Expr>, Output)>,
-    program: Arc<ir::Program>,
     written: AtomicU64,
 }
 
@@ -546,7 +545,7 @@ async fn run_pipeline(
         .iter()
         .map(|o| Ok((o.when.clone(), shared.output(&o.target, &program, out_time.clone())?)))
         .collect::<Result<_, RunError>>()?;
-    let writes = Arc::new(Writes { outputs, program: program.clone(), written: AtomicU64::new(0) });
+    let writes = Arc::new(Writes { outputs, written: AtomicU64::new(0) });
 
     // Channels into every instance of stages 1..; senders cloned into each upstream router.
     let mut inboxes: Vec<Vec<mpsc::Receiver<Msg>>> = vec![Vec::new()];
@@ -722,8 +721,11 @@ impl Instance {
                     }
                 }
             }
-            // The input batch (and its ack) is released only now, after its results moved on.
-            drop(inb);
+            // The input batch (and its ack) is released only now, after its results moved
+            // on. The last ack's drop commits group offsets (file I/O): off the runtime.
+            if inb.ack.is_some() {
+                tokio::task::block_in_place(|| drop(inb));
+            }
         }
         if let Down::Next(router) = down {
             if !self.failed.load(Ordering::SeqCst) {
@@ -776,7 +778,6 @@ fn write_outputs(
         opts.live.records_out.fetch_add(chosen.len as u64, Ordering::Relaxed);
         out.write(&chosen)?;
     }
-    let _ = &w.program;
     Ok(())
 }
 
