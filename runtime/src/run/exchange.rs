@@ -245,12 +245,26 @@ impl Router {
             Exchange::Hash(_) => {
                 let Some(key) = &self.key else { return vec![(0, inb)] };
                 let ctx = EvalCtx::new(key.program());
-                let targets: Vec<usize> =
-                    (0..inb.batch.len).map(|i| (key.hash(&inb.batch.row(i), &ctx) % n as u64) as usize).collect();
-                (0..n)
-                    .filter_map(|t| {
-                        let b = select_rows(&inb.batch, |i| targets[i] == t);
-                        (b.len > 0).then(|| (t, InBatch { batch: b, origin: inb.origin.clone(), ack: inb.ack.clone() }))
+                // One pass: each row's bytes are copied once, into its instance's part;
+                // strings stay in the shared arena.
+                let batch = &inb.batch;
+                let w = batch.layout.width as usize;
+                let arena = batch.arena_bytes();
+                let mut parts: Vec<(BatchBuilder, usize)> =
+                    (0..n).map(|_| (BatchBuilder::with_base(batch.layout.clone(), arena.clone()), 0)).collect();
+                for i in 0..batch.len {
+                    let t = (key.hash(&batch.row(i), &ctx) % n as u64) as usize;
+                    let (b, len) = &mut parts[t];
+                    b.raw_parts().0.extend_from_slice(&batch.rows[i * w..(i + 1) * w]);
+                    *len += 1;
+                }
+                parts
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(_, (_, len))| *len > 0)
+                    .map(|(t, (mut b, len))| {
+                        b.set_len(len);
+                        (t, InBatch { batch: b.finish(), origin: inb.origin.clone(), ack: inb.ack.clone() })
                     })
                     .collect()
             }
