@@ -201,7 +201,7 @@ source bank: Txn = file("txns.jsonl") event_time ts watermark 5s
 sink out = stdout()
 sink counts = stdout()
 pipeline copy = from bank | select { id } -> out
-pipeline per_minute = from bank | key_by account | window tumbling(1m) | aggregate { n: count() } -> counts
+pipeline per_minute = from bank | dedup by id within 1m -> counts
 "#,
     );
     let o = flowc(dir.path(), &["run", "p.flow", "--data-dir", "data"]);

@@ -669,14 +669,20 @@ fn csv_value(cell: &str, ty: &Type) -> Result<Value, DecodeError> {
 
 // ------------------------------------------------------------------ encoding
 
-/// Appends a row as one JSON object (no newline).
+/// Appends a row as one JSON object (no newline). Hidden runtime fields (named with a
+/// leading `$`, such as a record's watermark stamp) are left out.
 pub fn encode_json_row(row: &RowRef, out: &mut String) {
     let layout = &row.batch.layout;
     out.push('{');
+    let mut first = true;
     for (i, f) in layout.record.fields.iter().enumerate() {
-        if i > 0 {
+        if f.name.as_bytes().first() == Some(&b'$') {
+            continue;
+        }
+        if !first {
             out.push(',');
         }
+        first = false;
         json_string(&f.name, out);
         out.push(':');
         if row.is_null(i) {

@@ -28,6 +28,12 @@ use tokio::sync::mpsc::Sender;
 /// What flows from one stage instance to the next.
 pub(crate) enum Msg {
     Data(InBatch),
+    /// The sending instance's event time has reached `wm`: nothing it sends later is
+    /// stamped below it (`stamp.rs`).
+    Watermark {
+        from: usize,
+        wm: i64,
+    },
     /// The sending instance has no more records.
     End,
 }
@@ -39,7 +45,19 @@ pub(crate) struct InBatch {
     pub origin: Arc<str>,
     /// For topic inputs: the offsets this batch completes once written.
     pub ack: Option<Arc<Ack>>,
+    /// The upstream instance that sent it (set by the [`Router`]).
+    pub from: usize,
 }
+
+impl InBatch {
+    pub fn new(batch: Batch, origin: Arc<str>, ack: Option<Arc<Ack>>) -> InBatch {
+        InBatch { batch, origin, ack, from: 0 }
+    }
+}
+
+/// Hands a read batch on: the batch, its origin, its ack, and the partition of its rows
+/// (none: partition 0; one: all rows; else one per row).
+pub(crate) type SendAcked<'a> = dyn Fn(Batch, String, Option<Arc<Ack>>, &[u32]) -> bool + 'a;
 
 /// Commits a partition -> next-offset map.
 pub(crate) type CommitFn = dyn Fn(&BTreeMap<u32, u64>) -> Result<(), String> + Send + Sync;
@@ -78,7 +96,7 @@ impl CommitTracker {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let seq = st.issued;
         st.issued += 1;
-        Arc::new(Ack { seq, offsets, tracker: self.clone() })
+        Arc::new(Ack { seq, offsets, tracker: self.clone(), abandoned: AtomicBool::new(false) })
     }
 
     fn complete(&self, seq: u64, offsets: BTreeMap<u32, u64>) {
@@ -112,11 +130,22 @@ pub(crate) struct Ack {
     seq: u64,
     offsets: BTreeMap<u32, u64>,
     tracker: Arc<CommitTracker>,
+    /// Its records were not fully processed (a stopped run's open windows): it never
+    /// completes, so neither its offsets nor any later ones are committed.
+    abandoned: AtomicBool,
+}
+
+impl Ack {
+    pub fn abandon(&self) {
+        self.abandoned.store(true, Ordering::SeqCst);
+    }
 }
 
 impl Drop for Ack {
     fn drop(&mut self) {
-        self.tracker.complete(self.seq, std::mem::take(&mut self.offsets));
+        if !self.abandoned.load(Ordering::SeqCst) {
+            self.tracker.complete(self.seq, std::mem::take(&mut self.offsets));
+        }
     }
 }
 
@@ -232,8 +261,9 @@ impl Router {
     }
 
     /// Which instance gets which part of `inb`.
-    fn split(&mut self, inb: InBatch) -> Vec<(usize, InBatch)> {
+    fn split(&mut self, mut inb: InBatch) -> Vec<(usize, InBatch)> {
         let n = self.to.len();
+        inb.from = self.me;
         match &self.exchange {
             _ if n == 1 => vec![(0, inb)],
             Exchange::Forward => vec![(self.me % n, inb)],
@@ -264,7 +294,15 @@ impl Router {
                     .filter(|(_, (_, len))| *len > 0)
                     .map(|(t, (mut b, len))| {
                         b.set_len(len);
-                        (t, InBatch { batch: b.finish(), origin: inb.origin.clone(), ack: inb.ack.clone() })
+                        (
+                            t,
+                            InBatch {
+                                batch: b.finish(),
+                                origin: inb.origin.clone(),
+                                ack: inb.ack.clone(),
+                                from: inb.from,
+                            },
+                        )
                     })
                     .collect()
             }
@@ -285,6 +323,26 @@ impl Router {
     pub fn blocking_send(&mut self, inb: InBatch) -> bool {
         for (t, part) in self.split(inb) {
             if self.to[t].blocking_send(Msg::Data(part)).is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Tells every downstream instance this instance's watermark.
+    pub async fn watermark(&mut self, wm: i64) -> bool {
+        for t in &self.to {
+            if t.send(Msg::Watermark { from: self.me, wm }).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// [`Router::watermark`] from a blocking thread.
+    pub fn blocking_watermark(&mut self, wm: i64) -> bool {
+        for t in &self.to {
+            if t.blocking_send(Msg::Watermark { from: self.me, wm }).is_err() {
                 return false;
             }
         }
@@ -363,7 +421,7 @@ mod tests {
         let rows: Vec<(String, i64)> = (0..300).map(|i| (format!("key{}", i % 17), i)).collect();
         let refs: Vec<(&str, i64)> = rows.iter().map(|(k, v)| (k.as_str(), *v)).collect();
         for chunk in refs.chunks(50) {
-            assert!(r.send(InBatch { batch: batch(chunk), origin: "t".into(), ack: None }).await);
+            assert!(r.send(InBatch::new(batch(chunk), "t".into(), None)).await);
         }
         r.end().await;
         let mut owner: std::collections::HashMap<String, usize> = Default::default();
@@ -384,6 +442,7 @@ mod tests {
                         ended = true;
                         break;
                     }
+                    Msg::Watermark { .. } => {}
                 }
             }
             assert!(ended);

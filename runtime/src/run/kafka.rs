@@ -23,7 +23,7 @@
 //! one, with `acks=all` and idempotence on; a batch's write returns once every record
 //! of it is acknowledged, so the source offsets it completes are stored only then.
 
-use super::exchange::{Ack, CommitTracker};
+use super::exchange::CommitTracker;
 use super::{RunError, BATCH_ROWS_MAX};
 use crate::format::{self, CsvColumns, DecodeError};
 use flow_compiler::ir::{self, Format};
@@ -137,10 +137,12 @@ impl Span {
 
 /// The decoded batch, the source callbacks and the offsets to complete.
 pub(super) struct SourceFeed<'a> {
-    pub send_acked: &'a dyn Fn(Batch, String, Option<Arc<Ack>>) -> bool,
+    pub send_acked: &'a super::exchange::SendAcked<'a>,
     pub bad: &'a dyn Fn(String, &str, DecodeError) -> Result<(), RunError>,
     pub stopping: &'a dyn Fn() -> bool,
     pub failed: &'a Arc<AtomicBool>,
+    /// Called while no records come: idle partitions may move the watermark.
+    pub tick: &'a dyn Fn() -> bool,
 }
 
 /// Consumes `topic` in `group` until the run stops (or the idle timeout), sending batches.
@@ -197,10 +199,14 @@ pub(super) fn read(
     let mut last_record = Instant::now();
     let mut assigned_since: Option<Instant> = None;
     let started = Instant::now();
-    let send = |b: &mut BatchBuilder, span: &mut Span, next: &BTreeMap<u32, u64>| -> bool {
+    // The partition of each row, for per-partition watermarks.
+    let mut parts: Vec<u32> = Vec::new();
+    let send = |b: &mut BatchBuilder, span: &mut Span, next: &BTreeMap<u32, u64>, parts: &mut Vec<u32>| -> bool {
         let full = std::mem::replace(b, BatchBuilder::new(layout.clone()));
         let origin = std::mem::take(span).origin(topic);
-        (feed.send_acked)(full.finish(), origin, Some(tracker.ack(next.clone())))
+        let ok = (feed.send_acked)(full.finish(), origin, Some(tracker.ack(next.clone())), parts);
+        parts.clear();
+        ok
     };
     loop {
         if (feed.stopping)() {
@@ -214,15 +220,14 @@ pub(super) fn read(
                 match m.payload().map(std::str::from_utf8) {
                     None => (feed.bad)(position, "", DecodeError("the record has no value".into()))?,
                     Some(Err(_)) => (feed.bad)(position, "", DecodeError("not valid UTF-8".into()))?,
-                    Some(Ok(raw)) => {
-                        if let Err(e) = decoder.decode(raw.trim_end_matches(['\n', '\r']), &mut b) {
-                            (feed.bad)(position, raw, e)?;
-                        }
-                    }
+                    Some(Ok(raw)) => match decoder.decode(raw.trim_end_matches(['\n', '\r']), &mut b) {
+                        Ok(()) => parts.push(p.max(0) as u32),
+                        Err(e) => (feed.bad)(position, raw, e)?,
+                    },
                 }
                 span.add(p, o);
                 next.insert(p.max(0) as u32, (o + 1).max(0) as u64);
-                if b.len() >= BATCH_ROWS_MAX && !send(&mut b, &mut span, &next) {
+                if b.len() >= BATCH_ROWS_MAX && !send(&mut b, &mut span, &next, &mut parts) {
                     return Ok(());
                 }
             }
@@ -232,7 +237,10 @@ pub(super) fn read(
             }
             None => {
                 // A batch of only dead letters still completes its offsets.
-                if !span.0.is_empty() && !send(&mut b, &mut span, &next) {
+                if !span.0.is_empty() && !send(&mut b, &mut span, &next, &mut parts) {
+                    return Ok(());
+                }
+                if !(feed.tick)() {
                     return Ok(());
                 }
                 let Some(idle) = idle else { continue };

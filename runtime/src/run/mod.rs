@@ -21,10 +21,14 @@
 //! patterns, lookups, unions, unnest) are reported before anything starts; the other
 //! pipelines run.
 
+mod agg;
 mod exchange;
+mod head;
 mod io;
 mod kafka;
 mod source;
+pub mod stamp;
+mod window;
 
 use crate::log::{LogDir, Topic, TopicConfig};
 use exchange::{select_rows, CommitTracker, InBatch, KeyHasher, Msg, Router};
@@ -162,6 +166,12 @@ pub struct PipelineStats {
     pub records_in: u64,
     pub records_out: u64,
     pub dead_lettered: u64,
+    /// Records every window refused (routed to the late output, or only counted).
+    pub late: u64,
+    /// Records of them written to a late output.
+    pub late_routed: u64,
+    /// Windows still open when a stopped run ended (not emitted).
+    pub open_windows: u64,
     pub stages: Vec<StageStats>,
 }
 
@@ -210,7 +220,7 @@ pub fn unsupported(p: &ir::Pipeline) -> Option<Unsupported> {
     for op in &p.ops {
         let what = match &op.kind {
             ir::OpKind::Filter(_) | ir::OpKind::Project(_) | ir::OpKind::KeyBy(_) => continue,
-            ir::OpKind::WindowAggregate { .. } => "`window ... | aggregate`",
+            ir::OpKind::WindowAggregate { .. } => continue,
             ir::OpKind::Aggregate { .. } => "`aggregate`",
             ir::OpKind::Dedup { .. } => "`dedup`",
             ir::OpKind::TopN { .. } => "`top`",
@@ -328,8 +338,8 @@ pub fn run(program: &ir::Program, opts: &RunOptions) -> Result<Summary, RunError
         if let ir::Input::Topic(t) = &p.input {
             needed.insert(t.clone());
         }
-        for o in &p.outputs {
-            if let ir::Target::Topic(t) = &o.target {
+        for t in targets(p) {
+            if let ir::Target::Topic(t) = t {
                 needed.insert(t.clone());
             }
         }
@@ -366,7 +376,7 @@ pub fn run(program: &ir::Program, opts: &RunOptions) -> Result<Summary, RunError
     }
     let (mut sinks, mut kafka_sinks) = (HashMap::new(), HashMap::new());
     for s in &program.sinks {
-        let used = runnable.iter().any(|p| p.outputs.iter().any(|o| o.target == ir::Target::Sink(s.name.clone())))
+        let used = runnable.iter().any(|p| targets(p).any(|t| *t == ir::Target::Sink(s.name.clone())))
             || program.sources.iter().any(|src| src.dead_letter == Some(ir::Target::Sink(s.name.clone())));
         if used && matches!(s.connector, Connector::Kafka { .. }) {
             kafka_sinks.insert(s.name.clone(), Arc::new(kafka::KafkaSink::open(s)?));
@@ -376,8 +386,8 @@ pub fn run(program: &ir::Program, opts: &RunOptions) -> Result<Summary, RunError
     }
     let mut writers_left: HashMap<String, Arc<AtomicU64>> = HashMap::new();
     for p in &runnable {
-        for o in &p.outputs {
-            if let ir::Target::Topic(t) = &o.target {
+        for t in targets(p) {
+            if let ir::Target::Topic(t) = t {
                 writers_left
                     .entry(t.clone())
                     .or_insert_with(|| Arc::new(AtomicU64::new(0)))
@@ -404,8 +414,9 @@ pub fn run(program: &ir::Program, opts: &RunOptions) -> Result<Summary, RunError
             }
         });
     }
-    let plan = physical::physical(program, opts.parallelism);
-    let program = Arc::new(program.clone());
+    // Pipelines with event-time operators carry each record's watermark (stamp.rs).
+    let program = Arc::new(stamp::stamp_program(program));
+    let plan = physical::physical(&program, opts.parallelism);
     let failed = Arc::new(AtomicBool::new(false));
     let results = rt.block_on(async {
         let mut handles = Vec::new();
@@ -459,6 +470,8 @@ struct StageRt {
     stats: StageCounters,
     /// The stage's fused operators, compiled once (None: nothing to run).
     fused: Option<Box<dyn Stage>>,
+    /// Its stateful head (then `fused` is None: the head's finishing stage runs them).
+    head: Option<head::HeadRt>,
 }
 
 #[derive(Default)]
@@ -520,10 +533,18 @@ async fn run_pipeline(
     // Compile every stage's fused operators once; instances share the code.
     let mut rts = Vec::new();
     for s in &pp.stages {
+        if let StageKind::Ops { head: Some(hi), fused } = &s.kind {
+            let late = match &p.ops[*hi].kind {
+                ir::OpKind::WindowAggregate { late: Some(t), .. } => {
+                    Some(shared.output(t, &program, op_input_time(&program, &p, *hi))?)
+                }
+                _ => None,
+            };
+            let head = head::HeadRt::new(&program, &p, *hi, fused, &s.input, opts.jit, late)?;
+            rts.push(Arc::new(StageRt { stats: StageCounters::default(), fused: None, head: Some(head) }));
+            continue;
+        }
         let fused = match &s.kind {
-            StageKind::Ops { head: Some(_), .. } => {
-                return Err(RunError::Setup(format!("pipeline `{name}`: stateful operators are not supported yet")))
-            }
             StageKind::Ops { fused, .. } if !fused.is_empty() => {
                 let spec = StageSpec { input: s.input.clone(), ops: fused.iter().map(|&i| p.ops[i].clone()).collect() };
                 Some(if opts.jit {
@@ -536,7 +557,7 @@ async fn run_pipeline(
             }
             _ => None,
         };
-        rts.push(Arc::new(StageRt { stats: StageCounters::default(), fused }));
+        rts.push(Arc::new(StageRt { stats: StageCounters::default(), fused, head: None }));
     }
 
     let out_time = p.ops.last().map_or_else(|| input_event_time(&program, &p.input), |o| o.event_time.clone());
@@ -622,8 +643,8 @@ async fn run_pipeline(
     }
     let read = reader.await.map_err(|e| RunError::Setup(format!("input task failed: {e}")))?;
     // This pipeline no longer writes its topics: their readers may finish.
-    for o in &p.outputs {
-        if let ir::Target::Topic(t) = &o.target {
+    for t in targets(&p) {
+        if let ir::Target::Topic(t) = t {
             if let Some(w) = shared.writers_left.get(t) {
                 w.fetch_sub(1, Ordering::SeqCst);
             }
@@ -646,11 +667,21 @@ async fn run_pipeline(
             records_out: rt.stats.records_out.load(Ordering::Relaxed),
         })
         .collect();
+    let heads = rts.iter().filter_map(|r| r.head.as_ref());
+    let (mut late, mut late_routed, mut open_windows) = (0, 0, 0);
+    for h in heads {
+        late += h.late_count.load(Ordering::Relaxed);
+        late_routed += h.late_routed.load(Ordering::Relaxed);
+        open_windows += h.open_windows.load(Ordering::Relaxed);
+    }
     Ok(PipelineStats {
         name,
         records_in,
         records_out: writes.written.load(Ordering::Relaxed),
         dead_lettered: dead.as_ref().map_or(0, |d| d.count.load(Ordering::Relaxed)),
+        late,
+        late_routed,
+        open_windows,
         stages,
     })
 }
@@ -673,8 +704,18 @@ struct Instance {
 impl Instance {
     async fn run(self, mut rx: mpsc::Receiver<Msg>, upstream: usize, mut down: Down) -> Result<(), RunError> {
         let mut ended = 0;
+        // Watermarks: per upstream instance, their minimum, and what was sent on.
+        let mut channels = vec![stamp::WM_MIN; upstream.max(1)];
+        let mut sent_wm = stamp::WM_MIN;
+        let mut window = self.rt.head.as_ref().map(|h| window::WindowOp::new(h.spec.clone(), &h.op_input, upstream));
+        // Acks of batches whose records may sit in window state: committed only once
+        // every window has fired (checkpoints will commit them sooner).
+        let mut held: Vec<Arc<exchange::Ack>> = Vec::new();
         while let Some(msg) = rx.recv().await {
-            let inb = match msg {
+            if self.failed.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            let (out, inb) = match msg {
                 Msg::End => {
                     ended += 1;
                     if ended == upstream {
@@ -682,49 +723,93 @@ impl Instance {
                     }
                     continue;
                 }
-                Msg::Data(inb) => inb,
+                Msg::Watermark { from, wm } => {
+                    let out = match &mut window {
+                        Some(op) => {
+                            let r = tokio::task::block_in_place(|| {
+                                op.watermark(from, wm).map_err(RunError::Setup)?;
+                                self.finish_results(op)
+                            });
+                            self.check(r)?
+                        }
+                        None => None,
+                    };
+                    let new = match &window {
+                        Some(op) => op.wm,
+                        None => {
+                            channels[from] = channels[from].max(wm);
+                            channels.iter().copied().min().unwrap_or(wm)
+                        }
+                    };
+                    if let Some(out) = out {
+                        if !self.deliver(out, "window results".into(), None, &mut down).await? {
+                            return Ok(());
+                        }
+                    }
+                    if new > sent_wm {
+                        sent_wm = new;
+                        if let Down::Next(router) = &mut down {
+                            if !router.watermark(new).await {
+                                return Ok(());
+                            }
+                        }
+                    }
+                    continue;
+                }
+                Msg::Data(inb) => {
+                    self.rt.stats.records_in.fetch_add(inb.batch.len as u64, Ordering::Relaxed);
+                    let r = tokio::task::block_in_place(|| {
+                        let out = match &mut window {
+                            Some(op) => self.run_head(op, &inb)?,
+                            None => Some(match &self.rt.fused {
+                                None => inb.batch.clone(),
+                                Some(st) => run_stage(st.as_ref(), &inb, &self.dead, &self.opts)?,
+                            }),
+                        };
+                        // Dead letters of this batch are written before its ack can complete.
+                        if let Some(d) = &self.dead {
+                            d.flush()?;
+                        }
+                        Ok(out)
+                    });
+                    (self.check(r)?, inb)
+                }
             };
-            if self.failed.load(Ordering::SeqCst) {
-                return Ok(());
+            if let Some(out) = out {
+                if !self.deliver(out, inb.origin.clone(), inb.ack.clone(), &mut down).await? {
+                    return Ok(());
+                }
             }
-            self.rt.stats.records_in.fetch_add(inb.batch.len as u64, Ordering::Relaxed);
-            let result = tokio::task::block_in_place(|| -> Result<Option<Batch>, RunError> {
-                let out = match &self.rt.fused {
-                    None => inb.batch.clone(),
-                    Some(st) => run_stage(st.as_ref(), &inb, &self.dead, &self.opts)?,
-                };
-                self.rt.stats.records_out.fetch_add(out.len as u64, Ordering::Relaxed);
-                let out = match &down {
-                    Down::Write(w) => {
-                        write_outputs(w, &out, &inb, &self.dead, &self.opts, &self.program)?;
-                        None
-                    }
-                    Down::Next(_) => Some(out),
-                };
-                if let Some(d) = &self.dead {
-                    d.flush()?;
-                }
-                Ok(out)
-            });
-            let out = match result {
-                Ok(out) => out,
-                Err(e) => {
-                    self.failed.store(true, Ordering::SeqCst);
-                    return Err(e);
-                }
-            };
-            if let (Some(out), Down::Next(router)) = (out, &mut down) {
-                if out.len > 0 {
-                    let next = InBatch { batch: out, origin: inb.origin.clone(), ack: inb.ack.clone() };
-                    if !router.send(next).await {
-                        return Ok(());
-                    }
-                }
+            if window.is_some() {
+                held.extend(inb.ack.clone());
             }
             // The input batch (and its ack) is released only now, after its results moved
             // on. The last ack's drop commits group offsets (file I/O): off the runtime.
             if inb.ack.is_some() {
                 tokio::task::block_in_place(|| drop(inb));
+            }
+        }
+        if let Some(op) = &mut window {
+            let head = self.rt.head.as_ref().expect("head");
+            if self.opts.stop.load(Ordering::SeqCst) {
+                // Stopped, not ended: open windows are not emitted, and the offsets of
+                // their records are not committed (the next run reads them again).
+                let (open, _) = op.state_size();
+                head.open_windows.fetch_add(open as u64, Ordering::Relaxed);
+                for a in held.drain(..) {
+                    a.abandon();
+                }
+            } else {
+                let r = tokio::task::block_in_place(|| {
+                    op.finish().map_err(RunError::Setup)?;
+                    self.finish_results(op)
+                });
+                if let Some(out) = self.check(r)? {
+                    if !self.deliver(out, "window results".into(), None, &mut down).await? {
+                        return Ok(());
+                    }
+                }
+                tokio::task::block_in_place(|| drop(std::mem::take(&mut held)));
             }
         }
         if let Down::Next(router) = down {
@@ -733,6 +818,103 @@ impl Instance {
             }
         }
         Ok(())
+    }
+
+    fn check<T>(&self, r: Result<T, RunError>) -> Result<T, RunError> {
+        if r.is_err() {
+            self.failed.store(true, Ordering::SeqCst);
+        }
+        r
+    }
+
+    /// Counts `out` and writes it (last stage) or sends it on; false once the run stops.
+    async fn deliver(
+        &self,
+        out: Batch,
+        origin: Arc<str>,
+        ack: Option<Arc<exchange::Ack>>,
+        down: &mut Down,
+    ) -> Result<bool, RunError> {
+        self.rt.stats.records_out.fetch_add(out.len as u64, Ordering::Relaxed);
+        match down {
+            Down::Write(w) => {
+                let inb = InBatch::new(Batch::empty(out.layout.clone()), origin, ack);
+                let r = tokio::task::block_in_place(|| {
+                    write_outputs(w, &out, &inb, &self.dead, &self.opts, &self.program)?;
+                    match &self.dead {
+                        Some(d) => d.flush(),
+                        None => Ok(()),
+                    }
+                });
+                self.check(r)?;
+                Ok(true)
+            }
+            Down::Next(router) => {
+                if out.len == 0 {
+                    return Ok(true);
+                }
+                Ok(router.send(InBatch::new(out, origin, ack)).await)
+            }
+        }
+    }
+
+    /// Runs a data batch through the stage's window operator; returns the results it fired.
+    fn run_head(&self, op: &mut window::WindowOp, inb: &InBatch) -> Result<Option<Batch>, RunError> {
+        let head = self.rt.head.as_ref().expect("head");
+        // Keys and arguments that are expressions first; a failing row is dead-lettered.
+        let (batch, index) = match &head.pre {
+            None => (inb.batch.clone(), None),
+            Some(pre) => {
+                let mut out = stage::output_builder(pre.as_ref(), &inb.batch);
+                let mut index = Vec::with_capacity(inb.batch.len);
+                let mut from = 0;
+                loop {
+                    let rest = if from == 0 { inb.batch.clone() } else { inb.batch.slice_from(from) };
+                    let before = out.len();
+                    match pre.run(&rest, &mut out) {
+                        Ok(()) => {
+                            index.extend(from..from + (out.len() - before));
+                            break;
+                        }
+                        Err(e) => {
+                            let bad = from + e.row;
+                            index.extend(from..bad);
+                            expression_failed(&self.dead, &self.opts, &e, &inb.origin, &inb.batch.row(bad))?;
+                            from = bad + 1;
+                            if from >= inb.batch.len {
+                                break;
+                            }
+                        }
+                    }
+                }
+                (out.finish(), Some(index))
+            }
+        };
+        let orig = |r: usize| index.as_ref().map_or(r, |ix| ix[r]);
+        let outcome = op.process(&batch, inb.from).map_err(RunError::Setup)?;
+        for (r, why) in &outcome.failed {
+            let e = EvalError { span: head.span, message: (*why).to_string(), row: 0 };
+            expression_failed(&self.dead, &self.opts, &e, &inb.origin, &inb.batch.row(orig(*r)))?;
+        }
+        if !outcome.late.is_empty() {
+            let n = outcome.late.len() as u64;
+            head.late_count.fetch_add(n, Ordering::Relaxed);
+            if let Some(late) = &head.late {
+                let rows: Vec<usize> = outcome.late.iter().map(|&r| orig(r)).collect();
+                late.write(&head.late_rows(&inb.batch, &rows)?)?;
+                head.late_routed.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+        self.finish_results(op)
+    }
+
+    /// The window's fired results through the finishing stage (the operator's output
+    /// expressions and the fused operators after it).
+    fn finish_results(&self, op: &mut window::WindowOp) -> Result<Option<Batch>, RunError> {
+        let head = self.rt.head.as_ref().expect("head");
+        let Some(raw) = op.take_results() else { return Ok(None) };
+        let inb = InBatch::new(raw, "window results".into(), None);
+        Ok(Some(run_stage(head.finish.as_ref(), &inb, &self.dead, &self.opts)?))
     }
 }
 
@@ -779,6 +961,24 @@ fn write_outputs(
         out.write(&chosen)?;
     }
     Ok(())
+}
+
+/// Everything a pipeline writes: its outputs and its windows' late outputs.
+fn targets(p: &ir::Pipeline) -> impl Iterator<Item = &ir::Target> {
+    let late = p.ops.iter().filter_map(|o| match &o.kind {
+        ir::OpKind::WindowAggregate { late: Some(t), .. } => Some(t),
+        _ => None,
+    });
+    p.outputs.iter().map(|o| &o.target).chain(late)
+}
+
+/// The event time of operator `i`'s input.
+fn op_input_time(program: &ir::Program, p: &ir::Pipeline, i: usize) -> Option<ir::EventTime> {
+    if i == 0 {
+        input_event_time(program, &p.input)
+    } else {
+        p.ops[i - 1].event_time.clone()
+    }
 }
 
 fn input_event_time(program: &ir::Program, input: &ir::Input) -> Option<ir::EventTime> {

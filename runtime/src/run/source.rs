@@ -46,7 +46,34 @@ pub(super) fn read_input(
 ) -> Result<(), RunError> {
     let router = RefCell::new(router);
     let stopping = || failed.load(Ordering::SeqCst) || opts.stop.load(Ordering::SeqCst);
-    let send_acked = |b: Batch, origin: String, ack: Option<Arc<super::exchange::Ack>>| -> bool {
+    // A pipeline with an event-time operator gets its records stamped with watermarks:
+    // they are decoded without the hidden `$wm` field and widened here.
+    let stamped = layout.clone();
+    let (layout, stamper) = match stamper(program, input, &stamped, shared)? {
+        Some(st) => {
+            let mut rec = (*stamped.record).clone();
+            rec.fields.pop();
+            (Arc::new(Layout::new(Arc::new(rec))), Some(RefCell::new(st)))
+        }
+        None => (stamped.clone(), None),
+    };
+    let send_watermark = || -> bool {
+        let Some(st) = &stamper else { return true };
+        let wm = st.borrow_mut().to_send();
+        match wm {
+            Some(wm) => router.borrow_mut().blocking_watermark(wm),
+            None => true,
+        }
+    };
+    let tick = || -> bool {
+        if let Some(st) = &stamper {
+            if st.borrow_mut().check_idle() {
+                return send_watermark();
+            }
+        }
+        true
+    };
+    let send_acked = |b: Batch, origin: String, ack: Option<Arc<super::exchange::Ack>>, parts: &[u32]| -> bool {
         counters.records_in.fetch_add(b.len as u64, Ordering::Relaxed);
         counters.records_out.fetch_add(b.len as u64, Ordering::Relaxed);
         live.records_in.fetch_add(b.len as u64, Ordering::Relaxed);
@@ -60,9 +87,14 @@ pub(super) fn read_input(
         if stopping() {
             return false;
         }
-        router.borrow_mut().blocking_send(InBatch { batch: b, origin: origin.into(), ack })
+        let b = match &stamper {
+            None => b,
+            Some(st) if parts.len() > 1 => st.borrow_mut().stamp_parts(&b, &stamped, parts),
+            Some(st) => st.borrow_mut().stamp(&b, &stamped, parts.first().copied().unwrap_or(0)),
+        };
+        router.borrow_mut().blocking_send(InBatch::new(b, origin.into(), ack)) && send_watermark()
     };
-    let send = |b: Batch, origin: String| -> bool { send_acked(b, origin, None) };
+    let send = |b: Batch, origin: String| -> bool { send_acked(b, origin, None, &[]) };
     let bad = |position: String, raw: &str, e: DecodeError| -> Result<(), RunError> {
         counters.records_in.fetch_add(1, Ordering::Relaxed);
         live.records_in.fetch_add(1, Ordering::Relaxed);
@@ -72,12 +104,41 @@ pub(super) fn read_input(
         }
     };
     let feed = Feed { send: &send, bad: &bad, live };
-    let result = read(program, input, layout, shared, opts, group, &feed, &send_acked, &stopping, &failed);
+    let result = read(program, input, layout, shared, opts, group, &feed, &send_acked, &tick, &stopping, &failed);
     let flushed = dead.as_ref().map_or(Ok(()), |d| d.flush());
     if result.is_ok() && flushed.is_ok() {
         router.into_inner().blocking_end();
     }
     result.and(flushed)
+}
+
+/// The stamper of a pipeline input whose records carry watermarks (see `stamp.rs`).
+fn stamper(
+    program: &ir::Program,
+    input: &ir::Input,
+    stamped: &Arc<Layout>,
+    shared: &Shared,
+) -> Result<Option<super::stamp::Stamper>, RunError> {
+    if !super::stamp::has_stamp(&stamped.record) {
+        return Ok(None);
+    }
+    let (time, delay, idle, parts) = match input {
+        ir::Input::Source(n) => {
+            let s = program.sources.iter().find(|s| s.name == *n);
+            let s = s.ok_or_else(|| RunError::Setup(format!("no source `{n}`")))?;
+            (s.event_time.clone(), s.watermark_ms, s.idle_timeout_ms, vec![0])
+        }
+        ir::Input::Topic(n) => {
+            let t = program.topics.iter().find(|t| t.name == *n);
+            let t = t.ok_or_else(|| RunError::Setup(format!("no topic `{n}`")))?;
+            let parts =
+                shared.topics.get(n).map(|t| t.partitions().iter().map(|p| p.id()).collect()).unwrap_or_default();
+            (t.event_time.clone(), t.watermark_ms, None, parts)
+        }
+    };
+    let time =
+        time.ok_or_else(|| RunError::Setup("an event-time operator reads an input without event time".into()))?;
+    Ok(Some(super::stamp::Stamper::new(stamped, &time, delay, idle, &parts)))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -89,7 +150,8 @@ fn read(
     opts: &RunOptions,
     group: &str,
     feed: &Feed,
-    send_acked: &dyn Fn(Batch, String, Option<Arc<super::exchange::Ack>>) -> bool,
+    send_acked: &super::exchange::SendAcked,
+    tick: &dyn Fn() -> bool,
     stopping: &dyn Fn() -> bool,
     failed: &Arc<AtomicBool>,
 ) -> Result<(), RunError> {
@@ -136,7 +198,7 @@ fn read(
                     .map_err(RunError::Setup)?;
                 }
                 Connector::Kafka { brokers, topic, group: named, format } => {
-                    let feed = super::kafka::SourceFeed { send_acked, bad, stopping, failed };
+                    let feed = super::kafka::SourceFeed { send_acked, bad, stopping, failed, tick };
                     super::kafka::read(brokers, topic, named.as_deref().unwrap_or(group), *format, &layout, &feed)?;
                 }
                 Connector::Stdout { .. } => return Err(RunError::Setup("stdout is not a source".into())),
@@ -192,7 +254,7 @@ fn read(
                     }
                     next.insert(pid, last + 1);
                     let origin = format!("topic {t} partition {pid} offsets {first}-{last}");
-                    if !send_acked(b.finish(), origin, Some(tracker.ack(next.clone()))) {
+                    if !send_acked(b.finish(), origin, Some(tracker.ack(next.clone())), &[pid]) {
                         return Ok(());
                     }
                 }
@@ -202,7 +264,7 @@ fn read(
                     if writers_done && !opts.follow_topics {
                         break;
                     }
-                    if stopping() {
+                    if stopping() || !tick() {
                         break;
                     }
                     for part in topic.partitions() {
