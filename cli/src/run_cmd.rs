@@ -66,6 +66,23 @@ pub fn run(args: RunArgs) -> ExitCode {
             let mut total = 0;
             for p in &summary.pipelines {
                 eprintln!("{:<32} {:>12} {:>12} {:>14}", p.name, p.records_in, p.records_out, p.dead_lettered);
+                if p.late > 0 {
+                    let routed = if p.late_routed == p.late {
+                        "all written to the late output".to_string()
+                    } else if p.late_routed == 0 {
+                        "counted only: the window names no `late ->` output".to_string()
+                    } else {
+                        format!("{} written to the late output", p.late_routed)
+                    };
+                    eprintln!("  {} late record{} ({routed})", p.late, if p.late == 1 { "" } else { "s" });
+                }
+                if p.open_windows > 0 {
+                    eprintln!(
+                        "  {} window{} still open were not emitted (stopped before the end of input; their records' offsets were not committed)",
+                        p.open_windows,
+                        if p.open_windows == 1 { "" } else { "s" }
+                    );
+                }
                 for s in &p.stages {
                     let label = format!("  {} x{}", s.label, s.parallelism);
                     eprintln!("{label:<32} {:>12} {:>12}", s.records_in, s.records_out);

@@ -113,6 +113,9 @@ fn pipeline_stages(p: &ir::Pipeline, n: u32) -> Vec<Stage> {
     // The stage being filled, its exchange, and whether the stream is keyed there.
     let mut open: Option<Stage> = None;
     let mut keyed = false;
+    // Event-time operators need each key's records in source order: until the first
+    // key_by, stages run as one instance (a round-robin spread would reorder them).
+    let ordered = p.ops.iter().any(|o| matches!(o.kind, OpKind::WindowAggregate { .. }));
     let mut input = p.input_schema.clone();
     let new_stage = |stages: &[Stage], exchange: Exchange, parallelism: u32, input: &Arc<RecordType>| Stage {
         id: stages.len(),
@@ -135,8 +138,9 @@ fn pipeline_stages(p: &ir::Pipeline, n: u32) -> Vec<Stage> {
             k if is_fusable(k) => {
                 let s = open.get_or_insert_with(|| {
                     let prev = stages.last().map_or(1, |s| s.parallelism);
-                    let ex = if prev == n { Exchange::Forward } else { Exchange::Rebalance };
-                    new_stage(&stages, ex, n, &input)
+                    let par = if ordered && !keyed { prev } else { n };
+                    let ex = if prev == par { Exchange::Forward } else { Exchange::Rebalance };
+                    new_stage(&stages, ex, par, &input)
                 });
                 if let StageKind::Ops { fused, .. } = &mut s.kind {
                     fused.push(oi);
@@ -388,6 +392,19 @@ pipeline k = from s | where amount > 0 | key_by id | where amount < 100 -> o
         let k = text.split("pipeline k").nth(1).expect("k");
         assert!(k.contains("stage 1 x4 <- rebalance"), "{text}");
         assert!(k.contains("stage 2 x4 <- hash(id)"), "{text}");
+    }
+
+    #[test]
+    fn records_keep_source_order_until_the_key_by_of_a_window() {
+        let src = r#"
+schema T { id: string, amount: int, at: timestamp }
+source s: T = file("in.jsonl", format: json) event_time at watermark 1s
+sink o = stdout(format: json)
+pipeline w = from s | where amount > 1 | key_by id | window tumbling(1m) | aggregate { n: count() } | where n > 1 -> o
+"#;
+        let text = plan_of(src, 4);
+        assert!(text.contains("stage 1 x1 <- forward"), "the filter before key_by is one instance: {text}");
+        assert!(text.contains("stage 2 x4 <- hash(id)"), "{text}");
     }
 
     #[test]

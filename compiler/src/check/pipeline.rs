@@ -829,6 +829,21 @@ impl<'a> Checker<'a> {
             fields.push(Field { name: item.name.name.clone(), ty: e.ty.clone() });
             outputs.push((item.name.name.clone(), e));
         }
+        // A window that can emit a result more than once (late updates, early results)
+        // numbers them: `revision` 0 is the first result of a window, 1 the next, ...
+        if let Some(w) = window.as_ref().filter(|w| w.lateness_ms > 0 || w.emit_every_ms.is_some()) {
+            if let Some(item) = items.iter().find(|i| i.name.name == "revision") {
+                self.error(
+                    Diagnostic::error("E0009", item.name.span, "field `revision` appears twice in the output")
+                        .label("the window already adds `revision`")
+                        .with_secondary(w.span, "this window can update its results, so they carry `revision`")
+                        .help("give this aggregate another name"),
+                );
+                ok = false;
+            } else {
+                fields.push(Field { name: "revision".into(), ty: Type::int() });
+            }
+        }
         if items.is_empty() {
             self.error(
                 Diagnostic::error("E0403", span, "`aggregate` computes nothing")

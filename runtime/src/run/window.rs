@@ -593,14 +593,14 @@ impl WindowOp {
         Ok(())
     }
 
-    /// Emits the group's dirty windows (`final`: every window that has none yet too).
+    /// Emits the group's windows: changed ones for early results, all for the final one.
     fn emit_group(&mut self, end: i64, size: i64, final_: bool) -> Result<(), String> {
         let g = self.groups.get_mut(&end).expect("group");
         let order = std::mem::take(&mut g.order);
         for &key in &order {
             let g = self.groups.get_mut(&end).expect("group");
             let w = *g.wins.get(&key).expect("win");
-            if !(w.dirty || (final_ && w.emitted == 0)) {
+            if !(final_ || w.dirty) {
                 continue;
             }
             self.emit(key, end - size, end, w)?;
