@@ -161,15 +161,17 @@ pub struct ConsumeArgs {
 pub enum BenchCommand {
     /// Measure append and read throughput of the durable log against the file system's own limits
     Log(BenchLogArgs),
-    /// Nexmark q0, q1, q2, q14 from the built-in generator through the compiled query, on one core
+    /// Nexmark q0, q1, q2, q14 and the windowed q5, q11, q12 from the built-in generator through the compiled query, on one core
     Nexmark(BenchNexmarkArgs),
+    /// Tumbling and session windows by key over many keys from in-memory batches, with both state backends, on one core
+    Windows(BenchWindowsArgs),
     /// JSON-lines decoding into rows (the file source's work), on one core
     Ingest(BenchIngestArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct BenchNexmarkArgs {
-    /// Queries to run (repeatable): q0, q1, q2, q14; all by default
+    /// Queries to run (repeatable): q0, q1, q2, q14, q5, q11, q12; all by default
     #[arg(long = "query")]
     pub queries: Vec<String>,
     /// Bid events per run
@@ -181,6 +183,22 @@ pub struct BenchNexmarkArgs {
     /// Run the queries on the reference interpreter instead of compiled code
     #[arg(long)]
     pub no_jit: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchWindowsArgs {
+    /// Distinct keys
+    #[arg(long, default_value_t = 100_000)]
+    pub keys: u64,
+    /// Events per run (prepared in memory first, about 50 bytes each)
+    #[arg(long, default_value_t = 4_000_000)]
+    pub events: u64,
+    /// Runs per case (the median is reported)
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Scratch directory for the RocksDB cases (removed afterwards)
+    #[arg(long, default_value = "./.flow/bench-state")]
+    pub dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -214,6 +232,7 @@ pub fn run(cmd: LogCommand) -> miette::Result<ExitCode> {
         LogCommand::Consume(a) => consume(a),
         LogCommand::Bench(BenchCommand::Log(a)) => bench_log(a),
         LogCommand::Bench(BenchCommand::Nexmark(a)) => bench_nexmark(a),
+        LogCommand::Bench(BenchCommand::Windows(a)) => bench_windows(a),
         LogCommand::Bench(BenchCommand::Ingest(a)) => bench_ingest(a),
     }
 }
@@ -649,6 +668,44 @@ fn bench_nexmark(a: BenchNexmarkArgs) -> miette::Result<ExitCode> {
         let m = median_run(a.runs, || q.run(a.events))?;
         let secs = m.elapsed.as_secs_f64().max(1e-9);
         println!("{name:<6} {:>14.0} {:>12} {:>12.3}", m.events as f64 / secs, m.rows_out, secs);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench_windows(a: BenchWindowsArgs) -> miette::Result<ExitCode> {
+    use flow_runtime::bench::WindowBench;
+    let err = |e: String| miette!(code = "flow::bench", "{e}");
+    println!(
+        "Windows by key over {} keys, {} events (16 per ms of event time) from in-memory batches, count + sum + max, one core, median of {}",
+        a.keys,
+        a.events,
+        a.runs.max(1)
+    );
+    println!("{:<34} {:>14} {:>12} {:>10}", "case", "events/s", "results", "seconds");
+    for (label, window) in [("tumbling(60s)", "tumbling(60s)"), ("session(gap: 5s)", "session(gap: 5s)")] {
+        let b = WindowBench::new(window, a.keys, a.events, true).map_err(err)?;
+        let state = b.state().map_err(err)?;
+        let per = state.bytes as f64 / state.windows_in_memory.max(1) as f64;
+        let quarter = (state.windows_in_memory / 4).max(1);
+        let cases: [(String, Option<usize>); 3] = [
+            (format!("{label} memory"), None),
+            (format!("{label} rocksdb"), Some(usize::MAX)),
+            (format!("{label} rocksdb 1/4 in memory"), Some(quarter)),
+        ];
+        for (name, spill) in cases {
+            let dir = a.dir.join("db");
+            let m = median_run(a.runs, || b.run(spill.map(|budget| (dir.as_path(), budget))))?;
+            let secs = m.elapsed.as_secs_f64().max(1e-9);
+            println!("{name:<34} {:>14.0} {:>12} {:>10.3}", m.events as f64 / secs, m.rows_out, secs);
+        }
+        let _ = std::fs::remove_dir_all(&a.dir);
+        println!(
+            "  state: {} windows in memory at most, {:.0} bytes each ({:.2}x the {} raw bytes of key and accumulator)",
+            state.windows_in_memory,
+            per,
+            per / state.raw_bytes_per_window as f64,
+            state.raw_bytes_per_window
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

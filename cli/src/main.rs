@@ -102,6 +102,15 @@ enum Command {
         /// Never draw the progress line (it is drawn only when stderr is a terminal).
         #[arg(long)]
         no_progress: bool,
+        /// Where window state beyond memory goes: memory (nowhere: all of it stays in
+        /// memory) or rocksdb (spilled per stage instance under <data-dir>/state).
+        /// Default: the file's `config { state_backend }`, else memory.
+        #[arg(long, value_enum)]
+        state_backend: Option<BackendArg>,
+        /// With rocksdb: window state each stage instance keeps in memory, in bytes
+        /// (suffixes k, m, g: binary units); 0 keeps none.
+        #[arg(long, default_value = "256m", value_parser = parse_size)]
+        state_memory: u64,
         #[arg(long, default_value_t = 100)]
         width: usize,
     },
@@ -123,6 +132,26 @@ enum Command {
     Log(log_cmd::LogCommand),
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum BackendArg {
+    Memory,
+    Rocksdb,
+}
+
+/// A byte count: digits with an optional k, m or g (binary units).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let t = t.trim_end_matches("ib").trim_end_matches('b');
+    let (digits, shift) = match t.chars().last() {
+        Some('k') => (&t[..t.len() - 1], 10),
+        Some('m') => (&t[..t.len() - 1], 20),
+        Some('g') => (&t[..t.len() - 1], 30),
+        _ => (t, 0),
+    };
+    let n: u64 = digits.trim().parse().map_err(|_| format!("`{s}` is not a size like 0, 4096, 64m or 1g"))?;
+    n.checked_mul(1 << shift).ok_or_else(|| format!("`{s}` is too large"))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -131,19 +160,34 @@ fn main() -> ExitCode {
         }
         Command::Compile { file, emit, parallelism, width } => front::compile(&file, emit, parallelism, width),
         Command::Explain { code } => front::explain(code.as_deref()),
-        Command::Run { file, pipelines, data_dir, strict, no_jit, parallelism, start_from, no_progress, width } => {
-            run_cmd::run(run_cmd::RunArgs {
-                file,
-                pipelines,
-                data_dir,
-                strict,
-                no_jit,
-                parallelism,
-                start_from,
-                no_progress,
-                width,
-            })
-        }
+        Command::Run {
+            file,
+            pipelines,
+            data_dir,
+            strict,
+            no_jit,
+            parallelism,
+            start_from,
+            no_progress,
+            state_backend,
+            state_memory,
+            width,
+        } => run_cmd::run(run_cmd::RunArgs {
+            file,
+            pipelines,
+            data_dir,
+            strict,
+            no_jit,
+            parallelism,
+            start_from,
+            no_progress,
+            state_backend: state_backend.map(|b| match b {
+                BackendArg::Memory => flow_compiler::ir::StateBackend::Memory,
+                BackendArg::Rocksdb => flow_compiler::ir::StateBackend::RocksDb,
+            }),
+            state_memory,
+            width,
+        }),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "flowc", &mut std::io::stdout());
             ExitCode::SUCCESS

@@ -18,6 +18,8 @@ pub struct RunArgs {
     pub parallelism: u32,
     pub start_from: run::StartFrom,
     pub no_progress: bool,
+    pub state_backend: Option<flow_compiler::ir::StateBackend>,
+    pub state_memory: u64,
     pub width: usize,
 }
 
@@ -50,6 +52,8 @@ pub fn run(args: RunArgs) -> ExitCode {
     opts.jit = !args.no_jit;
     opts.parallelism = args.parallelism;
     opts.start_from = args.start_from;
+    opts.state_backend = args.state_backend;
+    opts.state_memory = args.state_memory;
     opts.handle_ctrl_c = true;
     let progress = (!args.no_progress && std::io::stderr().is_terminal()).then(|| Progress::start(opts.live.clone()));
     let result = run::run(program, &opts);

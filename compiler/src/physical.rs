@@ -113,9 +113,9 @@ fn pipeline_stages(p: &ir::Pipeline, n: u32) -> Vec<Stage> {
     // The stage being filled, its exchange, and whether the stream is keyed there.
     let mut open: Option<Stage> = None;
     let mut keyed = false;
-    // Event-time operators need each key's records in source order: until the first
+    // Windows and running aggregates need each key's records in source order: until the first
     // key_by, stages run as one instance (a round-robin spread would reorder them).
-    let ordered = p.ops.iter().any(|o| matches!(o.kind, OpKind::WindowAggregate { .. }));
+    let ordered = p.ops.iter().any(|o| matches!(o.kind, OpKind::WindowAggregate { .. } | OpKind::Aggregate { .. }));
     let mut input = p.input_schema.clone();
     let new_stage = |stages: &[Stage], exchange: Exchange, parallelism: u32, input: &Arc<RecordType>| Stage {
         id: stages.len(),

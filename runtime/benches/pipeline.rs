@@ -3,7 +3,10 @@
 //! - `nexmark/q0|q1|q2|q14`: the built-in Nexmark bid generator feeding the query's
 //!   fused stage (JIT), results dropped (a null sink) — events per second;
 //! - `ingest/json_lines`: JSON lines decoded into rows (the file source's work) — bytes
-//!   per second.
+//!   per second;
+//! - `windows/tumbling|session_memory|rocksdb`: count, sum and max by key over 100,000
+//!   keys from in-memory batches — events per second (`flowc bench windows` also
+//!   reports the state's bytes per window).
 //!
 //! Run with `cargo bench -p flow-runtime --bench pipeline`; `flowc bench nexmark` and
 //! `flowc bench ingest` run the same code without criterion.
@@ -33,5 +36,20 @@ fn ingest(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, nexmark, ingest);
+fn windows(c: &mut Criterion) {
+    const EVENTS: u64 = 2_000_000;
+    let mut g = c.benchmark_group("windows");
+    g.throughput(Throughput::Elements(EVENTS));
+    g.sample_size(10);
+    let dir = tempfile::tempdir().expect("dir");
+    for (name, window) in [("tumbling", "tumbling(60s)"), ("session", "session(gap: 5s)")] {
+        let w = bench::WindowBench::new(window, 100_000, EVENTS, true).expect("prepares");
+        g.bench_function(format!("{name}_memory"), |b| b.iter(|| w.run(None).expect("runs")));
+        let db = dir.path().join(name);
+        g.bench_function(format!("{name}_rocksdb"), |b| b.iter(|| w.run(Some((&db, usize::MAX))).expect("runs")));
+    }
+    g.finish();
+}
+
+criterion_group!(benches, nexmark, ingest, windows);
 criterion_main!(benches);

@@ -513,6 +513,103 @@ impl AccStore {
         Ok(())
     }
 
+    /// Appends accumulator `id` in a self-contained form (for spilling).
+    pub fn export(&self, id: u32, out: &mut Vec<u8>) {
+        let w = self.layout.width;
+        let words = &self.words[id as usize * w..(id as usize + 1) * w];
+        for x in words {
+            out.extend_from_slice(&x.to_le_bytes());
+        }
+        if !self.layout.has_extra {
+            return;
+        }
+        let put_bytes = |out: &mut Vec<u8>, b: &[u8]| {
+            out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+            out.extend_from_slice(b);
+        };
+        for s in &self.layout.specs {
+            if !self.spec_has_extra(s) {
+                continue;
+            }
+            match &self.extras[words[s.at] as usize] {
+                Extra::Bytes(b) => put_bytes(out, b),
+                Extra::Words(set) => {
+                    out.extend_from_slice(&(set.len() as u32).to_le_bytes());
+                    for v in set {
+                        out.extend_from_slice(&v.to_le_bytes());
+                    }
+                }
+                Extra::Strings(set) => {
+                    out.extend_from_slice(&(set.len() as u32).to_le_bytes());
+                    for v in set {
+                        put_bytes(out, v);
+                    }
+                }
+                Extra::Free => put_bytes(out, &[]),
+            }
+        }
+    }
+
+    /// A new accumulator from [`AccStore::export`]'s bytes; returns it and the bytes read.
+    pub fn import(&mut self, bytes: &[u8]) -> Result<(u32, usize), String> {
+        let bad = || "truncated accumulator".to_string();
+        let w = self.layout.width;
+        if bytes.len() < w * 8 {
+            return Err(bad());
+        }
+        let id = self.alloc();
+        let base = id as usize * w;
+        let mut extra_ix = Vec::new();
+        for s in &self.layout.specs {
+            if self.spec_has_extra(s) {
+                extra_ix.push((s.at, self.words[base + s.at]));
+            }
+        }
+        for (i, c) in bytes[..w * 8].chunks_exact(8).enumerate() {
+            self.words[base + i] = u64::from_le_bytes(c.try_into().map_err(|_| bad())?);
+        }
+        let mut at = w * 8;
+        let u32_at = |at: &mut usize| -> Result<usize, String> {
+            let v = bytes.get(*at..*at + 4).ok_or_else(bad)?;
+            *at += 4;
+            Ok(u32::from_le_bytes(v.try_into().map_err(|_| bad())?) as usize)
+        };
+        for (word, x) in extra_ix {
+            self.words[base + word] = x;
+            let e = match &self.extras[x as usize] {
+                Extra::Bytes(_) => {
+                    let n = u32_at(&mut at)?;
+                    let b = bytes.get(at..at + n).ok_or_else(bad)?.to_vec();
+                    at += n;
+                    Extra::Bytes(b)
+                }
+                Extra::Words(_) => {
+                    let n = u32_at(&mut at)?;
+                    let mut set = FxHashSet::default();
+                    for _ in 0..n {
+                        let v = bytes.get(at..at + 16).ok_or_else(bad)?;
+                        set.insert(u128::from_le_bytes(v.try_into().map_err(|_| bad())?));
+                        at += 16;
+                    }
+                    Extra::Words(set)
+                }
+                Extra::Strings(_) => {
+                    let n = u32_at(&mut at)?;
+                    let mut set = FxHashSet::default();
+                    for _ in 0..n {
+                        let len = u32_at(&mut at)?;
+                        set.insert(bytes.get(at..at + len).ok_or_else(bad)?.into());
+                        at += len;
+                    }
+                    Extra::Strings(set)
+                }
+                Extra::Free => Extra::Free,
+            };
+            self.extras[x as usize] = e;
+        }
+        Ok((id, at))
+    }
+
     /// Writes accumulator `id`'s results into fields `first..` of row `r` of `out`.
     pub fn write(&self, id: u32, out: &mut BatchBuilder, r: usize, first: usize) -> Result<(), String> {
         let w = self.layout.width;
@@ -731,6 +828,13 @@ mod tests {
         }
         st.merge(x, y).expect("merge");
         assert_eq!(results(&st, x, &aggs), results(&st, all, &aggs));
+        // Spilled and read back, an accumulator is the same.
+        let mut bytes = Vec::new();
+        st.export(x, &mut bytes);
+        let (back, used) = st.import(&bytes).expect("import");
+        assert_eq!(used, bytes.len());
+        assert_eq!(results(&st, back, &aggs), results(&st, all, &aggs));
+        st.free(back);
         st.free(y);
         let z = st.alloc();
         assert_eq!(z, y, "freed slots are reused");

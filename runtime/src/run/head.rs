@@ -23,6 +23,11 @@ use std::sync::Arc;
 /// A stage's stateful head, shared by its instances.
 pub(crate) struct HeadRt {
     pub spec: Arc<WindowSpec>,
+    /// A window (else an unwindowed keyed aggregate, `aggregate.rs`).
+    pub windowed: bool,
+    /// An unwindowed aggregate's `ttl`, and whether it runs in event time.
+    pub ttl: Option<i64>,
+    pub event_time: bool,
     /// Computes keys and arguments that are not plain fields (None: none are).
     pub pre: Option<Box<dyn Stage>>,
     /// The rows the window operator reads (the pre-projection's output, or the input).
@@ -98,9 +103,17 @@ impl HeadRt {
         late: Option<Output>,
     ) -> Result<HeadRt, RunError> {
         let op = &p.ops[hi];
-        let OpKind::WindowAggregate { window, keys, allowed_lateness_ms, emit_every_ms, aggs, outputs, .. } = &op.kind
-        else {
-            return Err(RunError::Setup(format!("pipeline `{}`: this stateful operator is not supported yet", p.name)));
+        let (window, keys, allowed_lateness_ms, emit_every_ms, aggs, outputs, ttl) = match &op.kind {
+            OpKind::WindowAggregate { window, keys, allowed_lateness_ms, emit_every_ms, aggs, outputs, .. } => {
+                (Some(*window), keys, *allowed_lateness_ms, *emit_every_ms, aggs, outputs, None)
+            }
+            OpKind::Aggregate { keys, aggs, outputs, ttl_ms } => (None, keys, 0, None, aggs, outputs, *ttl_ms),
+            _ => {
+                return Err(RunError::Setup(format!(
+                    "pipeline `{}`: this stateful operator is not supported yet",
+                    p.name
+                )))
+            }
         };
         let name = &p.name;
         let in_layout = Layout::new(input.clone());
@@ -134,12 +147,18 @@ impl HeadRt {
         } else {
             p.ops[hi - 1].event_time.clone()
         };
-        let time =
-            time.ok_or_else(|| RunError::Setup(format!("pipeline `{name}`: the window's input has no event time")))?;
-        let stamp_at = input.fields.len() - 1;
-        if !stamp::has_stamp(input) {
+        // An unwindowed aggregate needs event time only for an event-time ttl.
+        let event_time = stamp::has_stamp(input);
+        if window.is_some() && !event_time {
             return Err(RunError::Setup(format!("pipeline `{name}`: the window's input carries no watermarks")));
         }
+        let time = match time {
+            Some(t) => t,
+            None if window.is_none() => ir::EventTime { field: 0, offset_ms: 0 },
+            None => return Err(RunError::Setup(format!("pipeline `{name}`: the window's input has no event time"))),
+        };
+        // Without stamps, the stamp "field" is never read (processing-time ttl).
+        let stamp_at = input.fields.len() - 1;
         let plain = key_exprs.iter().all(|(_, e)| matches!(e.kind, ExprKind::Field(_)))
             && aggs.iter().all(|a| a.arg.as_ref().is_none_or(|e| matches!(e.kind, ExprKind::Field(_))));
         let field_of = |e: &Expr| match e.kind {
@@ -163,8 +182,10 @@ impl HeadRt {
                 }));
             }
             let tf = items.len();
-            items.push(("$ts".into(), field(time.field, input.fields[time.field].ty.clone(), op.span)));
-            items.push((STAMP_FIELD.into(), field(stamp_at, Type::timestamp(), op.span)));
+            if event_time {
+                items.push(("$ts".into(), field(time.field, input.fields[time.field].ty.clone(), op.span)));
+                items.push((STAMP_FIELD.into(), field(stamp_at, Type::timestamp(), op.span)));
+            }
             let rec = Arc::new(RecordType {
                 name: None,
                 fields: items.iter().map(|(n, e)| Field { name: n.clone(), ty: e.ty.clone() }).collect(),
@@ -180,7 +201,8 @@ impl HeadRt {
             };
             let pre = compile(&spec, program, jit, &format!("pipeline `{name}`: the window's keys and arguments"))?;
             let n = rec.fields.len();
-            (Some(pre), Arc::new(Layout::new(rec)), (0..key_exprs.len()).collect(), args, tf, n - 1)
+            let (tf, sf) = if event_time { (tf, n - 1) } else { (0, 0) };
+            (Some(pre), Arc::new(Layout::new(rec)), (0..key_exprs.len()).collect(), args, tf, sf)
         };
         let acc = super::agg::AccLayout::new(aggs, &args, &op_input)
             .map_err(|e| RunError::Setup(format!("pipeline `{name}`: {e}")))?;
@@ -191,7 +213,8 @@ impl HeadRt {
         let rev = nk + 2 + aggs.len();
         // The finishing select: the operator's declared output from the raw results.
         let mut items: Vec<(String, Expr)> = Vec::new();
-        for (i, f) in raw.fields[..nk + 2].iter().enumerate() {
+        let bounds = if window.is_some() { 2 } else { 0 };
+        for (i, f) in raw.fields[..nk + bounds].iter().enumerate() {
             items.push((f.name.clone(), field(i, f.ty.clone(), op.span)));
         }
         for (n, e) in outputs {
@@ -214,9 +237,9 @@ impl HeadRt {
         ops.extend(fused.iter().map(|&i| p.ops[i].clone()));
         let finish = compile(&StageSpec { input: raw.clone(), ops }, program, jit, &format!("pipeline `{name}`"))?;
         let spec = WindowSpec {
-            window: *window,
-            lateness: *allowed_lateness_ms,
-            emit_every: *emit_every_ms,
+            window: window.unwrap_or(ir::Window::Tumbling { size_ms: i64::MAX }),
+            lateness: allowed_lateness_ms,
+            emit_every: emit_every_ms,
             key_fields,
             ts_field,
             ts_offset: time.offset_ms,
@@ -228,6 +251,9 @@ impl HeadRt {
         unstamped.fields.pop();
         Ok(HeadRt {
             spec: Arc::new(spec),
+            windowed: window.is_some(),
+            ttl,
+            event_time,
             pre,
             op_input,
             finish,

@@ -21,14 +21,16 @@
 //! patterns, lookups, unions, unnest) are reported before anything starts; the other
 //! pipelines run.
 
-mod agg;
+pub(crate) mod agg;
+mod aggregate;
 mod exchange;
-mod head;
+pub(crate) mod head;
 mod io;
 mod kafka;
 mod source;
+pub(crate) mod spill;
 pub mod stamp;
-mod window;
+pub(crate) mod window;
 
 use crate::log::{LogDir, Topic, TopicConfig};
 use exchange::{select_rows, CommitTracker, InBatch, KeyHasher, Msg, Router};
@@ -83,7 +85,15 @@ pub struct RunOptions {
     pub decode_threads: usize,
     /// Where topic inputs start reading.
     pub start_from: StartFrom,
+    /// The state backend (None: the program's `config { state_backend }`).
+    pub state_backend: Option<ir::StateBackend>,
+    /// With the RocksDB backend: bytes of window state each stage instance keeps in
+    /// memory before it moves the least recently updated windows to RocksDB.
+    pub state_memory: u64,
 }
+
+/// The default memory budget of a stage instance's window state (RocksDB backend).
+pub const STATE_MEMORY_DEFAULT: u64 = 256 << 20;
 
 /// Where a topic input starts reading (`flowc run --from`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -133,6 +143,8 @@ impl RunOptions {
             decode_threads: std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8),
             start_from: StartFrom::Committed,
             follow_topics: false,
+            state_backend: None,
+            state_memory: STATE_MEMORY_DEFAULT,
         }
     }
 }
@@ -220,8 +232,7 @@ pub fn unsupported(p: &ir::Pipeline) -> Option<Unsupported> {
     for op in &p.ops {
         let what = match &op.kind {
             ir::OpKind::Filter(_) | ir::OpKind::Project(_) | ir::OpKind::KeyBy(_) => continue,
-            ir::OpKind::WindowAggregate { .. } => continue,
-            ir::OpKind::Aggregate { .. } => "`aggregate`",
+            ir::OpKind::WindowAggregate { .. } | ir::OpKind::Aggregate { .. } => continue,
             ir::OpKind::Dedup { .. } => "`dedup`",
             ir::OpKind::TopN { .. } => "`top`",
             ir::OpKind::Join { .. } => "`join`",
@@ -594,7 +605,16 @@ async fn run_pipeline(
         let upstream = pp.stages[si - 1].parallelism as usize;
         for (me, rx) in std::mem::take(&mut inboxes[si]).into_iter().enumerate() {
             let down = if si == last { Down::Write(writes.clone()) } else { Down::Next(router_for(si, me)) };
+            let backend = opts.state_backend.unwrap_or(program.config.state_backend);
+            let spill = match &pp.stages[si].kind {
+                StageKind::Ops { head: Some(hi), .. } if backend == ir::StateBackend::RocksDb => Some((
+                    opts.data_dir.join("state").join(&name).join(format!("stage{si}-{me}")),
+                    format!("op{hi}-window"),
+                )),
+                _ => None,
+            };
             let inst = Instance {
+                spill,
                 rt: rts[si].clone(),
                 dead: dead.clone(),
                 opts: opts.clone(),
@@ -694,6 +714,9 @@ enum Down {
 
 /// One instance of a stage.
 struct Instance {
+    /// Where its window state spills (RocksDB backend): the database's directory and
+    /// the operator's column family.
+    spill: Option<(PathBuf, String)>,
     rt: Arc<StageRt>,
     dead: Option<Arc<DeadLetters>>,
     opts: RunOptions,
@@ -707,7 +730,31 @@ impl Instance {
         // Watermarks: per upstream instance, their minimum, and what was sent on.
         let mut channels = vec![stamp::WM_MIN; upstream.max(1)];
         let mut sent_wm = stamp::WM_MIN;
-        let mut window = self.rt.head.as_ref().map(|h| window::WindowOp::new(h.spec.clone(), &h.op_input, upstream));
+        let mut window = match self.rt.head.as_ref() {
+            None => None,
+            Some(h) if !h.windowed => Some(HeadOp::Agg(aggregate::KeyedAggOp::new(
+                h.spec.clone(),
+                h.ttl,
+                h.event_time,
+                &h.op_input,
+                upstream,
+            ))),
+            Some(h) => {
+                let op = window::WindowOp::new(h.spec.clone(), &h.op_input, upstream);
+                Some(HeadOp::Window(match &self.spill {
+                    None => op,
+                    Some((dir, cf)) => {
+                        let store = tokio::task::block_in_place(|| spill::RocksStore::open(dir, cf));
+                        let store = self.check(store.map_err(RunError::Setup))?;
+                        // A window in memory costs its accumulator words plus about 80
+                        // bytes of maps and key (docs/architecture.md, "State backends").
+                        let per_window = h.spec.acc.width as u64 * 8 + 80;
+                        op.with_store(Box::new(store), (self.opts.state_memory / per_window) as usize)
+                    }
+                }))
+            }
+        };
+        let windowed = self.rt.head.as_ref().is_some_and(|h| h.windowed);
         // Acks of batches whose records may sit in window state: committed only once
         // every window has fired (checkpoints will commit them sooner).
         let mut held: Vec<Arc<exchange::Ack>> = Vec::new();
@@ -735,7 +782,7 @@ impl Instance {
                         None => None,
                     };
                     let new = match &window {
-                        Some(op) => op.wm,
+                        Some(op) => op.wm(),
                         None => {
                             channels[from] = channels[from].max(wm);
                             channels.iter().copied().min().unwrap_or(wm)
@@ -780,7 +827,7 @@ impl Instance {
                     return Ok(());
                 }
             }
-            if window.is_some() {
+            if windowed {
                 held.extend(inb.ack.clone());
             }
             // The input batch (and its ack) is released only now, after its results moved
@@ -794,8 +841,7 @@ impl Instance {
             if self.opts.stop.load(Ordering::SeqCst) {
                 // Stopped, not ended: open windows are not emitted, and the offsets of
                 // their records are not committed (the next run reads them again).
-                let (open, _) = op.state_size();
-                head.open_windows.fetch_add(open as u64, Ordering::Relaxed);
+                head.open_windows.fetch_add(op.open_windows() as u64, Ordering::Relaxed);
                 for a in held.drain(..) {
                     a.abandon();
                 }
@@ -859,7 +905,7 @@ impl Instance {
     }
 
     /// Runs a data batch through the stage's window operator; returns the results it fired.
-    fn run_head(&self, op: &mut window::WindowOp, inb: &InBatch) -> Result<Option<Batch>, RunError> {
+    fn run_head(&self, op: &mut HeadOp, inb: &InBatch) -> Result<Option<Batch>, RunError> {
         let head = self.rt.head.as_ref().expect("head");
         // Keys and arguments that are expressions first; a failing row is dead-lettered.
         let (batch, index) = match &head.pre {
@@ -910,11 +956,71 @@ impl Instance {
 
     /// The window's fired results through the finishing stage (the operator's output
     /// expressions and the fused operators after it).
-    fn finish_results(&self, op: &mut window::WindowOp) -> Result<Option<Batch>, RunError> {
+    fn finish_results(&self, op: &mut HeadOp) -> Result<Option<Batch>, RunError> {
         let head = self.rt.head.as_ref().expect("head");
         let Some(raw) = op.take_results() else { return Ok(None) };
         let inb = InBatch::new(raw, "window results".into(), None);
         Ok(Some(run_stage(head.finish.as_ref(), &inb, &self.dead, &self.opts)?))
+    }
+}
+
+/// A stage instance's stateful operator.
+enum HeadOp {
+    Window(window::WindowOp),
+    Agg(aggregate::KeyedAggOp),
+}
+
+impl HeadOp {
+    fn process(&mut self, batch: &Batch, from: usize) -> Result<window::Outcome, String> {
+        match self {
+            HeadOp::Window(op) => op.process(batch, from),
+            HeadOp::Agg(op) => Ok(window::Outcome { late: Vec::new(), failed: op.process(batch, from)? }),
+        }
+    }
+
+    fn watermark(&mut self, from: usize, wm: i64) -> Result<(), String> {
+        match self {
+            HeadOp::Window(op) => op.watermark(from, wm),
+            HeadOp::Agg(op) => {
+                op.watermark(from, wm);
+                Ok(())
+            }
+        }
+    }
+
+    fn finish(&mut self) -> Result<(), String> {
+        match self {
+            HeadOp::Window(op) => op.finish(),
+            HeadOp::Agg(op) => {
+                op.finish();
+                Ok(())
+            }
+        }
+    }
+
+    fn take_results(&mut self) -> Option<Batch> {
+        match self {
+            HeadOp::Window(op) => op.take_results(),
+            HeadOp::Agg(op) => op.take_results(),
+        }
+    }
+
+    fn wm(&self) -> i64 {
+        match self {
+            HeadOp::Window(op) => op.wm,
+            HeadOp::Agg(op) => op.wm,
+        }
+    }
+
+    /// Windows that have not fired (an unwindowed aggregate has none: every result is out).
+    fn open_windows(&self) -> usize {
+        match self {
+            HeadOp::Window(op) => {
+                let (hot, spilled, _) = op.state_size();
+                hot + spilled
+            }
+            HeadOp::Agg(_) => 0,
+        }
     }
 }
 

@@ -30,9 +30,27 @@ pub const WM_MIN: i64 = i64::MIN;
 /// The watermark at the end of bounded input: every window fires.
 pub const WM_MAX: i64 = i64::MAX;
 
-/// Whether operator `op` works in event time (and so needs records' watermarks).
+/// Whether operator `op` works in event time (and so needs records' watermarks): a
+/// window, or an unwindowed aggregate with a `ttl` over a stream with event time.
 pub fn is_event_time(op: &OpKind) -> bool {
     matches!(op, OpKind::WindowAggregate { .. })
+}
+
+/// The index of the last operator of `p` that needs watermarks.
+fn last_event_time_op(program: &ir::Program, p: &ir::Pipeline) -> Option<usize> {
+    let mut time = match &p.input {
+        ir::Input::Source(s) => program.sources.iter().find(|x| x.name == *s).and_then(|x| x.event_time.clone()),
+        ir::Input::Topic(t) => program.topics.iter().find(|x| x.name == *t).and_then(|x| x.event_time.clone()),
+    };
+    let mut last = None;
+    for (i, op) in p.ops.iter().enumerate() {
+        let ttl_in_event_time = matches!(op.kind, OpKind::Aggregate { ttl_ms: Some(_), .. }) && time.is_some();
+        if is_event_time(&op.kind) || ttl_in_event_time {
+            last = Some(i);
+        }
+        time = op.event_time.clone();
+    }
+    last
 }
 
 fn with_stamp(r: &RecordType) -> Arc<RecordType> {
@@ -52,7 +70,7 @@ pub fn has_stamp(record: &RecordType) -> bool {
 pub fn stamp_program(program: &ir::Program) -> ir::Program {
     let mut out = program.clone();
     for p in &mut out.pipelines {
-        let Some(last) = p.ops.iter().rposition(|o| is_event_time(&o.kind)) else { continue };
+        let Some(last) = last_event_time_op(program, p) else { continue };
         p.input_schema = with_stamp(&p.input_schema);
         let mut input = p.input_schema.clone();
         for op in &mut p.ops[..last] {

@@ -21,6 +21,7 @@
 //! the minimum over its upstream instances (a record's stamp advances its instance's).
 
 use super::agg::{AccLayout, AccStore};
+use super::spill::SpillStore;
 use super::stamp::{WM_MAX, WM_MIN};
 use flow_compiler::ir::{self, Window};
 use flow_types::row::{Batch, BatchBuilder, Layout, RowRef, SlotKind};
@@ -71,7 +72,7 @@ fn hash_bytes(b: &[u8]) -> u64 {
 
 impl KeyTable {
     /// The id of `key`, interning it if new.
-    fn intern(&mut self, key: &[u8]) -> u32 {
+    pub(crate) fn intern(&mut self, key: &[u8]) -> u32 {
         let h = hash_bytes(key);
         let keys = &self.keys;
         if let Some(&id) = self.table.find(h, |&id| &*keys[id as usize] == key) {
@@ -96,12 +97,12 @@ impl KeyTable {
         id
     }
 
-    fn retain(&mut self, id: u32) {
+    pub(crate) fn retain(&mut self, id: u32) {
         self.refs[id as usize] += 1;
     }
 
     /// Drops one reference; the key is forgotten with its last window.
-    fn release(&mut self, id: u32) {
+    pub(crate) fn release(&mut self, id: u32) {
         let r = &mut self.refs[id as usize];
         *r -= 1;
         if *r == 0 {
@@ -115,14 +116,14 @@ impl KeyTable {
     }
 
     /// Forgets an interned key nothing refers to (a late record's).
-    fn forget_if_unused(&mut self, id: u32) {
+    pub(crate) fn forget_if_unused(&mut self, id: u32) {
         if self.refs[id as usize] == 0 {
             self.refs[id as usize] = 1;
             self.release(id);
         }
     }
 
-    fn key(&self, id: u32) -> &[u8] {
+    pub(crate) fn key(&self, id: u32) -> &[u8] {
         &self.keys[id as usize]
     }
 
@@ -136,7 +137,7 @@ impl KeyTable {
 }
 
 /// Appends the encoding of `row`'s key fields to `out`.
-fn encode_key(row: &RowRef, fields: &[usize], kinds: &[SlotKind], out: &mut Vec<u8>) {
+pub(crate) fn encode_key(row: &RowRef, fields: &[usize], kinds: &[SlotKind], out: &mut Vec<u8>) {
     for &f in fields {
         if row.is_null(f) {
             out.push(0);
@@ -167,7 +168,7 @@ fn encode_key(row: &RowRef, fields: &[usize], kinds: &[SlotKind], out: &mut Vec<
 }
 
 /// Writes an encoded key into fields `0..` of row `r`.
-fn decode_key(mut key: &[u8], kinds: &[SlotKind], out: &mut BatchBuilder, r: usize) -> Result<(), String> {
+pub(crate) fn decode_key(mut key: &[u8], kinds: &[SlotKind], out: &mut BatchBuilder, r: usize) -> Result<(), String> {
     for (f, kind) in kinds.iter().enumerate() {
         let (&flag, rest) = key.split_first().ok_or("truncated key")?;
         key = rest;
@@ -204,6 +205,41 @@ struct Win {
     emitted: u32,
     /// Changed since the last result.
     dirty: bool,
+    /// When it was last updated (the operator's batch count), to spill the coldest.
+    used: u32,
+}
+
+impl Win {
+    fn encode(&self, accs: &AccStore, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.emitted.to_le_bytes());
+        out.push(u8::from(self.dirty));
+        accs.export(self.acc, out);
+    }
+
+    /// A window read back from `bytes`; returns it and the bytes read.
+    fn decode(accs: &mut AccStore, bytes: &[u8], used: u32) -> Result<(Win, usize), String> {
+        let head = bytes.get(..5).ok_or("truncated window")?;
+        let emitted = u32::from_le_bytes(head[..4].try_into().map_err(|_| "truncated window")?);
+        let (acc, n) = accs.import(&bytes[5..])?;
+        Ok((Win { acc, emitted, dirty: head[4] != 0, used }, 5 + n))
+    }
+}
+
+/// Store keys: aligned windows by end (order-preserving bytes) then key bytes.
+fn aligned_key(end: i64, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9 + key.len());
+    k.push(b'A');
+    k.extend_from_slice(&((end as u64) ^ (1 << 63)).to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+/// Store keys: a key's sessions.
+fn session_key(key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + key.len());
+    k.push(b'S');
+    k.extend_from_slice(key);
+    k
 }
 
 /// The keys with an open window `[end - size, end)`.
@@ -216,6 +252,8 @@ struct Group {
     fired: bool,
     /// The next early result's event time (`emit every`).
     next_early: i64,
+    /// Keys whose window here was moved to the spill store.
+    spilled: u32,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -256,6 +294,17 @@ pub(crate) struct WindowOp {
     results: BatchBuilder,
     scratch: Vec<u8>,
     pub late: u64,
+    /// Where windows beyond `budget` go (None: nowhere, everything stays in memory).
+    store: Option<Box<dyn SpillStore>>,
+    /// Windows (aligned: one key's window; sessions: one key's sessions) kept in memory.
+    budget: usize,
+    /// Windows in memory, and in the store.
+    hot: usize,
+    spilled: usize,
+    /// Batches processed: when a window was last updated, to spill the coldest.
+    epoch: u32,
+    /// Spilled sessions' next due times, by key bytes.
+    spill_timers: BinaryHeap<Reverse<(i64, Box<[u8]>)>>,
 }
 
 /// `end - 1 + lateness`, saturating (the watermark at which a window is gone).
@@ -283,27 +332,33 @@ impl WindowOp {
             results,
             scratch: Vec::new(),
             late: 0,
+            store: None,
+            budget: usize::MAX,
+            hot: 0,
+            epoch: 0,
+            spill_timers: BinaryHeap::new(),
+            spilled: 0,
             spec,
         }
     }
 
-    /// Open windows (aligned: key windows; sessions) and the bytes of state held.
-    pub fn state_size(&self) -> (usize, usize) {
-        let wins: usize = self.groups.values().map(|g| g.wins.len()).sum::<usize>()
-            + self.sessions.values().map(Vec::len).sum::<usize>();
+    /// Keeps at most `budget` windows in memory (an aligned window of one key, or one
+    /// key's sessions), moving the least recently updated ones into `store`.
+    pub fn with_store(mut self, store: Box<dyn SpillStore>, budget: usize) -> WindowOp {
+        self.store = Some(store);
+        self.budget = budget;
+        self
+    }
+
+    /// Windows in memory, windows spilled, and the bytes the in-memory state holds.
+    pub fn state_size(&self) -> (usize, usize, usize) {
         let bytes = self.keys.bytes()
             + self.accs.bytes()
-            + self.groups.values().map(|g| g.wins.capacity() * 21 + g.order.capacity() * 4 + 64).sum::<usize>()
+            + self.groups.values().map(|g| g.wins.capacity() * 33 + g.order.capacity() * 4 + 96).sum::<usize>()
             + self.sessions.capacity() * 33
             + self.sessions.values().map(|v| v.capacity() * std::mem::size_of::<Session>()).sum::<usize>()
             + self.timers.capacity() * 16;
-        (wins, bytes)
-    }
-
-    /// Keys with open windows.
-    #[allow(dead_code)]
-    pub fn keys(&self) -> usize {
-        self.keys.table.len()
+        (self.hot, self.spilled, bytes)
     }
 
     /// Takes the results emitted so far (rows of `spec.result`).
@@ -318,6 +373,7 @@ impl WindowOp {
     pub fn process(&mut self, batch: &Batch, from: usize) -> Result<Outcome, String> {
         let mut outcome = Outcome::default();
         let spec = self.spec.clone();
+        self.epoch = self.epoch.wrapping_add(1);
         for r in 0..batch.len {
             let row = batch.row(r);
             let stamp = row.i64(spec.stamp_field);
@@ -349,6 +405,7 @@ impl WindowOp {
                 }
             }
         }
+        self.spill_if_over()?;
         Ok(outcome)
     }
 
@@ -361,7 +418,7 @@ impl WindowOp {
                 self.advance(m)?;
             }
         }
-        Ok(())
+        self.spill_if_over()
     }
 
     /// End of input: every window fires and is gone.
@@ -370,6 +427,33 @@ impl WindowOp {
             *c = WM_MAX;
         }
         self.advance(WM_MAX)
+    }
+
+    fn store(&mut self) -> Result<&mut Box<dyn SpillStore>, String> {
+        self.store.as_mut().ok_or_else(|| "window state was spilled without a store".to_string())
+    }
+
+    /// Key `key`'s window ending at `end`: in memory, or read back from the store (and
+    /// put in memory). None if it has none.
+    fn hot_or_spilled(&mut self, end: i64, key: u32) -> Result<Option<Win>, String> {
+        let g = self.groups.get(&end).expect("group");
+        if let Some(w) = g.wins.get(&key) {
+            return Ok(Some(*w));
+        }
+        if g.spilled == 0 {
+            return Ok(None);
+        }
+        let skey = aligned_key(end, self.keys.key(key));
+        let Some(bytes) = self.store()?.take(&skey)? else { return Ok(None) };
+        let (w, _) = Win::decode(&mut self.accs, &bytes, self.epoch)?;
+        let g = self.groups.get_mut(&end).expect("group");
+        g.spilled -= 1;
+        g.wins.insert(key, w);
+        g.order.push(key);
+        self.keys.retain(key);
+        self.hot += 1;
+        self.spilled -= 1;
+        Ok(Some(w))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -389,21 +473,20 @@ impl WindowOp {
         let mut taken = false;
         let mut start = last_start;
         // Windows [start, start + size) holding ts, latest first.
-        while start > ts - size {
-            let end = start + size;
+        while start > ts.saturating_sub(size) {
+            let end = start.saturating_add(size);
             start -= slide;
             if gone_at(end, lateness) <= stamp {
                 // This and every earlier window are gone for this record.
                 break;
             }
             let every = self.spec.emit_every;
-            let group = self
-                .groups
+            self.groups
                 .entry(end)
                 .or_insert_with(|| Group { next_early: every.map_or(WM_MAX, |d| end - size + d), ..Group::default() });
-            let (win, fresh) = match group.wins.get(&key) {
-                Some(w) => (*w, false),
-                None => (Win { acc: self.accs.alloc(), emitted: 0, dirty: false }, true),
+            let (win, fresh) = match self.hot_or_spilled(end, key)? {
+                Some(w) => (w, false),
+                None => (Win { acc: self.accs.alloc(), emitted: 0, dirty: false, used: 0 }, true),
             };
             if let Err(e) = self.accs.update(win.acc, row, ts) {
                 if fresh {
@@ -412,20 +495,23 @@ impl WindowOp {
                 outcome.failed.push((r, e));
                 return Ok(false);
             }
+            let epoch = self.epoch;
             let group = self.groups.get_mut(&end).expect("group");
             let fired = group.fired;
             let w = group.wins.entry(key).or_insert(win);
             w.dirty = true;
+            w.used = epoch;
             if fresh {
                 group.order.push(key);
                 self.keys.retain(key);
+                self.hot += 1;
             }
             let due = if fired { gone_at(end, lateness) } else { (end - 1).min(group.next_early.saturating_sub(1)) };
             self.next_due = self.next_due.min(due);
             if fired {
                 // Within allowed lateness: the window fires again, now.
                 let w = *group.wins.get(&key).expect("win");
-                self.emit(key, end - size, end, w)?;
+                self.emit(self.keys.key(key).to_vec().as_slice(), end - size, end, w)?;
                 let g = self.groups.get_mut(&end).expect("group");
                 let w = g.wins.get_mut(&key).expect("win");
                 w.emitted += 1;
@@ -434,6 +520,24 @@ impl WindowOp {
             taken = true;
         }
         Ok(taken)
+    }
+
+    /// Key `key`'s open sessions, read back from the store if they were spilled.
+    fn sessions_of(&mut self, key: u32) -> Result<(), String> {
+        if self.sessions.contains_key(&key) || self.spilled == 0 {
+            return Ok(());
+        }
+        let skey = session_key(self.keys.key(key));
+        let Some(bytes) = self.store()?.take(&skey)? else { return Ok(()) };
+        let list = decode_sessions(&mut self.accs, &bytes, self.epoch)?;
+        for s in &list {
+            self.keys.retain(key);
+            self.timers.push(Reverse((s.due(self.spec.lateness), key)));
+        }
+        self.hot += 1;
+        self.spilled -= 1;
+        self.sessions.insert(key, list);
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -448,24 +552,19 @@ impl WindowOp {
         r: usize,
     ) -> Result<bool, String> {
         let lateness = self.spec.lateness;
+        self.sessions_of(key)?;
         let (mut start, mut end) = (ts, ts.saturating_add(gap));
-        let list = self.sessions.entry(key).or_default();
+        let empty = Vec::new();
+        let list = self.sessions.get(&key).unwrap_or(&empty);
         // Open sessions this record overlaps or touches, merged into one window.
-        let mut hit = Vec::new();
-        for (i, s) in list.iter().enumerate() {
-            if s.start <= end && s.end >= start {
-                hit.push(i);
-            }
-        }
-        // Touching is transitive through the record only: recompute bounds.
+        let hit: Vec<usize> =
+            list.iter().enumerate().filter(|(_, s)| s.start <= end && s.end >= start).map(|(i, _)| i).collect();
+        // Open sessions never touch each other, so only the record joins them.
         for &i in &hit {
             start = start.min(list[i].start);
             end = end.max(list[i].end);
         }
         if gone_at(end, lateness) <= stamp {
-            if list.is_empty() {
-                self.sessions.remove(&key);
-            }
             return Ok(false);
         }
         let fresh = hit.is_empty();
@@ -473,7 +572,7 @@ impl WindowOp {
             Session {
                 start,
                 end,
-                win: Win { acc: self.accs.alloc(), emitted: 0, dirty: false },
+                win: Win { acc: self.accs.alloc(), emitted: 0, dirty: false, used: 0 },
                 fired: false,
                 next_early: self.spec.emit_every.map_or(WM_MAX, |d| start.saturating_add(d)),
             }
@@ -483,10 +582,6 @@ impl WindowOp {
         if let Err(e) = self.accs.update(target.win.acc, row, ts) {
             if fresh {
                 self.accs.free(target.win.acc);
-                let list = self.sessions.get(&key);
-                if list.is_some_and(Vec::is_empty) {
-                    self.sessions.remove(&key);
-                }
             }
             outcome.failed.push((r, e));
             return Ok(false);
@@ -495,9 +590,12 @@ impl WindowOp {
         merged.start = start;
         merged.end = end;
         merged.win.dirty = true;
-        let list = self.sessions.get_mut(&key).expect("sessions");
+        merged.win.used = self.epoch;
+        if !self.sessions.contains_key(&key) {
+            self.hot += 1;
+        }
+        let list = self.sessions.entry(key).or_default();
         // Fold the other hit sessions into the first.
-        let mut refire = false;
         for &i in hit.iter().skip(1).rev() {
             let other = list.remove(i);
             self.accs.merge(merged.win.acc, other.win.acc).map_err(|e| e.to_string())?;
@@ -507,27 +605,26 @@ impl WindowOp {
             merged.next_early = merged.next_early.min(other.next_early);
             self.keys.release(key);
         }
-        refire |= merged.fired;
-        if fresh {
+        let idx = if fresh {
             list.push(merged);
             self.keys.retain(key);
+            list.len() - 1
         } else {
             list[hit[0]] = merged;
-        }
-        // A merged session that had fired is an update, emitted now; it fires its
-        // final result again only if its end moved past the watermark.
-        if refire {
-            let idx = if fresh { list.len() - 1 } else { hit[0] };
-            let s = list[idx];
-            self.emit(key, s.start, s.end, s.win)?;
-            let list = self.sessions.get_mut(&key).expect("sessions");
-            let s = &mut list[idx];
+            hit[0]
+        };
+        // A record that lands in a session that had fired (within allowed lateness) is
+        // an update, emitted now; the session fires again at its end if that moved on.
+        if merged.fired {
+            let kb = self.keys.key(key).to_vec();
+            self.emit(&kb, merged.start, merged.end, merged.win)?;
+            let wm = self.wm;
+            let s = &mut self.sessions.get_mut(&key).expect("sessions")[idx];
             s.win.emitted += 1;
             s.win.dirty = false;
-            s.fired = s.end - 1 <= self.wm;
+            s.fired = s.end - 1 <= wm;
         }
-        let due =
-            if merged.fired { gone_at(end, lateness) } else { (end - 1).min(merged.next_early.saturating_sub(1)) };
+        let due = self.sessions[&key][idx].due(lateness);
         self.timers.push(Reverse((due, key)));
         self.next_due = self.next_due.min(due);
         Ok(true)
@@ -543,9 +640,20 @@ impl WindowOp {
         let mut next_due = WM_MAX;
         match self.spec.window {
             Window::Session { .. } => {
+                // Spilled sessions that are due come back first.
+                while let Some(Reverse((at, _))) = self.spill_timers.peek() {
+                    if *at > wm {
+                        next_due = next_due.min(*at);
+                        break;
+                    }
+                    let Some(Reverse((_, kb))) = self.spill_timers.pop() else { break };
+                    let key = self.keys.intern(&kb);
+                    self.sessions_of(key)?;
+                    self.keys.forget_if_unused(key);
+                }
                 while let Some(&Reverse((at, key))) = self.timers.peek() {
                     if at > wm {
-                        next_due = at;
+                        next_due = next_due.min(at);
                         break;
                     }
                     self.timers.pop();
@@ -556,17 +664,18 @@ impl WindowOp {
                 let lateness = self.spec.lateness;
                 let due: Vec<i64> = self.groups.keys().copied().take_while(|&end| end - 1 <= wm).collect();
                 for end in due {
+                    let gone = gone_at(end, lateness) <= wm;
                     let g = self.groups.get_mut(&end).expect("group");
                     if !g.fired {
                         g.fired = true;
-                        self.emit_group(end, size_ms, true)?;
+                        self.emit_group(end, size_ms, true, gone)?;
                     }
-                    if gone_at(end, lateness) <= wm {
-                        self.drop_group(end);
+                    if gone {
+                        self.drop_group(end)?;
                     }
                 }
                 // Early results of groups still open.
-                if self.spec.emit_every.is_some() {
+                if let Some(every) = self.spec.emit_every {
                     let early: Vec<i64> = self
                         .groups
                         .iter()
@@ -574,8 +683,7 @@ impl WindowOp {
                         .map(|(&end, _)| end)
                         .collect();
                     for end in early {
-                        self.emit_group(end, size_ms, false)?;
-                        let every = self.spec.emit_every.unwrap_or(i64::MAX);
+                        self.emit_group(end, size_ms, false, false)?;
                         let g = self.groups.get_mut(&end).expect("group");
                         while g.next_early - 1 <= wm {
                             g.next_early = g.next_early.saturating_add(every);
@@ -593,8 +701,9 @@ impl WindowOp {
         Ok(())
     }
 
-    /// Emits the group's windows: changed ones for early results, all for the final one.
-    fn emit_group(&mut self, end: i64, size: i64, final_: bool) -> Result<(), String> {
+    /// Emits the group's windows: changed ones for early results, all for the final
+    /// one. Spilled windows are read back for it (and written back unless `gone`).
+    fn emit_group(&mut self, end: i64, size: i64, final_: bool, gone: bool) -> Result<(), String> {
         let g = self.groups.get_mut(&end).expect("group");
         let order = std::mem::take(&mut g.order);
         for &key in &order {
@@ -603,25 +712,53 @@ impl WindowOp {
             if !(final_ || w.dirty) {
                 continue;
             }
-            self.emit(key, end - size, end, w)?;
+            let kb = self.keys.key(key).to_vec();
+            self.emit(&kb, end - size, end, w)?;
             let g = self.groups.get_mut(&end).expect("group");
             let w = g.wins.get_mut(&key).expect("win");
             w.emitted += 1;
             w.dirty = false;
         }
         self.groups.get_mut(&end).expect("group").order = order;
+        if self.groups[&end].spilled == 0 {
+            return Ok(());
+        }
+        let prefix = aligned_key(end, &[]);
+        let spilled = self.store()?.take_prefix(&prefix)?;
+        let mut back = Vec::new();
+        for (k, v) in spilled {
+            let (mut w, _) = Win::decode(&mut self.accs, &v, 0)?;
+            let kb = &k[prefix.len()..];
+            if final_ || w.dirty {
+                self.emit(kb, end - size, end, w)?;
+                w.emitted += 1;
+                w.dirty = false;
+            }
+            if !gone {
+                back.clear();
+                w.encode(&self.accs, &mut back);
+                self.store()?.put(&k, &back)?;
+            }
+            self.accs.free(w.acc);
+        }
         Ok(())
     }
 
-    fn drop_group(&mut self, end: i64) {
-        if let Some(g) = self.groups.remove(&end) {
-            for key in g.order {
-                if let Some(w) = g.wins.get(&key) {
-                    self.accs.free(w.acc);
-                    self.keys.release(key);
-                }
+    fn drop_group(&mut self, end: i64) -> Result<(), String> {
+        let Some(g) = self.groups.remove(&end) else { return Ok(()) };
+        for key in g.order {
+            if let Some(w) = g.wins.get(&key) {
+                self.accs.free(w.acc);
+                self.keys.release(key);
+                self.hot -= 1;
             }
         }
+        if g.spilled > 0 {
+            // Emitted already (emit_group read them): their state goes.
+            let _ = self.store()?.take_prefix(&aligned_key(end, &[]))?;
+            self.spilled -= g.spilled as usize;
+        }
+        Ok(())
     }
 
     /// Fires, updates early and drops the sessions of `key` the watermark has passed.
@@ -631,20 +768,21 @@ impl WindowOp {
         let every = self.spec.emit_every;
         let Some(list) = self.sessions.get(&key) else { return Ok(()) };
         let mut list = list.clone();
+        let kb = self.keys.key(key).to_vec();
         let mut i = 0;
         while i < list.len() {
             let s = &mut list[i];
             if !s.fired && s.end - 1 <= wm {
                 s.fired = true;
                 let (st, en, w) = (s.start, s.end, s.win);
-                self.emit(key, st, en, w)?;
+                self.emit(&kb, st, en, w)?;
                 let s = &mut list[i];
                 s.win.emitted += 1;
                 s.win.dirty = false;
             } else if !s.fired && s.next_early - 1 <= wm {
                 if s.win.dirty {
                     let (st, en, w) = (s.start, s.end, s.win);
-                    self.emit(key, st, en, w)?;
+                    self.emit(&kb, st, en, w)?;
                     let s = &mut list[i];
                     s.win.emitted += 1;
                     s.win.dirty = false;
@@ -661,24 +799,89 @@ impl WindowOp {
                 list.remove(i);
                 continue;
             }
-            let due = if s.fired { gone_at(s.end, lateness) } else { (s.end - 1).min(s.next_early.saturating_sub(1)) };
-            self.timers.push(Reverse((due, key)));
+            self.timers.push(Reverse((s.due(lateness), key)));
             i += 1;
         }
         if list.is_empty() {
             self.sessions.remove(&key);
+            self.hot -= 1;
         } else {
             self.sessions.insert(key, list);
         }
         Ok(())
     }
 
-    /// Appends one result row.
-    fn emit(&mut self, key: u32, start: i64, end: i64, w: Win) -> Result<(), String> {
+    /// Moves the least recently updated windows to the store while more than the
+    /// budget are in memory (down to 3/4 of it, so spills come in rounds).
+    fn spill_if_over(&mut self) -> Result<(), String> {
+        if self.hot <= self.budget || self.store.is_none() {
+            return Ok(());
+        }
+        let target = self.budget / 4 * 3;
+        let n = self.hot - target;
+        let mut buf = Vec::new();
+        match self.spec.window {
+            Window::Session { .. } => {
+                let mut cands: Vec<(u32, u32)> =
+                    self.sessions.iter().map(|(&k, l)| (l.iter().map(|s| s.win.used).max().unwrap_or(0), k)).collect();
+                cands.sort_unstable();
+                for &(_, key) in cands.iter().take(n) {
+                    let Some(list) = self.sessions.remove(&key) else { continue };
+                    buf.clear();
+                    encode_sessions(&self.accs, &list, &mut buf);
+                    let kb: Box<[u8]> = self.keys.key(key).into();
+                    let due = list.iter().map(|s| s.due(self.spec.lateness)).min().unwrap_or(WM_MAX);
+                    self.store()?.put(&session_key(&kb), &buf)?;
+                    self.spill_timers.push(Reverse((due, kb)));
+                    self.next_due = self.next_due.min(due);
+                    for s in &list {
+                        self.accs.free(s.win.acc);
+                        self.keys.release(key);
+                    }
+                    self.hot -= 1;
+                    self.spilled += 1;
+                }
+            }
+            _ => {
+                let mut cands: Vec<(u32, i64, u32)> = self
+                    .groups
+                    .iter()
+                    .flat_map(|(&end, g)| g.wins.iter().map(move |(&k, w)| (w.used, end, k)))
+                    .collect();
+                cands.sort_unstable();
+                let mut touched = Vec::new();
+                for &(_, end, key) in cands.iter().take(n) {
+                    let g = self.groups.get_mut(&end).expect("group");
+                    let Some(w) = g.wins.remove(&key) else { continue };
+                    g.spilled += 1;
+                    touched.push(end);
+                    buf.clear();
+                    w.encode(&self.accs, &mut buf);
+                    let skey = aligned_key(end, self.keys.key(key));
+                    self.store()?.put(&skey, &buf)?;
+                    self.accs.free(w.acc);
+                    self.keys.release(key);
+                    self.hot -= 1;
+                    self.spilled += 1;
+                }
+                touched.sort_unstable();
+                touched.dedup();
+                for end in touched {
+                    let g = self.groups.get_mut(&end).expect("group");
+                    let wins = &g.wins;
+                    g.order.retain(|k| wins.contains_key(k));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends one result row for the key with bytes `key`.
+    fn emit(&mut self, key: &[u8], start: i64, end: i64, w: Win) -> Result<(), String> {
         let spec = &self.spec;
         let nk = spec.key_fields.len();
         let r = self.results.push_row();
-        decode_key(self.keys.key(key), &self.key_kinds, &mut self.results, r)?;
+        decode_key(key, &self.key_kinds, &mut self.results, r)?;
         self.results.set_i64(r, nk, start);
         self.results.set_i64(r, nk + 1, end);
         self.accs.write(w.acc, &mut self.results, r, nk + 2)?;
@@ -687,6 +890,47 @@ impl WindowOp {
         self.results.set_i64(r, rev + 1, self.emit_stamp);
         Ok(())
     }
+}
+
+impl Session {
+    /// The watermark at which it next needs attention: firing, an early result, or
+    /// being dropped once fired.
+    fn due(&self, lateness: i64) -> i64 {
+        if self.fired {
+            gone_at(self.end, lateness)
+        } else {
+            (self.end - 1).min(self.next_early.saturating_sub(1))
+        }
+    }
+}
+
+fn encode_sessions(accs: &AccStore, list: &[Session], out: &mut Vec<u8>) {
+    out.extend_from_slice(&(list.len() as u32).to_le_bytes());
+    for s in list {
+        out.extend_from_slice(&s.start.to_le_bytes());
+        out.extend_from_slice(&s.end.to_le_bytes());
+        out.extend_from_slice(&s.next_early.to_le_bytes());
+        out.push(u8::from(s.fired));
+        s.win.encode(accs, out);
+    }
+}
+
+fn decode_sessions(accs: &mut AccStore, bytes: &[u8], used: u32) -> Result<Vec<Session>, String> {
+    let bad = || "truncated sessions".to_string();
+    let i64_at = |at: usize| -> Result<i64, String> {
+        Ok(i64::from_le_bytes(bytes.get(at..at + 8).ok_or_else(bad)?.try_into().map_err(|_| bad())?))
+    };
+    let n = u32::from_le_bytes(bytes.get(..4).ok_or_else(bad)?.try_into().map_err(|_| bad())?) as usize;
+    let mut at = 4;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (start, end, next_early) = (i64_at(at)?, i64_at(at + 8)?, i64_at(at + 16)?);
+        let fired = *bytes.get(at + 24).ok_or_else(bad)? != 0;
+        let (win, used_bytes) = Win::decode(accs, &bytes[at + 25..], used)?;
+        at += 25 + used_bytes;
+        out.push(Session { start, end, win, fired, next_early });
+    }
+    Ok(out)
 }
 
 /// The record type of a window's raw results: keys, bounds, aggregates, revision, `$wm`.
@@ -703,4 +947,239 @@ pub(crate) fn result_record(keys: &[flow_types::Field], aggs: &[ir::AggCall]) ->
     fields.push(Field { name: "revision".into(), ty: Type::int() });
     fields.push(Field { name: super::stamp::STAMP_FIELD.into(), ty: Type::timestamp() });
     Arc::new(flow_types::RecordType { name: None, fields })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::spill::MemoryStore;
+    use flow_types::{Field, RecordType, Type, Value};
+
+    /// Input rows: (k: string, v: int, ts: timestamp, $wm); aggregates count(), sum(v).
+    fn input() -> Arc<Layout> {
+        let f = |n: &str, ty: Type| Field { name: n.into(), ty };
+        let rec = RecordType {
+            name: None,
+            fields: vec![
+                f("k", Type::string()),
+                f("v", Type::int()),
+                f("ts", Type::timestamp()),
+                f(super::super::stamp::STAMP_FIELD, Type::timestamp()),
+            ],
+        };
+        Arc::new(Layout::new(Arc::new(rec)))
+    }
+
+    fn spec(window: Window, lateness: i64, emit_every: Option<i64>) -> Arc<WindowSpec> {
+        let aggs = vec![
+            ir::AggCall { func: "count", arg: None, ty: Type::int() },
+            ir::AggCall { func: "sum", arg: None, ty: Type::int() },
+        ];
+        let acc = AccLayout::new(&aggs, &[None, Some(1)], &input()).expect("layout");
+        let keys = vec![Field { name: "k".into(), ty: Type::string() }];
+        Arc::new(WindowSpec {
+            window,
+            lateness,
+            emit_every,
+            key_fields: vec![0],
+            ts_field: 2,
+            ts_offset: 0,
+            stamp_field: 3,
+            acc,
+            result: Arc::new(Layout::new(result_record(&keys, &aggs))),
+        })
+    }
+
+    fn batch(rows: &[(&str, i64, i64, i64)]) -> Batch {
+        let mut b = BatchBuilder::new(input());
+        for (k, v, ts, wm) in rows {
+            b.push_values(&[Value::String((*k).into()), Value::Int(*v), Value::Timestamp(*ts), Value::Timestamp(*wm)])
+                .expect("row");
+        }
+        b.finish()
+    }
+
+    /// (key, start, end, count, sum, revision) of every result, and the late row indexes.
+    type Res = (String, i64, i64, i64, i64, i64);
+
+    fn run(op: &mut WindowOp, rows: &[(&str, i64, i64, i64)], finish: bool) -> (Vec<Res>, Vec<usize>) {
+        let outcome = op.process(&batch(rows), 0).expect("process");
+        if finish {
+            op.finish().expect("finish");
+        }
+        let mut out = Vec::new();
+        if let Some(b) = op.take_results() {
+            for v in b.to_values() {
+                let s = |i: usize| match &v[i] {
+                    Value::String(s) => s.to_string(),
+                    x => panic!("{x:?}"),
+                };
+                let n = |i: usize| match &v[i] {
+                    Value::Int(x) | Value::Timestamp(x) => *x,
+                    x => panic!("{x:?}"),
+                };
+                out.push((s(0), n(1), n(2), n(3), n(4), n(5)));
+            }
+        }
+        (out, outcome.late)
+    }
+
+    /// The operator with everything in memory, and one that spills every window after
+    /// each batch into a store: they must agree.
+    fn both(spec: &Arc<WindowSpec>) -> [WindowOp; 2] {
+        [
+            WindowOp::new(spec.clone(), &input(), 1),
+            WindowOp::new(spec.clone(), &input(), 1).with_store(Box::<MemoryStore>::default(), 0),
+        ]
+    }
+
+    fn sorted(mut v: Vec<Res>) -> Vec<Res> {
+        v.sort();
+        v
+    }
+
+    const M: i64 = 60_000;
+
+    #[test]
+    fn tumbling_boundaries_end_minus_one_and_the_watermark() {
+        for mut op in both(&spec(Window::Tumbling { size_ms: M }, 0, None)) {
+            let (out, late) = run(
+                &mut op,
+                &[
+                    ("a", 1, 0, WM_MIN),
+                    ("a", 2, M - 1, 0),      // end - 1 is inside [0, M)
+                    ("a", 4, M, M - 1),      // end is the next window; W = end - 1 fires [0, M)
+                    ("b", 8, M - 1, M - 2),  // judged by its own stamp end - 2: still open
+                    ("c", 16, M - 1, M - 1), // stamp end - 1: [0, M) is gone: late
+                ],
+                true,
+            );
+            assert_eq!(late, vec![4]);
+            assert_eq!(
+                sorted(out),
+                vec![("a".into(), 0, M, 2, 3, 0), ("a".into(), M, 2 * M, 1, 4, 0), ("b".into(), 0, M, 1, 8, 0),]
+            );
+        }
+    }
+
+    #[test]
+    fn allowed_lateness_boundary_updates_then_refuses() {
+        let l = 10_000;
+        for mut op in both(&spec(Window::Tumbling { size_ms: M }, l, None)) {
+            let (out, late) = run(
+                &mut op,
+                &[
+                    ("a", 1, 5, WM_MIN),
+                    ("a", 2, 10, M - 1),         // fired at end - 1 (rev 0); still within lateness
+                    ("a", 4, 20, M - 1 + l - 1), // one before gone: rev 1 with this record
+                    ("a", 8, 30, M - 1 + l),     // exactly end - 1 + lateness: late
+                ],
+                true,
+            );
+            assert_eq!(late, vec![3]);
+            // rev 0 fired before row 1 was added (count 1), then rev 1 (count 2, row 1
+            // within lateness), rev 2 (count 3).
+            assert_eq!(
+                sorted(out),
+                vec![("a".into(), 0, M, 1, 1, 0), ("a".into(), 0, M, 2, 3, 1), ("a".into(), 0, M, 3, 7, 2),]
+            );
+        }
+    }
+
+    #[test]
+    fn sliding_windows_count_a_record_in_each_open_window() {
+        for mut op in both(&spec(Window::Sliding { size_ms: 30, slide_ms: 10 }, 0, None)) {
+            // ts 25 is in [0,30), [10,40), [20,50); stamp 30 closes [0,30) (end - 1 = 29).
+            let (out, late) = run(&mut op, &[("a", 1, 25, 30), ("a", 2, 5, 30)], true);
+            assert_eq!(late, vec![1], "ts 5 is only in closed windows");
+            assert_eq!(sorted(out), vec![("a".into(), 10, 40, 1, 1, 0), ("a".into(), 20, 50, 1, 1, 0)]);
+        }
+    }
+
+    #[test]
+    fn sessions_merge_touching_and_bridged_windows() {
+        let gap = 100;
+        for mut op in both(&spec(Window::Session { gap_ms: gap }, 0, None)) {
+            let (out, late) = run(
+                &mut op,
+                &[
+                    ("t", 1, 0, WM_MIN),
+                    ("t", 2, 100, WM_MIN), // exactly gap apart: touching, one session
+                    ("n", 1, 0, WM_MIN),
+                    ("n", 2, 101, WM_MIN), // gap + 1: two sessions
+                    ("b", 1, 0, WM_MIN),
+                    ("b", 2, 150, WM_MIN),
+                    ("b", 4, 75, WM_MIN), // bridges [0,100) and [150,250)
+                ],
+                true,
+            );
+            assert!(late.is_empty());
+            assert_eq!(
+                sorted(out),
+                vec![
+                    ("b".into(), 0, 250, 3, 7, 0),
+                    ("n".into(), 0, 100, 1, 1, 0),
+                    ("n".into(), 101, 201, 1, 2, 0),
+                    ("t".into(), 0, 200, 2, 3, 0),
+                ]
+            );
+        }
+    }
+
+    #[test]
+    fn a_late_session_record_that_touches_an_open_session_extends_it_backwards() {
+        let gap = 100;
+        for mut op in both(&spec(Window::Session { gap_ms: gap }, 0, None)) {
+            let (out, late) = run(
+                &mut op,
+                &[
+                    ("s", 1, 500, WM_MIN),
+                    ("s", 2, 400, 450), // own [400,500) is late alone, but touches [500,600)
+                    ("d", 4, 300, 450), // own [300,400): end - 1 = 399 <= 450, touches nothing
+                ],
+                true,
+            );
+            assert_eq!(late, vec![2]);
+            assert_eq!(out, vec![("s".into(), 400, 600, 2, 3, 0)]);
+        }
+    }
+
+    #[test]
+    fn early_results_in_event_time() {
+        for mut op in both(&spec(Window::Tumbling { size_ms: M }, 0, Some(10_000))) {
+            let (out, _) = run(
+                &mut op,
+                &[("a", 1, 1_000, WM_MIN), ("a", 2, 12_000, 1_000), ("a", 4, 13_000, 12_000), ("a", 8, 14_000, 13_000)],
+                true,
+            );
+            // At stamp 12_000 (>= 9_999) the window has 2 records: rev 0. Nothing changes
+            // the 20 s mark before the end; the final result is rev 1 with all 4.
+            assert_eq!(sorted(out), vec![("a".into(), 0, M, 2, 3, 0), ("a".into(), 0, M, 4, 15, 1)]);
+        }
+    }
+
+    #[test]
+    fn spilled_state_comes_back_for_late_updates_and_firing() {
+        let spec = spec(Window::Tumbling { size_ms: M }, 5 * M, None);
+        let [mut mem, mut spill] = both(&spec);
+        let rows: Vec<(String, i64, i64, i64)> =
+            (0..500).map(|i| (format!("k{}", i % 37), i, (i * 997) % (3 * M), (i * 300) - 1)).collect();
+        let mut all = [Vec::new(), Vec::new()];
+        for chunk in rows.chunks(50) {
+            let refs: Vec<(&str, i64, i64, i64)> = chunk.iter().map(|(k, v, t, w)| (k.as_str(), *v, *t, *w)).collect();
+            for (i, op) in [&mut mem, &mut spill].into_iter().enumerate() {
+                let (out, late) = run(op, &refs, false);
+                all[i].extend(out);
+                all[i].push(("late".into(), late.len() as i64, 0, 0, 0, 0));
+            }
+        }
+        for (i, op) in [&mut mem, &mut spill].into_iter().enumerate() {
+            let (out, _) = run(op, &[], true);
+            all[i].extend(out);
+        }
+        assert_eq!(spill.state_size().0, 0);
+        let [a, b] = all;
+        assert!(a.len() > 100);
+        assert_eq!(sorted(a), sorted(b));
+    }
 }
