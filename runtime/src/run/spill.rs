@@ -14,6 +14,7 @@
 //! The store is a plain ordered byte map behind [`SpillStore`], so the window operator
 //! is tested against [`MemoryStore`] and RocksDB alike.
 
+#[cfg(test)]
 use std::collections::BTreeMap;
 use std::path::Path;
 

@@ -480,6 +480,26 @@ impl WindowOp {
                 // This and every earlier window are gone for this record.
                 break;
             }
+            // The common case first: the key's window is in memory.
+            if let Some(g) = self.groups.get_mut(&end) {
+                if let Some(w) = g.wins.get_mut(&key) {
+                    if let Err(e) = self.accs.update(w.acc, row, ts) {
+                        outcome.failed.push((r, e));
+                        return Ok(false);
+                    }
+                    w.dirty = true;
+                    w.used = self.epoch;
+                    if g.fired {
+                        // Within allowed lateness: the window fires again, now.
+                        let win = *w;
+                        w.emitted += 1;
+                        w.dirty = false;
+                        self.emit_id(key, end - size, end, win)?;
+                    }
+                    taken = true;
+                    continue;
+                }
+            }
             let every = self.spec.emit_every;
             self.groups
                 .entry(end)
@@ -511,7 +531,7 @@ impl WindowOp {
             if fired {
                 // Within allowed lateness: the window fires again, now.
                 let w = *group.wins.get(&key).expect("win");
-                self.emit(self.keys.key(key).to_vec().as_slice(), end - size, end, w)?;
+                self.emit_id(key, end - size, end, w)?;
                 let g = self.groups.get_mut(&end).expect("group");
                 let w = g.wins.get_mut(&key).expect("win");
                 w.emitted += 1;
@@ -616,16 +636,20 @@ impl WindowOp {
         // A record that lands in a session that had fired (within allowed lateness) is
         // an update, emitted now; the session fires again at its end if that moved on.
         if merged.fired {
-            let kb = self.keys.key(key).to_vec();
-            self.emit(&kb, merged.start, merged.end, merged.win)?;
+            self.emit_id(key, merged.start, merged.end, merged.win)?;
             let wm = self.wm;
             let s = &mut self.sessions.get_mut(&key).expect("sessions")[idx];
             s.win.emitted += 1;
             s.win.dirty = false;
             s.fired = s.end - 1 <= wm;
         }
+        // A session that only grew keeps its timer: the earlier entry pops first and
+        // fire_sessions re-arms it at its current due time. New sessions and ones that
+        // fired (whose due time may have moved earlier) get an entry now.
         let due = self.sessions[&key][idx].due(lateness);
-        self.timers.push(Reverse((due, key)));
+        if fresh || merged.fired {
+            self.timers.push(Reverse((due, key)));
+        }
         self.next_due = self.next_due.min(due);
         Ok(true)
     }
@@ -712,8 +736,7 @@ impl WindowOp {
             if !(final_ || w.dirty) {
                 continue;
             }
-            let kb = self.keys.key(key).to_vec();
-            self.emit(&kb, end - size, end, w)?;
+            self.emit_id(key, end - size, end, w)?;
             let g = self.groups.get_mut(&end).expect("group");
             let w = g.wins.get_mut(&key).expect("win");
             w.emitted += 1;
@@ -768,21 +791,20 @@ impl WindowOp {
         let every = self.spec.emit_every;
         let Some(list) = self.sessions.get(&key) else { return Ok(()) };
         let mut list = list.clone();
-        let kb = self.keys.key(key).to_vec();
         let mut i = 0;
         while i < list.len() {
             let s = &mut list[i];
             if !s.fired && s.end - 1 <= wm {
                 s.fired = true;
                 let (st, en, w) = (s.start, s.end, s.win);
-                self.emit(&kb, st, en, w)?;
+                self.emit_id(key, st, en, w)?;
                 let s = &mut list[i];
                 s.win.emitted += 1;
                 s.win.dirty = false;
             } else if !s.fired && s.next_early - 1 <= wm {
                 if s.win.dirty {
                     let (st, en, w) = (s.start, s.end, s.win);
-                    self.emit(&kb, st, en, w)?;
+                    self.emit_id(key, st, en, w)?;
                     let s = &mut list[i];
                     s.win.emitted += 1;
                     s.win.dirty = false;
@@ -878,18 +900,39 @@ impl WindowOp {
 
     /// Appends one result row for the key with bytes `key`.
     fn emit(&mut self, key: &[u8], start: i64, end: i64, w: Win) -> Result<(), String> {
-        let spec = &self.spec;
-        let nk = spec.key_fields.len();
-        let r = self.results.push_row();
-        decode_key(key, &self.key_kinds, &mut self.results, r)?;
-        self.results.set_i64(r, nk, start);
-        self.results.set_i64(r, nk + 1, end);
-        self.accs.write(w.acc, &mut self.results, r, nk + 2)?;
-        let rev = spec.revision_field();
-        self.results.set_i64(r, rev, i64::from(w.emitted));
-        self.results.set_i64(r, rev + 1, self.emit_stamp);
-        Ok(())
+        emit_row(&mut self.results, &self.spec, &self.key_kinds, &self.accs, self.emit_stamp, key, start, end, w)
     }
+
+    /// [`WindowOp::emit`] for an interned key (no copy of its bytes).
+    fn emit_id(&mut self, key: u32, start: i64, end: i64, w: Win) -> Result<(), String> {
+        let kb = self.keys.key(key);
+        emit_row(&mut self.results, &self.spec, &self.key_kinds, &self.accs, self.emit_stamp, kb, start, end, w)
+    }
+}
+
+/// Appends one result row: keys, bounds, aggregates, revision, `$wm`.
+#[allow(clippy::too_many_arguments)]
+fn emit_row(
+    results: &mut BatchBuilder,
+    spec: &WindowSpec,
+    key_kinds: &[SlotKind],
+    accs: &AccStore,
+    stamp: i64,
+    key: &[u8],
+    start: i64,
+    end: i64,
+    w: Win,
+) -> Result<(), String> {
+    let nk = spec.key_fields.len();
+    let r = results.push_row();
+    decode_key(key, key_kinds, results, r)?;
+    results.set_i64(r, nk, start);
+    results.set_i64(r, nk + 1, end);
+    accs.write(w.acc, results, r, nk + 2)?;
+    let rev = spec.revision_field();
+    results.set_i64(r, rev, i64::from(w.emitted));
+    results.set_i64(r, rev + 1, stamp);
+    Ok(())
 }
 
 impl Session {
