@@ -328,15 +328,16 @@ fn an_unkeyed_window_with_every_aggregate_over_disordered_input() {
     let (out, run) = hand(
         "pipeline p = from events | window tumbling(1m) \
          | aggregate { n: count(), total: sum(amount), lo: min(amount), hi: max(account), mean: avg(amount), \
-                       shops: count_distinct(merchant), first_acct: first(account), last_acct: last(account) } \
-         | select { start: window_start as int, n, total, lo, hi, mean, shops, first_acct, last_acct } -> out",
+                       shops: count_distinct(merchant), first_acct: first(account), last_acct: last(account), \
+                       busy: count() > 3 and max(amount) > 7.00 } \
+         | select { start: window_start as int, n, total, lo, hi, mean, shops, first_acct, last_acct, busy } -> out",
         &input,
         "15s",
     );
     assert_eq!(out.len(), 2, "{out:?}");
     let first = format!(
         "{{\"start\":{B},\"n\":4,\"total\":14.00,\"lo\":0.25,\"hi\":\"c\",\"mean\":3.500000,\"shops\":3,\
-         \"first_acct\":\"a\",\"last_acct\":\"c\"}}"
+         \"first_acct\":\"a\",\"last_acct\":\"c\",\"busy\":true}}"
     );
     assert!(out.contains(&first), "{out:?}");
     assert!(run.late_ids().is_empty());

@@ -335,6 +335,38 @@ pub enum ExprKind {
 }
 
 impl Expr {
+    /// Calls `f` on each direct subexpression, mutably (for rewrites of the IR).
+    pub fn for_each_child_mut(&mut self, f: &mut impl FnMut(&mut Expr)) {
+        use ExprKind as K;
+        match &mut self.kind {
+            K::Literal(_) | K::Field(_) | K::Param(_) | K::Step(_) | K::Agg(_) => {}
+            K::GetField(x, _) | K::SafeGetField(x, _) | K::Unary(_, x) | K::Cast(x) | K::IsNull { expr: x, .. } => f(x),
+            K::Index(a, b) | K::Binary(_, a, b) => {
+                f(a);
+                f(b);
+            }
+            K::Call(_, args) | K::CallFn(_, args) | K::List(args) | K::Record(args) => args.iter_mut().for_each(f),
+            K::If(a, b, c) => {
+                f(a);
+                f(b);
+                f(c);
+            }
+            K::Case { arms, otherwise } => {
+                for (w, t) in arms {
+                    f(w);
+                    f(t);
+                }
+                if let Some(o) = otherwise {
+                    f(o);
+                }
+            }
+            K::In { expr, list, .. } => {
+                f(expr);
+                list.iter_mut().for_each(f);
+            }
+        }
+    }
+
     pub fn literal_value(&self) -> Option<&Value> {
         match &self.kind {
             ExprKind::Literal(v) => Some(v),

@@ -46,39 +46,11 @@ pub(crate) struct HeadRt {
 
 /// Rewrites `Agg(i)` into `Field(base + i)`.
 fn aggs_to_fields(e: &mut Expr, base: usize) {
-    match &mut e.kind {
-        ExprKind::Agg(i) => e.kind = ExprKind::Field(base + *i),
-        ExprKind::Literal(_) | ExprKind::Field(_) | ExprKind::Param(_) | ExprKind::Step(_) => {}
-        ExprKind::GetField(x, _) | ExprKind::SafeGetField(x, _) | ExprKind::Unary(_, x) | ExprKind::Cast(x) => {
-            aggs_to_fields(x, base)
-        }
-        ExprKind::IsNull { expr, .. } => aggs_to_fields(expr, base),
-        ExprKind::Index(a, b) | ExprKind::Binary(_, a, b) => {
-            aggs_to_fields(a, base);
-            aggs_to_fields(b, base);
-        }
-        ExprKind::Call(_, args) | ExprKind::CallFn(_, args) | ExprKind::List(args) | ExprKind::Record(args) => {
-            args.iter_mut().for_each(|a| aggs_to_fields(a, base))
-        }
-        ExprKind::If(a, b, c) => {
-            aggs_to_fields(a, base);
-            aggs_to_fields(b, base);
-            aggs_to_fields(c, base);
-        }
-        ExprKind::Case { arms, otherwise } => {
-            for (w, t) in arms {
-                aggs_to_fields(w, base);
-                aggs_to_fields(t, base);
-            }
-            if let Some(o) = otherwise {
-                aggs_to_fields(o, base);
-            }
-        }
-        ExprKind::In { expr, list, .. } => {
-            aggs_to_fields(expr, base);
-            list.iter_mut().for_each(|a| aggs_to_fields(a, base));
-        }
+    if let ExprKind::Agg(i) = e.kind {
+        e.kind = ExprKind::Field(base + i);
+        return;
     }
+    e.for_each_child_mut(&mut |c| aggs_to_fields(c, base));
 }
 
 fn field(i: usize, ty: Type, span: Span) -> Expr {
