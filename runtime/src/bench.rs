@@ -91,6 +91,9 @@ pub struct Nexmark {
 
 /// A pipeline whose window runs as `flowc run` runs it, on one thread: stamping, the
 /// stateless operators before the window, the window and its finishing stage.
+/// A source of batches: calls its argument with each until it returns false.
+type Feed<'a> = dyn FnMut(&mut dyn FnMut(Batch) -> bool) -> Result<(), String> + 'a;
+
 struct Windowed {
     stamped: Arc<Layout>,
     time: ir::EventTime,
@@ -135,11 +138,7 @@ impl Windowed {
 
     /// The window operator fed with `feed`'s batches (unstamped, as decoded); returns
     /// the rows out.
-    fn run(
-        &self,
-        op: &mut WindowOp,
-        feed: &mut dyn FnMut(&mut dyn FnMut(Batch) -> bool) -> Result<(), String>,
-    ) -> Result<u64, String> {
+    fn run(&self, op: &mut WindowOp, feed: &mut Feed<'_>) -> Result<u64, String> {
         let mut stamper = Stamper::new(&self.stamped, &self.time, self.delay, None, &[0]);
         let mut rows_out = 0u64;
         let mut error = None;

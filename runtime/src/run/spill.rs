@@ -18,13 +18,16 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+/// Key-value pairs as a range scan returns them.
+pub(crate) type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// An ordered byte map that window state spills into.
 pub(crate) trait SpillStore: Send {
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), String>;
     /// Removes and returns the value of `key`.
     fn take(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, String>;
     /// Removes and returns every entry whose key starts with `prefix`, in key order.
-    fn take_prefix(&mut self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String>;
+    fn take_prefix(&mut self, prefix: &[u8]) -> Result<Entries, String>;
 }
 
 /// A [`SpillStore`] in a `BTreeMap`: the reference the window operator's spilling is
@@ -46,7 +49,7 @@ impl SpillStore for MemoryStore {
         Ok(self.map.remove(key))
     }
 
-    fn take_prefix(&mut self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+    fn take_prefix(&mut self, prefix: &[u8]) -> Result<Entries, String> {
         let keys: Vec<Vec<u8>> = self
             .map
             .range(prefix.to_vec()..)
@@ -105,7 +108,7 @@ impl SpillStore for RocksStore {
         Ok(v)
     }
 
-    fn take_prefix(&mut self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+    fn take_prefix(&mut self, prefix: &[u8]) -> Result<Entries, String> {
         let cf = self.handle()?;
         let mut out = Vec::new();
         let iter = self.db.iterator_cf(cf, rocksdb::IteratorMode::From(prefix, rocksdb::Direction::Forward));
