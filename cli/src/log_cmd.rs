@@ -199,6 +199,9 @@ pub struct BenchWindowsArgs {
     /// Scratch directory for the RocksDB cases (removed afterwards)
     #[arg(long, default_value = "./.flow/bench-state")]
     pub dir: PathBuf,
+    /// Only the cases whose name contains this (e.g. `tumbling(60s) memory`)
+    #[arg(long)]
+    pub case: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -683,6 +686,10 @@ fn bench_windows(a: BenchWindowsArgs) -> miette::Result<ExitCode> {
     );
     println!("{:<34} {:>14} {:>12} {:>10}", "case", "events/s", "results", "seconds");
     for (label, window) in [("tumbling(60s)", "tumbling(60s)"), ("session(gap: 5s)", "session(gap: 5s)")] {
+        let wanted = |name: &str| a.case.as_deref().is_none_or(|c| name.contains(c));
+        if !["memory", "rocksdb", "rocksdb 1/4 in memory"].iter().any(|c| wanted(&format!("{label} {c}"))) {
+            continue;
+        }
         let b = WindowBench::new(window, a.keys, a.events, true).map_err(err)?;
         let state = b.state().map_err(err)?;
         let per = state.bytes as f64 / state.windows_in_memory.max(1) as f64;
@@ -693,6 +700,9 @@ fn bench_windows(a: BenchWindowsArgs) -> miette::Result<ExitCode> {
             (format!("{label} rocksdb 1/4 in memory"), Some(quarter)),
         ];
         for (name, spill) in cases {
+            if !wanted(&name) {
+                continue;
+            }
             let dir = a.dir.join("db");
             let m = median_run(a.runs, || b.run(spill.map(|budget| (dir.as_path(), budget))))?;
             let secs = m.elapsed.as_secs_f64().max(1e-9);

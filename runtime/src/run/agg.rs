@@ -157,6 +157,10 @@ impl AccLayout {
 #[derive(Debug)]
 pub(crate) struct AccStore {
     pub layout: AccLayout,
+    /// Words of caller-owned header before each accumulator (a window's bounds and key).
+    header: usize,
+    /// `header + layout.width`: the words of one slot.
+    stride: usize,
     words: Vec<u64>,
     free: Vec<u32>,
     extras: Vec<Extra>,
@@ -193,7 +197,48 @@ fn float_key(x: f64) -> u128 {
 
 impl AccStore {
     pub fn new(layout: AccLayout) -> AccStore {
-        AccStore { layout, words: Vec::new(), free: Vec::new(), extras: Vec::new(), extras_free: Vec::new() }
+        AccStore::with_header(layout, 0)
+    }
+
+    /// A store whose slots start with `header` words the caller owns (zeroed on alloc).
+    pub fn with_header(layout: AccLayout, header: usize) -> AccStore {
+        let stride = header + layout.width;
+        AccStore {
+            layout,
+            header,
+            stride,
+            words: Vec::new(),
+            free: Vec::new(),
+            extras: Vec::new(),
+            extras_free: Vec::new(),
+        }
+    }
+
+    /// The first word of slot `id`'s accumulator.
+    #[inline]
+    fn base(&self, id: u32) -> usize {
+        id as usize * self.stride + self.header
+    }
+
+    /// Slot `id`'s header words.
+    #[inline]
+    pub fn header(&self, id: u32) -> &[u64] {
+        let b = id as usize * self.stride;
+        &self.words[b..b + self.header]
+    }
+
+    #[inline]
+    pub fn header_mut(&mut self, id: u32) -> &mut [u64] {
+        let b = id as usize * self.stride;
+        &mut self.words[b..b + self.header]
+    }
+
+    /// Asks the CPU to load slot `id` (a hint, see `slots.rs`; ids past the end are fine).
+    #[inline]
+    pub fn prefetch(&self, id: u32) {
+        let p = self.words.as_ptr().wrapping_add(id as usize * self.stride);
+        super::slots::prefetch_ptr(p);
+        super::slots::prefetch_ptr(p.wrapping_add(self.stride - 1));
     }
 
     /// Bytes held (words, extras), for the state-size report.
@@ -205,7 +250,7 @@ impl AccStore {
 
     /// A new, empty accumulator.
     pub fn alloc(&mut self) -> u32 {
-        let w = self.layout.width;
+        let w = self.stride;
         let id = match self.free.pop() {
             Some(id) => {
                 self.words[id as usize * w..(id as usize + 1) * w].fill(0);
@@ -216,6 +261,7 @@ impl AccStore {
                 (self.words.len() / w - 1) as u32
             }
         };
+        let base = self.base(id);
         if self.layout.has_extra {
             for i in 0..self.layout.specs.len() {
                 let s = &self.layout.specs[i];
@@ -231,7 +277,7 @@ impl AccStore {
                 };
                 if let Some(e) = needs {
                     let x = self.new_extra(e);
-                    self.words[id as usize * w + at] = u64::from(x);
+                    self.words[base + at] = u64::from(x);
                 }
             }
         }
@@ -254,10 +300,10 @@ impl AccStore {
     /// Frees accumulator `id` (and its extras).
     pub fn free(&mut self, id: u32) {
         if self.layout.has_extra {
-            let w = self.layout.width;
+            let base = self.base(id);
             for s in &self.layout.specs {
                 if self.spec_has_extra(s) {
-                    let x = self.words[id as usize * w + s.at] as u32;
+                    let x = self.words[base + s.at] as u32;
                     self.extras[x as usize] = Extra::Free;
                     self.extras_free.push(x);
                 }
@@ -275,7 +321,7 @@ impl AccStore {
     /// and the error names it.
     pub fn update(&mut self, id: u32, row: &RowRef, ts: i64) -> Result<(), &'static str> {
         let w = self.layout.width;
-        let base = id as usize * w;
+        let base = self.base(id);
         if self.layout.checked {
             self.check(base, row)?;
         }
@@ -405,7 +451,7 @@ impl AccStore {
     /// Folds accumulator `src` into `dst` (session windows merging); `src` stays.
     pub fn merge(&mut self, dst: u32, src: u32) -> Result<(), &'static str> {
         let w = self.layout.width;
-        let (d, s0) = (dst as usize * w, src as usize * w);
+        let (d, s0) = (self.base(dst), self.base(src));
         let src_words: Vec<u64> = self.words[s0..s0 + w].to_vec();
         for (i, s) in self.layout.specs.clone().iter().enumerate() {
             let (fw, bit) = (i / 64, 1u64 << (i % 64));
@@ -515,8 +561,8 @@ impl AccStore {
 
     /// Appends accumulator `id` in a self-contained form (for spilling).
     pub fn export(&self, id: u32, out: &mut Vec<u8>) {
-        let w = self.layout.width;
-        let words = &self.words[id as usize * w..(id as usize + 1) * w];
+        let (w, b) = (self.layout.width, self.base(id));
+        let words = &self.words[b..b + w];
         for x in words {
             out.extend_from_slice(&x.to_le_bytes());
         }
@@ -558,7 +604,7 @@ impl AccStore {
             return Err(bad());
         }
         let id = self.alloc();
-        let base = id as usize * w;
+        let base = self.base(id);
         let mut extra_ix = Vec::new();
         for s in &self.layout.specs {
             if self.spec_has_extra(s) {
@@ -612,8 +658,8 @@ impl AccStore {
 
     /// Writes accumulator `id`'s results into fields `first..` of row `r` of `out`.
     pub fn write(&self, id: u32, out: &mut BatchBuilder, r: usize, first: usize) -> Result<(), String> {
-        let w = self.layout.width;
-        let words = &self.words[id as usize * w..(id as usize + 1) * w];
+        let (w, b) = (self.layout.width, self.base(id));
+        let words = &self.words[b..b + w];
         for (i, s) in self.layout.specs.iter().enumerate() {
             let field = first + i;
             let at = s.at;

@@ -27,6 +27,7 @@ mod exchange;
 pub(crate) mod head;
 mod io;
 mod kafka;
+mod slots;
 mod source;
 pub(crate) mod spill;
 pub mod stamp;
@@ -732,26 +733,27 @@ impl Instance {
         let mut sent_wm = stamp::WM_MIN;
         let mut window = match self.rt.head.as_ref() {
             None => None,
-            Some(h) if !h.windowed => Some(HeadOp::Agg(aggregate::KeyedAggOp::new(
+            Some(h) if !h.windowed => Some(HeadOp::Agg(Box::new(aggregate::KeyedAggOp::new(
                 h.spec.clone(),
                 h.ttl,
                 h.event_time,
                 &h.op_input,
                 upstream,
-            ))),
+            )))),
             Some(h) => {
                 let op = window::WindowOp::new(h.spec.clone(), &h.op_input, upstream);
-                Some(HeadOp::Window(match &self.spill {
+                Some(HeadOp::Window(Box::new(match &self.spill {
                     None => op,
                     Some((dir, cf)) => {
                         let store = tokio::task::block_in_place(|| spill::RocksStore::open(dir, cf));
                         let store = self.check(store.map_err(RunError::Setup))?;
                         // A window in memory costs its accumulator words plus about 80
-                        // bytes of maps and key (docs/architecture.md, "State backends").
+                        // bytes of header, key and index (docs/architecture.md, "State
+                        // backends").
                         let per_window = h.spec.acc.width as u64 * 8 + 80;
                         op.with_store(Box::new(store), (self.opts.state_memory / per_window) as usize)
                     }
-                }))
+                })))
             }
         };
         let windowed = self.rt.head.as_ref().is_some_and(|h| h.windowed);
@@ -966,8 +968,8 @@ impl Instance {
 
 /// A stage instance's stateful operator.
 enum HeadOp {
-    Window(window::WindowOp),
-    Agg(aggregate::KeyedAggOp),
+    Window(Box<window::WindowOp>),
+    Agg(Box<aggregate::KeyedAggOp>),
 }
 
 impl HeadOp {

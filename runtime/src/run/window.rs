@@ -2,12 +2,16 @@
 //!
 //! One [`WindowOp`] per stage instance owns the state of the keys hashed to it:
 //!
-//! - **Keys** are interned: their bytes (the key fields' slots, nulls marked) are stored
-//!   once, in a [`KeyTable`], and windows refer to them by a `u32` id. A key whose last
-//!   window is gone is forgotten.
-//! - **Aligned windows** (tumbling, sliding) share their bounds across keys, so state is
-//!   grouped by window: a `BTreeMap` from window end to the group of keys with an open
-//!   window there. Firing a window is walking one group; timers per key are not needed.
+//! - **Keys** are encoded as bytes (the key fields' slots, nulls marked). Session
+//!   windows intern them in a [`KeyTable`] and refer to them by a `u32` id; a key whose
+//!   last window is gone is forgotten.
+//! - **Aligned windows** (tumbling, sliding): one slot per (key, window) in the
+//!   [`AccStore`] slab, holding the window's end, its key bytes (inline up to a few
+//!   words, else out of line), its revision and the accumulator words, and one
+//!   `hashbrown` table of slot ids over (key, end). A record costs one probe of that
+//!   table and an update of the slot it finds, in the same cache lines. Windows share
+//!   their bounds across keys, so firing is by group: a `BTreeMap` from window end to
+//!   the slots of that end, in insertion order. Timers per key are not needed.
 //! - **Session windows** are per key: a short list of open sessions per key, and a
 //!   heap of (time, key) timers checked lazily (a timer whose session has moved on is
 //!   skipped).
@@ -21,6 +25,7 @@
 //! the minimum over its upstream instances (a record's stamp advances its instance's).
 
 use super::agg::{AccLayout, AccStore};
+use super::slots::{mix, SlotIndex};
 use super::spill::SpillStore;
 use super::stamp::{WM_MAX, WM_MIN};
 use flow_compiler::ir::{self, Window};
@@ -245,8 +250,8 @@ fn session_key(key: &[u8]) -> Vec<u8> {
 /// The keys with an open window `[end - size, end)`.
 #[derive(Default)]
 struct Group {
-    wins: FxHashMap<u32, Win>,
-    /// Insertion order of keys, so results come out in a deterministic order.
+    /// The slots of its windows in memory, in insertion order, so results come out in a
+    /// deterministic order.
     order: Vec<u32>,
     /// Its final result has been emitted (it stays for allowed lateness).
     fired: bool,
@@ -265,6 +270,82 @@ struct Session {
     next_early: i64,
 }
 
+/// Header words of an aligned window's slot in the [`AccStore`]: its end,
+const H_END: usize = 0;
+/// its key's length (low 32 bits) and when it was last updated (high 32, the batch count),
+const H_META: usize = 1;
+/// results emitted (low 32 bits; the next one's revision), [`DIRTY`] and [`LONG`],
+const H_REV: usize = 2;
+/// then its key bytes, zero-padded words (or, if [`LONG`], an index into `long_keys`).
+const H_KEY: usize = 3;
+/// Changed since its last result.
+const DIRTY: u64 = 1 << 32;
+/// Its key did not fit in the header.
+const LONG: u64 = 1 << 33;
+
+/// The hash of an encoded key of `len` bytes given as zero-padded words.
+#[inline]
+fn key_hash(len: usize, words: &[u64]) -> u64 {
+    let mut h = FxHasher::default();
+    h.write_usize(len);
+    for &w in words {
+        h.write_u64(w);
+    }
+    h.finish()
+}
+
+/// The hash of a window: its key's and its end's.
+#[inline]
+fn cell_hash(key_hash: u64, end: i64) -> u64 {
+    mix(key_hash ^ (end as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
+/// `bytes` as zero-padded little-endian words.
+fn pad_words(bytes: &[u8], out: &mut Vec<u64>) {
+    out.clear();
+    for c in bytes.chunks(8) {
+        let mut a = [0u8; 8];
+        a[..c.len()].copy_from_slice(c);
+        out.push(u64::from_le_bytes(a));
+    }
+}
+
+/// Out-of-line keys of aligned windows (those longer than the header holds).
+#[derive(Default)]
+struct LongKeys {
+    keys: Vec<Box<[u8]>>,
+    free: Vec<u32>,
+}
+
+/// The hash of slot `id`'s window (for the table's growth and removals).
+fn slot_hash(accs: &AccStore, long: &LongKeys, id: u32) -> u64 {
+    let h = accs.header(id);
+    let len = h[H_META] as u32 as usize;
+    let kh = if h[H_REV] & LONG == 0 {
+        key_hash(len, &h[H_KEY..H_KEY + len.div_ceil(8)])
+    } else {
+        let mut w = Vec::new();
+        pad_words(&long.keys[h[H_KEY] as usize], &mut w);
+        key_hash(len, &w)
+    };
+    cell_hash(kh, h[H_END] as i64)
+}
+
+/// Slot `id`'s key bytes, into `out`.
+fn slot_key(accs: &AccStore, long: &LongKeys, id: u32, out: &mut Vec<u8>) {
+    out.clear();
+    let h = accs.header(id);
+    let len = h[H_META] as u32 as usize;
+    if h[H_REV] & LONG != 0 {
+        out.extend_from_slice(&long.keys[h[H_KEY] as usize]);
+    } else {
+        for w in &h[H_KEY..H_KEY + len.div_ceil(8)] {
+            out.extend_from_slice(&w.to_le_bytes());
+        }
+        out.truncate(len);
+    }
+}
+
 /// What processing a batch produced besides results.
 #[derive(Default)]
 pub(crate) struct Outcome {
@@ -281,6 +362,18 @@ pub(crate) struct WindowOp {
     key_kinds: Vec<SlotKind>,
     keys: KeyTable,
     accs: AccStore,
+    /// Aligned windows in memory: slot ids by (key, end).
+    cells: SlotIndex,
+    /// The batch being processed: its rows' encoded keys, and per row the key's bytes in
+    /// `batch_keys`, its hash and the hash of its latest window (aligned windows).
+    batch_keys: Vec<u8>,
+    batch_rows: Vec<(u32, u32, u64, u64)>,
+    /// Header words for a key (aligned windows); longer keys go to `long_keys`.
+    key_words: usize,
+    long_keys: LongKeys,
+    /// The current record's key as zero-padded words, and a scratch for slot keys.
+    probe: Vec<u64>,
+    keybuf: Vec<u8>,
     groups: BTreeMap<i64, Group>,
     sessions: FxHashMap<u32, Vec<Session>>,
     timers: BinaryHeap<Reverse<(i64, u32)>>,
@@ -315,13 +408,34 @@ fn gone_at(end: i64, lateness: i64) -> i64 {
 impl WindowOp {
     pub fn new(spec: Arc<WindowSpec>, input: &Layout, upstream: usize) -> WindowOp {
         let acc = spec.acc.clone();
-        let key_kinds = spec.key_fields.iter().map(|&f| input.slot_kinds[f]).collect();
+        let key_kinds: Vec<SlotKind> = spec.key_fields.iter().map(|&f| input.slot_kinds[f]).collect();
         let results = BatchBuilder::new(spec.result.clone());
+        // Room in the header for a key: fixed-width fields exactly, strings up to 19 bytes.
+        let key_bytes: usize = key_kinds
+            .iter()
+            .map(|k| match k {
+                SlotKind::Str | SlotKind::Encoded => 24,
+                SlotKind::Dec128 { .. } => 17,
+                _ => 9,
+            })
+            .sum();
+        let key_words = key_bytes.div_ceil(8).max(1);
+        let accs = match spec.window {
+            Window::Session { .. } => AccStore::new(acc),
+            _ => AccStore::with_header(acc, H_KEY + key_words),
+        };
         WindowOp {
             kinds: input.slot_kinds.clone(),
             key_kinds,
             keys: KeyTable::default(),
-            accs: AccStore::new(acc),
+            accs,
+            cells: SlotIndex::default(),
+            batch_keys: Vec::new(),
+            batch_rows: Vec::new(),
+            key_words,
+            long_keys: LongKeys::default(),
+            probe: Vec::new(),
+            keybuf: Vec::new(),
             groups: BTreeMap::new(),
             sessions: FxHashMap::default(),
             timers: BinaryHeap::new(),
@@ -354,7 +468,10 @@ impl WindowOp {
     pub fn state_size(&self) -> (usize, usize, usize) {
         let bytes = self.keys.bytes()
             + self.accs.bytes()
-            + self.groups.values().map(|g| g.wins.capacity() * 33 + g.order.capacity() * 4 + 96).sum::<usize>()
+            + self.cells.bytes()
+            + self.long_keys.keys.capacity() * 16
+            + self.long_keys.keys.iter().map(|k| k.len()).sum::<usize>()
+            + self.groups.values().map(|g| g.order.capacity() * 4 + 96).sum::<usize>()
             + self.sessions.capacity() * 33
             + self.sessions.values().map(|v| v.capacity() * std::mem::size_of::<Session>()).sum::<usize>()
             + self.timers.capacity() * 16;
@@ -374,7 +491,39 @@ impl WindowOp {
         let mut outcome = Outcome::default();
         let spec = self.spec.clone();
         self.epoch = self.epoch.wrapping_add(1);
+        let (size, slide) = match spec.window {
+            Window::Tumbling { size_ms } => (size_ms, size_ms),
+            Window::Sliding { size_ms, slide_ms } => (size_ms, slide_ms),
+            Window::Session { .. } => (0, 0),
+        };
+        let aligned = size > 0;
+        if aligned {
+            // First pass: every row's key and hash, and a prefetch of its latest window's
+            // bucket, so that the second pass finds buckets in the cache and can prefetch
+            // slots a few rows ahead (see slots.rs).
+            self.batch_keys.clear();
+            self.batch_rows.clear();
+            for r in 0..batch.len {
+                let row = batch.row(r);
+                let ts = row.i64(spec.ts_field).saturating_add(spec.ts_offset);
+                let at = self.batch_keys.len();
+                encode_key(&row, &spec.key_fields, &self.kinds, &mut self.batch_keys);
+                let len = self.batch_keys.len() - at;
+                pad_words(&self.batch_keys[at..], &mut self.probe);
+                let kh = key_hash(len, &self.probe);
+                let end = (ts - ts.rem_euclid(slide)).saturating_add(size);
+                let ch = cell_hash(kh, end);
+                self.cells.prefetch(ch);
+                self.batch_rows.push((at as u32, len as u32, kh, ch));
+            }
+        }
+        const AHEAD: usize = 8;
         for r in 0..batch.len {
+            if aligned && r + AHEAD < batch.len {
+                if let Some(id) = self.cells.candidate(self.batch_rows[r + AHEAD].3) {
+                    self.accs.prefetch(id);
+                }
+            }
             let row = batch.row(r);
             let stamp = row.i64(spec.stamp_field);
             if stamp > self.channels[from] {
@@ -385,24 +534,26 @@ impl WindowOp {
                 }
             }
             let ts = row.i64(spec.ts_field).saturating_add(spec.ts_offset);
-            self.scratch.clear();
-            encode_key(&row, &spec.key_fields, &self.kinds, &mut self.scratch);
-            let key = self.keys.intern(&self.scratch);
-            let taken = match spec.window {
-                Window::Tumbling { size_ms } => {
-                    self.aligned(key, &row, ts, stamp, size_ms, size_ms, &mut outcome, r)?
+            let taken = if aligned {
+                let (at, len, kh, _) = self.batch_rows[r];
+                self.scratch.clear();
+                self.scratch.extend_from_slice(&self.batch_keys[at as usize..(at + len) as usize]);
+                pad_words(&self.scratch, &mut self.probe);
+                self.aligned(kh, &row, ts, stamp, size, slide, &mut outcome, r)?
+            } else {
+                let Window::Session { gap_ms } = spec.window else { unreachable!("session") };
+                self.scratch.clear();
+                encode_key(&row, &spec.key_fields, &self.kinds, &mut self.scratch);
+                let key = self.keys.intern(&self.scratch);
+                let taken = self.session(key, &row, ts, stamp, gap_ms, &mut outcome, r)?;
+                if !taken {
+                    self.keys.forget_if_unused(key);
                 }
-                Window::Sliding { size_ms, slide_ms } => {
-                    self.aligned(key, &row, ts, stamp, size_ms, slide_ms, &mut outcome, r)?
-                }
-                Window::Session { gap_ms } => self.session(key, &row, ts, stamp, gap_ms, &mut outcome, r)?,
+                taken
             };
-            if !taken {
-                self.keys.forget_if_unused(key);
-                if outcome.failed.last().is_none_or(|(i, _)| *i != r) {
-                    self.late += 1;
-                    outcome.late.push(r);
-                }
+            if !taken && outcome.failed.last().is_none_or(|(i, _)| *i != r) {
+                self.late += 1;
+                outcome.late.push(r);
             }
         }
         self.spill_if_over()?;
@@ -433,33 +584,124 @@ impl WindowOp {
         self.store.as_mut().ok_or_else(|| "window state was spilled without a store".to_string())
     }
 
-    /// Key `key`'s window ending at `end`: in memory, or read back from the store (and
-    /// put in memory). None if it has none.
-    fn hot_or_spilled(&mut self, end: i64, key: u32) -> Result<Option<Win>, String> {
-        let g = self.groups.get(&end).expect("group");
-        if let Some(w) = g.wins.get(&key) {
-            return Ok(Some(*w));
-        }
-        if g.spilled == 0 {
-            return Ok(None);
-        }
-        let skey = aligned_key(end, self.keys.key(key));
-        let Some(bytes) = self.store()?.take(&skey)? else { return Ok(None) };
-        let (w, _) = Win::decode(&mut self.accs, &bytes, self.epoch)?;
-        let g = self.groups.get_mut(&end).expect("group");
-        g.spilled -= 1;
-        g.wins.insert(key, w);
-        g.order.push(key);
-        self.keys.retain(key);
-        self.hot += 1;
-        self.spilled -= 1;
-        Ok(Some(w))
+    /// The slot of the current key's window ending at `end`, if it is in memory.
+    #[inline]
+    fn find_cell(&self, kh: u64, end: i64) -> Option<u32> {
+        let (accs, long, probe, key) = (&self.accs, &self.long_keys, &self.probe, &self.scratch);
+        let len = key.len() as u64;
+        self.cells.find(cell_hash(kh, end), |id| {
+            let h = accs.header(id);
+            h[H_END] as i64 == end
+                && h[H_META] as u32 as u64 == len
+                && if h[H_REV] & LONG == 0 {
+                    h[H_KEY..H_KEY + probe.len()] == probe[..]
+                } else {
+                    *long.keys[h[H_KEY] as usize] == key[..]
+                }
+        })
     }
 
+    /// Makes slot `id` the current key's window ending at `end`: header, table, group.
+    fn register_cell(&mut self, id: u32, kh: u64, end: i64, emitted: u32, dirty: bool) {
+        let len = self.scratch.len();
+        let long = len > self.key_words * 8;
+        let lix = if long {
+            let k: Box<[u8]> = self.scratch.as_slice().into();
+            match self.long_keys.free.pop() {
+                Some(i) => {
+                    self.long_keys.keys[i as usize] = k;
+                    i
+                }
+                None => {
+                    self.long_keys.keys.push(k);
+                    (self.long_keys.keys.len() - 1) as u32
+                }
+            }
+        } else {
+            0
+        };
+        let epoch = self.epoch;
+        let h = self.accs.header_mut(id);
+        h[H_END] = end as u64;
+        h[H_META] = len as u64 | (u64::from(epoch) << 32);
+        h[H_REV] = u64::from(emitted) | if dirty { DIRTY } else { 0 } | if long { LONG } else { 0 };
+        if long {
+            h[H_KEY] = u64::from(lix);
+        } else {
+            h[H_KEY..H_KEY + self.probe.len()].copy_from_slice(&self.probe);
+        }
+        self.cells.insert(cell_hash(kh, end), id);
+        let every = self.spec.emit_every;
+        let size = match self.spec.window {
+            Window::Tumbling { size_ms } | Window::Sliding { size_ms, .. } => size_ms,
+            Window::Session { .. } => 0,
+        };
+        self.groups
+            .entry(end)
+            .or_insert_with(|| Group { next_early: every.map_or(WM_MAX, |d| end - size + d), ..Group::default() })
+            .order
+            .push(id);
+        self.hot += 1;
+    }
+
+    /// Forgets slot `id` (an aligned window in memory): table, out-of-line key, words.
+    /// Its group's order is the caller's.
+    fn free_cell(&mut self, id: u32) {
+        let hash = slot_hash(&self.accs, &self.long_keys, id);
+        self.cells.remove(hash, id);
+        let h = self.accs.header(id);
+        if h[H_REV] & LONG != 0 {
+            let i = h[H_KEY] as u32;
+            self.long_keys.keys[i as usize] = Box::default();
+            self.long_keys.free.push(i);
+        }
+        self.accs.free(id);
+        self.hot -= 1;
+    }
+
+    /// The current key's window ending at `end` read back from the store into a slot,
+    /// if it was spilled.
+    fn cell_from_store(&mut self, kh: u64, end: i64) -> Result<Option<u32>, String> {
+        if self.groups.get(&end).is_none_or(|g| g.spilled == 0) {
+            return Ok(None);
+        }
+        let skey = aligned_key(end, &self.scratch);
+        let Some(bytes) = self.store()?.take(&skey)? else { return Ok(None) };
+        let (w, _) = Win::decode(&mut self.accs, &bytes, self.epoch)?;
+        self.register_cell(w.acc, kh, end, w.emitted, w.dirty);
+        if let Some(g) = self.groups.get_mut(&end) {
+            g.spilled -= 1;
+        }
+        self.spilled -= 1;
+        Ok(Some(w.acc))
+    }
+
+    /// Emits slot `id`'s window as its next revision.
+    fn emit_cell(&mut self, id: u32, start: i64, end: i64) -> Result<(), String> {
+        slot_key(&self.accs, &self.long_keys, id, &mut self.keybuf);
+        let rev = self.accs.header(id)[H_REV];
+        let w = Win { acc: id, emitted: rev as u32, dirty: false, used: 0 };
+        emit_row(
+            &mut self.results,
+            &self.spec,
+            &self.key_kinds,
+            &self.accs,
+            self.emit_stamp,
+            &self.keybuf,
+            start,
+            end,
+            w,
+        )?;
+        self.accs.header_mut(id)[H_REV] = (rev & LONG) | u64::from((rev as u32).wrapping_add(1));
+        Ok(())
+    }
+
+    /// Adds a record of the current key (hashed `kh`) to each aligned window that holds
+    /// `ts` and is not gone for it; false if none took it.
     #[allow(clippy::too_many_arguments)]
     fn aligned(
         &mut self,
-        key: u32,
+        kh: u64,
         row: &RowRef,
         ts: i64,
         stamp: i64,
@@ -480,62 +722,47 @@ impl WindowOp {
                 // This and every earlier window are gone for this record.
                 break;
             }
-            // The common case first: the key's window is in memory.
-            if let Some(g) = self.groups.get_mut(&end) {
-                if let Some(w) = g.wins.get_mut(&key) {
-                    if let Err(e) = self.accs.update(w.acc, row, ts) {
-                        outcome.failed.push((r, e));
-                        return Ok(false);
+            let id = match self.find_cell(kh, end) {
+                Some(id) => id,
+                None => match self.cell_from_store(kh, end)? {
+                    Some(id) => id,
+                    None => {
+                        // A new window: registered only once the record is in it.
+                        let id = self.accs.alloc();
+                        if let Err(e) = self.accs.update(id, row, ts) {
+                            self.accs.free(id);
+                            outcome.failed.push((r, e));
+                            return Ok(false);
+                        }
+                        self.register_cell(id, kh, end, 0, true);
+                        let g = &self.groups[&end];
+                        let due = if g.fired {
+                            gone_at(end, lateness)
+                        } else {
+                            (end - 1).min(g.next_early.saturating_sub(1))
+                        };
+                        self.next_due = self.next_due.min(due);
+                        if g.fired {
+                            // Within allowed lateness: the window fires again, now.
+                            self.emit_cell(id, end - size, end)?;
+                        }
+                        taken = true;
+                        continue;
                     }
-                    w.dirty = true;
-                    w.used = self.epoch;
-                    if g.fired {
-                        // Within allowed lateness: the window fires again, now.
-                        let win = *w;
-                        w.emitted += 1;
-                        w.dirty = false;
-                        self.emit_id(key, end - size, end, win)?;
-                    }
-                    taken = true;
-                    continue;
-                }
-            }
-            let every = self.spec.emit_every;
-            self.groups
-                .entry(end)
-                .or_insert_with(|| Group { next_early: every.map_or(WM_MAX, |d| end - size + d), ..Group::default() });
-            let (win, fresh) = match self.hot_or_spilled(end, key)? {
-                Some(w) => (w, false),
-                None => (Win { acc: self.accs.alloc(), emitted: 0, dirty: false, used: 0 }, true),
+                },
             };
-            if let Err(e) = self.accs.update(win.acc, row, ts) {
-                if fresh {
-                    self.accs.free(win.acc);
-                }
+            if let Err(e) = self.accs.update(id, row, ts) {
                 outcome.failed.push((r, e));
                 return Ok(false);
             }
             let epoch = self.epoch;
-            let group = self.groups.get_mut(&end).expect("group");
-            let fired = group.fired;
-            let w = group.wins.entry(key).or_insert(win);
-            w.dirty = true;
-            w.used = epoch;
-            if fresh {
-                group.order.push(key);
-                self.keys.retain(key);
-                self.hot += 1;
-            }
-            let due = if fired { gone_at(end, lateness) } else { (end - 1).min(group.next_early.saturating_sub(1)) };
-            self.next_due = self.next_due.min(due);
-            if fired {
+            let h = self.accs.header_mut(id);
+            h[H_META] = (h[H_META] & 0xFFFF_FFFF) | (u64::from(epoch) << 32);
+            h[H_REV] |= DIRTY;
+            // Only a window the watermark has reached can have fired.
+            if end - 1 <= self.wm && self.groups.get(&end).is_some_and(|g| g.fired) {
                 // Within allowed lateness: the window fires again, now.
-                let w = *group.wins.get(&key).expect("win");
-                self.emit_id(key, end - size, end, w)?;
-                let g = self.groups.get_mut(&end).expect("group");
-                let w = g.wins.get_mut(&key).expect("win");
-                w.emitted += 1;
-                w.dirty = false;
+                self.emit_cell(id, end - size, end)?;
             }
             taken = true;
         }
@@ -730,17 +957,10 @@ impl WindowOp {
     fn emit_group(&mut self, end: i64, size: i64, final_: bool, gone: bool) -> Result<(), String> {
         let g = self.groups.get_mut(&end).expect("group");
         let order = std::mem::take(&mut g.order);
-        for &key in &order {
-            let g = self.groups.get_mut(&end).expect("group");
-            let w = *g.wins.get(&key).expect("win");
-            if !(final_ || w.dirty) {
-                continue;
+        for &id in &order {
+            if final_ || self.accs.header(id)[H_REV] & DIRTY != 0 {
+                self.emit_cell(id, end - size, end)?;
             }
-            self.emit_id(key, end - size, end, w)?;
-            let g = self.groups.get_mut(&end).expect("group");
-            let w = g.wins.get_mut(&key).expect("win");
-            w.emitted += 1;
-            w.dirty = false;
         }
         self.groups.get_mut(&end).expect("group").order = order;
         if self.groups[&end].spilled == 0 {
@@ -769,12 +989,8 @@ impl WindowOp {
 
     fn drop_group(&mut self, end: i64) -> Result<(), String> {
         let Some(g) = self.groups.remove(&end) else { return Ok(()) };
-        for key in g.order {
-            if let Some(w) = g.wins.get(&key) {
-                self.accs.free(w.acc);
-                self.keys.release(key);
-                self.hot -= 1;
-            }
+        for id in g.order {
+            self.free_cell(id);
         }
         if g.spilled > 0 {
             // Emitted already (emit_group read them): their state goes.
@@ -865,33 +1081,32 @@ impl WindowOp {
                 }
             }
             _ => {
-                let mut cands: Vec<(u32, i64, u32)> = self
-                    .groups
-                    .iter()
-                    .flat_map(|(&end, g)| g.wins.iter().map(move |(&k, w)| (w.used, end, k)))
-                    .collect();
+                let mut cands: Vec<(u32, i64, u32)> = Vec::with_capacity(self.hot);
+                for (&end, g) in &self.groups {
+                    for &id in &g.order {
+                        cands.push(((self.accs.header(id)[H_META] >> 32) as u32, end, id));
+                    }
+                }
                 cands.sort_unstable();
-                let mut touched = Vec::new();
-                for &(_, end, key) in cands.iter().take(n) {
-                    let g = self.groups.get_mut(&end).expect("group");
-                    let Some(w) = g.wins.remove(&key) else { continue };
-                    g.spilled += 1;
-                    touched.push(end);
+                let mut gone = rustc_hash::FxHashSet::default();
+                let mut skey = Vec::new();
+                for &(_, end, id) in cands.iter().take(n) {
+                    let rev = self.accs.header(id)[H_REV];
+                    let w = Win { acc: id, emitted: rev as u32, dirty: rev & DIRTY != 0, used: 0 };
                     buf.clear();
                     w.encode(&self.accs, &mut buf);
-                    let skey = aligned_key(end, self.keys.key(key));
-                    self.store()?.put(&skey, &buf)?;
-                    self.accs.free(w.acc);
-                    self.keys.release(key);
-                    self.hot -= 1;
+                    slot_key(&self.accs, &self.long_keys, id, &mut skey);
+                    let k = aligned_key(end, &skey);
+                    self.store()?.put(&k, &buf)?;
+                    self.free_cell(id);
+                    self.groups.get_mut(&end).expect("group").spilled += 1;
                     self.spilled += 1;
+                    gone.insert(id);
                 }
-                touched.sort_unstable();
-                touched.dedup();
-                for end in touched {
-                    let g = self.groups.get_mut(&end).expect("group");
-                    let wins = &g.wins;
-                    g.order.retain(|k| wins.contains_key(k));
+                for g in self.groups.values_mut() {
+                    if g.spilled > 0 {
+                        g.order.retain(|id| !gone.contains(id));
+                    }
                 }
             }
         }
@@ -1224,5 +1439,80 @@ mod tests {
         let [a, b] = all;
         assert!(a.len() > 100);
         assert_eq!(sorted(a), sorted(b));
+    }
+
+    /// The aligned windows a reference model computes: every window holding a row's
+    /// time that its stamp has not passed counts it; results come once, at the end.
+    fn model(rows: &[(String, i64, i64, i64)], size: i64, slide: i64) -> (Vec<Res>, Vec<usize>) {
+        let mut wins: BTreeMap<(String, i64), (i64, i64)> = BTreeMap::new();
+        let mut late = Vec::new();
+        for (r, (k, v, ts, stamp)) in rows.iter().enumerate() {
+            let mut taken = false;
+            let mut start = ts - ts.rem_euclid(slide);
+            while start > ts - size {
+                if start + size - 1 > *stamp {
+                    let e = wins.entry((k.clone(), start)).or_default();
+                    e.0 += 1;
+                    e.1 += v;
+                    taken = true;
+                }
+                start -= slide;
+            }
+            if !taken {
+                late.push(r);
+            }
+        }
+        let out = wins.into_iter().map(|((k, st), (n, sum))| (k, st, st + size, n, sum, 0)).collect();
+        (out, late)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Keys short, empty and longer than a slot holds inline; times out of order;
+        /// many keys (the index grows, windows are freed and their slots reused): the
+        /// operator, in memory and spilling, agrees with the model.
+        #[test]
+        fn aligned_windows_agree_with_a_model(
+            rows in proptest::collection::vec((0usize..40, -50i64..50, 0i64..20_000, 0i64..3_000), 1..400),
+            sliding in proptest::prelude::any::<bool>(),
+            chunk in 1usize..64,
+        ) {
+            let (size, slide) = if sliding { (1_000, 300) } else { (1_000, 1_000) };
+            let key = |i: usize| match i % 4 {
+                0 => String::new(),
+                1 => format!("k{i}"),
+                _ => format!("a-rather-long-key-that-does-not-fit-inline-{i}"),
+            };
+            // Stamps never decrease; a row's time may be behind its stamp (late).
+            let mut stamp = WM_MIN;
+            let rows: Vec<(String, i64, i64, i64)> = rows
+                .iter()
+                .enumerate()
+                .map(|(n, &(k, v, ts, back))| {
+                    // Times on a 100 ms grid and stamps at 99 past it, so records land
+                    // exactly at a window's end - 1 and at the watermark.
+                    let t = (ts / 100 + n as i64 / 2) * 100;
+                    let out = (key(k), v, t, stamp);
+                    stamp = stamp.max(t - (back / 100) * 100 - 1);
+                    out
+                })
+                .collect();
+            let window = if sliding { Window::Sliding { size_ms: size, slide_ms: slide } } else { Window::Tumbling { size_ms: size } };
+            let (want, want_late) = model(&rows, size, slide);
+            for mut op in both(&spec(window, 0, None)) {
+                let (mut got, mut late) = (Vec::new(), Vec::new());
+                for (c, part) in rows.chunks(chunk).enumerate() {
+                    let refs: Vec<(&str, i64, i64, i64)> = part.iter().map(|(k, v, t, w)| (k.as_str(), *v, *t, *w)).collect();
+                    let (out, l) = run(&mut op, &refs, false);
+                    got.extend(out);
+                    late.extend(l.into_iter().map(|i| c * chunk + i));
+                }
+                let (out, _) = run(&mut op, &[], true);
+                got.extend(out);
+                proptest::prop_assert_eq!(sorted(got), want.clone());
+                proptest::prop_assert_eq!(&late, &want_late);
+                proptest::prop_assert_eq!(op.state_size().0, 0);
+            }
+        }
     }
 }
