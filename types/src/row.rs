@@ -125,6 +125,7 @@ impl Batch {
         Batch { layout, rows: Bytes::new(), len: 0, base: Bytes::new(), extra: Bytes::new() }
     }
 
+    #[inline]
     pub fn row(&self, i: usize) -> RowRef<'_> {
         assert!(i < self.len, "row {i} of {}", self.len);
         let w = self.layout.width as usize;
@@ -132,6 +133,7 @@ impl Batch {
     }
 
     /// The arena bytes at (offset, len).
+    #[inline]
     pub fn arena(&self, offset: u32, len: u32) -> &[u8] {
         let (o, l) = (offset as usize, len as usize);
         let b = self.base.len();
@@ -185,23 +187,28 @@ pub struct RowRef<'a> {
 }
 
 impl RowRef<'_> {
+    #[inline]
     pub fn is_null(&self, field: usize) -> bool {
         self.bytes[field / 8] & (1 << (field % 8)) != 0
     }
 
+    #[inline]
     fn slot8(&self, field: usize) -> [u8; 8] {
         let o = self.batch.layout.offsets[field] as usize;
         self.bytes[o..o + 8].try_into().expect("8-byte slot")
     }
 
+    #[inline]
     pub fn i64(&self, field: usize) -> i64 {
         i64::from_le_bytes(self.slot8(field))
     }
 
+    #[inline]
     pub fn f64(&self, field: usize) -> f64 {
         f64::from_bits(u64::from_le_bytes(self.slot8(field)))
     }
 
+    #[inline]
     pub fn i128(&self, field: usize) -> i128 {
         let o = self.batch.layout.offsets[field] as usize;
         i128::from_le_bytes(self.bytes[o..o + 16].try_into().expect("16-byte slot"))
@@ -215,6 +222,7 @@ impl RowRef<'_> {
         std::str::from_utf8(self.batch.arena(off, len)).unwrap_or("")
     }
 
+    #[inline]
     pub fn encoded(&self, field: usize) -> &[u8] {
         let s = self.slot8(field);
         let off = u32::from_le_bytes(s[0..4].try_into().expect("4 bytes"));

@@ -89,7 +89,7 @@ pub fn clif_program(program: &ir::Program) -> Result<String, CompileError> {
     Ok(out)
 }
 
-fn new_module(opts: Options, span: Span) -> Result<JITModule, CompileError> {
+pub(crate) fn new_module(opts: Options, span: Span) -> Result<JITModule, CompileError> {
     let mut flags = settings::builder();
     let set =
         |f: &mut settings::Builder, k: &str, v: &str| f.set(k, v).map_err(|e| cerr(span, format!("cranelift: {e}")));
@@ -144,7 +144,7 @@ pub struct JitStage {
 type StageFn =
     unsafe extern "C" fn(*mut NativeCtx, *const u8, i64, *mut u8, *const u8, i64, *const u64, *mut i64) -> i32;
 
-struct ModuleBox(#[allow(dead_code)] JITModule);
+pub(crate) struct ModuleBox(#[allow(dead_code)] pub(crate) JITModule);
 // SAFETY: after finalization the module is only kept to own the executable memory;
 // nothing mutates it, and the code it holds is reentrant (all state is in arguments).
 unsafe impl Send for ModuleBox {}

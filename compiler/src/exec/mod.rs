@@ -5,11 +5,13 @@
 //! | [`interp`] | [`interp::eval`]: the reference semantics of every expression, on values |
 //! | [`stage`] | [`stage::StageSpec`], the [`stage::Stage`] trait, [`stage::interpreted`], [`stage::jit`] |
 //! | [`codegen`] | lowering a fused stage to Cranelift IR, `--emit clif` text |
+//! | [`accum`] | JIT-compiled accumulator updates of `aggregate { }` (fixed-width state) |
 //!
 //! Both back ends implement the run-time semantics written in docs/language.md ("Run-time
 //! semantics"); the property test in `compiler/tests/jit_vs_interp.rs` holds them to it.
 //! This layer knows rows and values, not tasks, channels or connectors.
 
+pub mod accum;
 pub mod codegen;
 pub mod interp;
 pub mod stage;

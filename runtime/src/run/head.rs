@@ -176,8 +176,12 @@ impl HeadRt {
             let (tf, sf) = if event_time { (tf, n - 1) } else { (0, 0) };
             (Some(pre), Arc::new(Layout::new(rec)), (0..key_exprs.len()).collect(), args, tf, sf)
         };
-        let acc = super::agg::AccLayout::new(aggs, &args, &op_input)
+        let mut acc = super::agg::AccLayout::new(aggs, &args, &op_input)
             .map_err(|e| RunError::Setup(format!("pipeline `{name}`: {e}")))?;
+        if jit {
+            acc =
+                acc.compiled(&op_input).map_err(|e| RunError::Setup(format!("pipeline `{name}`: aggregates: {e}")))?;
+        }
         let key_fields_typed: Vec<Field> =
             key_exprs.iter().map(|(n, e)| Field { name: n.clone(), ty: e.ty.clone() }).collect();
         let raw = result_record(&key_fields_typed, aggs);

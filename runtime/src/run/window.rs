@@ -300,14 +300,33 @@ fn cell_hash(key_hash: u64, end: i64) -> u64 {
     mix(key_hash ^ (end as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }
 
-/// `bytes` as zero-padded little-endian words.
+/// Appends `bytes` as zero-padded little-endian words to `out`.
+#[inline]
 fn pad_words(bytes: &[u8], out: &mut Vec<u64>) {
-    out.clear();
-    for c in bytes.chunks(8) {
+    let chunks = bytes.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
         let mut a = [0u8; 8];
-        a[..c.len()].copy_from_slice(c);
+        a.copy_from_slice(c);
         out.push(u64::from_le_bytes(a));
     }
+    if !tail.is_empty() {
+        // Assembled in a register: a byte copy into a stack word and a wide load of it
+        // stalls on store forwarding.
+        let mut w = 0u64;
+        for (i, &b) in tail.iter().enumerate() {
+            w |= u64::from(b) << (8 * i);
+        }
+        out.push(w);
+    }
+}
+
+/// The current record's key: bytes and padded words in the batch's buffers.
+#[derive(Clone, Copy)]
+struct CurKey {
+    at: u32,
+    len: u32,
+    words_at: u32,
 }
 
 /// Out-of-line keys of aligned windows (those longer than the header holds).
@@ -367,7 +386,8 @@ pub(crate) struct WindowOp {
     /// The batch being processed: its rows' encoded keys, and per row the key's bytes in
     /// `batch_keys`, its hash and the hash of its latest window (aligned windows).
     batch_keys: Vec<u8>,
-    batch_rows: Vec<(u32, u32, u64, u64)>,
+    batch_words: Vec<u64>,
+    batch_rows: Vec<(CurKey, u64, u64)>,
     /// Header words for a key (aligned windows); longer keys go to `long_keys`.
     key_words: usize,
     long_keys: LongKeys,
@@ -431,6 +451,7 @@ impl WindowOp {
             accs,
             cells: SlotIndex::default(),
             batch_keys: Vec::new(),
+            batch_words: Vec::new(),
             batch_rows: Vec::new(),
             key_words,
             long_keys: LongKeys::default(),
@@ -498,10 +519,11 @@ impl WindowOp {
         };
         let aligned = size > 0;
         if aligned {
-            // First pass: every row's key and hash, and a prefetch of its latest window's
-            // bucket, so that the second pass finds buckets in the cache and can prefetch
-            // slots a few rows ahead (see slots.rs).
+            // First pass: every row's key and hash, so that the second can prefetch the
+            // bucket of its latest window 16 rows ahead, and the slot that bucket points
+            // to 8 rows ahead (see slots.rs).
             self.batch_keys.clear();
+            self.batch_words.clear();
             self.batch_rows.clear();
             for r in 0..batch.len {
                 let row = batch.row(r);
@@ -509,19 +531,31 @@ impl WindowOp {
                 let at = self.batch_keys.len();
                 encode_key(&row, &spec.key_fields, &self.kinds, &mut self.batch_keys);
                 let len = self.batch_keys.len() - at;
-                pad_words(&self.batch_keys[at..], &mut self.probe);
-                let kh = key_hash(len, &self.probe);
+                let words_at = self.batch_words.len();
+                pad_words(&self.batch_keys[at..], &mut self.batch_words);
+                let kh = key_hash(len, &self.batch_words[words_at..]);
                 let end = (ts - ts.rem_euclid(slide)).saturating_add(size);
-                let ch = cell_hash(kh, end);
-                self.cells.prefetch(ch);
-                self.batch_rows.push((at as u32, len as u32, kh, ch));
+                let cur = CurKey { at: at as u32, len: len as u32, words_at: words_at as u32 };
+                self.batch_rows.push((cur, kh, cell_hash(kh, end)));
             }
         }
-        const AHEAD: usize = 8;
+        // Rows ahead whose bucket, and whose slot, are prefetched.
+        const BUCKET_AHEAD: usize = 16;
+        const SLOT_AHEAD: usize = 8;
+        if aligned {
+            for r in 0..BUCKET_AHEAD.min(batch.len) {
+                self.cells.prefetch(self.batch_rows[r].2);
+            }
+        }
         for r in 0..batch.len {
-            if aligned && r + AHEAD < batch.len {
-                if let Some(id) = self.cells.candidate(self.batch_rows[r + AHEAD].3) {
-                    self.accs.prefetch(id);
+            if aligned {
+                if r + BUCKET_AHEAD < batch.len {
+                    self.cells.prefetch(self.batch_rows[r + BUCKET_AHEAD].2);
+                }
+                if r + SLOT_AHEAD < batch.len {
+                    if let Some(id) = self.cells.candidate(self.batch_rows[r + SLOT_AHEAD].2) {
+                        self.accs.prefetch(id);
+                    }
                 }
             }
             let row = batch.row(r);
@@ -535,11 +569,8 @@ impl WindowOp {
             }
             let ts = row.i64(spec.ts_field).saturating_add(spec.ts_offset);
             let taken = if aligned {
-                let (at, len, kh, _) = self.batch_rows[r];
-                self.scratch.clear();
-                self.scratch.extend_from_slice(&self.batch_keys[at as usize..(at + len) as usize]);
-                pad_words(&self.scratch, &mut self.probe);
-                self.aligned(kh, &row, ts, stamp, size, slide, &mut outcome, r)?
+                let (cur, kh, _) = self.batch_rows[r];
+                self.aligned(cur, kh, &row, ts, stamp, size, slide, &mut outcome, r)?
             } else {
                 let Window::Session { gap_ms } = spec.window else { unreachable!("session") };
                 self.scratch.clear();
@@ -584,10 +615,12 @@ impl WindowOp {
         self.store.as_mut().ok_or_else(|| "window state was spilled without a store".to_string())
     }
 
-    /// The slot of the current key's window ending at `end`, if it is in memory.
+    /// The slot of key `cur`'s window ending at `end`, if it is in memory.
     #[inline]
-    fn find_cell(&self, kh: u64, end: i64) -> Option<u32> {
-        let (accs, long, probe, key) = (&self.accs, &self.long_keys, &self.probe, &self.scratch);
+    fn find_cell(&self, cur: CurKey, kh: u64, end: i64) -> Option<u32> {
+        let (accs, long) = (&self.accs, &self.long_keys);
+        let key = &self.batch_keys[cur.at as usize..(cur.at + cur.len) as usize];
+        let probe = &self.batch_words[cur.words_at as usize..cur.words_at as usize + key.len().div_ceil(8)];
         let len = key.len() as u64;
         self.cells.find(cell_hash(kh, end), |id| {
             let h = accs.header(id);
@@ -599,6 +632,16 @@ impl WindowOp {
                     *long.keys[h[H_KEY] as usize] == key[..]
                 }
         })
+    }
+
+    /// Loads key `cur` into `scratch` and `probe`, the current key of the paths that
+    /// create and restore windows.
+    fn load_key(&mut self, cur: CurKey) {
+        self.scratch.clear();
+        self.scratch.extend_from_slice(&self.batch_keys[cur.at as usize..(cur.at + cur.len) as usize]);
+        self.probe.clear();
+        let n = (cur.len as usize).div_ceil(8);
+        self.probe.extend_from_slice(&self.batch_words[cur.words_at as usize..cur.words_at as usize + n]);
     }
 
     /// Makes slot `id` the current key's window ending at `end`: header, table, group.
@@ -701,6 +744,7 @@ impl WindowOp {
     #[allow(clippy::too_many_arguments)]
     fn aligned(
         &mut self,
+        cur: CurKey,
         kh: u64,
         row: &RowRef,
         ts: i64,
@@ -722,34 +766,35 @@ impl WindowOp {
                 // This and every earlier window are gone for this record.
                 break;
             }
-            let id = match self.find_cell(kh, end) {
+            let found = match self.find_cell(cur, kh, end) {
+                Some(id) => Some(id),
+                None => {
+                    self.load_key(cur);
+                    self.cell_from_store(kh, end)?
+                }
+            };
+            let id = match found {
                 Some(id) => id,
-                None => match self.cell_from_store(kh, end)? {
-                    Some(id) => id,
-                    None => {
-                        // A new window: registered only once the record is in it.
-                        let id = self.accs.alloc();
-                        if let Err(e) = self.accs.update(id, row, ts) {
-                            self.accs.free(id);
-                            outcome.failed.push((r, e));
-                            return Ok(false);
-                        }
-                        self.register_cell(id, kh, end, 0, true);
-                        let g = &self.groups[&end];
-                        let due = if g.fired {
-                            gone_at(end, lateness)
-                        } else {
-                            (end - 1).min(g.next_early.saturating_sub(1))
-                        };
-                        self.next_due = self.next_due.min(due);
-                        if g.fired {
-                            // Within allowed lateness: the window fires again, now.
-                            self.emit_cell(id, end - size, end)?;
-                        }
-                        taken = true;
-                        continue;
+                None => {
+                    // A new window: registered only once the record is in it.
+                    let id = self.accs.alloc();
+                    if let Err(e) = self.accs.update(id, row, ts) {
+                        self.accs.free(id);
+                        outcome.failed.push((r, e));
+                        return Ok(false);
                     }
-                },
+                    self.register_cell(id, kh, end, 0, true);
+                    let g = &self.groups[&end];
+                    let due =
+                        if g.fired { gone_at(end, lateness) } else { (end - 1).min(g.next_early.saturating_sub(1)) };
+                    self.next_due = self.next_due.min(due);
+                    if g.fired {
+                        // Within allowed lateness: the window fires again, now.
+                        self.emit_cell(id, end - size, end)?;
+                    }
+                    taken = true;
+                    continue;
+                }
             };
             if let Err(e) = self.accs.update(id, row, ts) {
                 outcome.failed.push((r, e));
