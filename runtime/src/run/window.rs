@@ -12,9 +12,10 @@
 //!   table and an update of the slot it finds, in the same cache lines. Windows share
 //!   their bounds across keys, so firing is by group: a `BTreeMap` from window end to
 //!   the slots of that end, in insertion order. Timers per key are not needed.
-//! - **Session windows** are per key: a short list of open sessions per key, and a
-//!   heap of (time, key) timers checked lazily (a timer whose session has moved on is
-//!   skipped).
+//! - **Session windows** are per key: a short list of open sessions per key, and
+//!   timers by due time (a `BTreeMap` from time to the keys due then: the distinct due
+//!   times in flight are far fewer than the sessions, so this beats a heap of one entry
+//!   per session), checked lazily (a timer whose session has moved on re-arms it).
 //! - **Accumulators** live in an [`AccStore`] slab (`agg.rs`).
 //!
 //! Time follows `semantics.md`: a record is judged against its own watermark (the
@@ -32,6 +33,7 @@ use flow_compiler::ir::{self, Window};
 use flow_types::row::{Batch, BatchBuilder, Layout, RowRef, SlotKind};
 use hashbrown::HashTable;
 use rustc_hash::{FxHashMap, FxHasher};
+use smallvec::SmallVec;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::hash::Hasher;
@@ -261,6 +263,9 @@ struct Group {
     spilled: u32,
 }
 
+/// A key's open sessions.
+type Sessions = SmallVec<[Session; 1]>;
+
 #[derive(Clone, Copy, Debug)]
 struct Session {
     start: i64,
@@ -395,8 +400,9 @@ pub(crate) struct WindowOp {
     probe: Vec<u64>,
     keybuf: Vec<u8>,
     groups: BTreeMap<i64, Group>,
-    sessions: FxHashMap<u32, Vec<Session>>,
-    timers: BinaryHeap<Reverse<(i64, u32)>>,
+    /// Open sessions by key: nearly always one, kept inline.
+    sessions: FxHashMap<u32, Sessions>,
+    timers: BTreeMap<i64, Vec<u32>>,
     /// Watermark per upstream instance, and their minimum.
     channels: Vec<i64>,
     pub wm: i64,
@@ -459,7 +465,7 @@ impl WindowOp {
             keybuf: Vec::new(),
             groups: BTreeMap::new(),
             sessions: FxHashMap::default(),
-            timers: BinaryHeap::new(),
+            timers: BTreeMap::new(),
             channels: vec![WM_MIN; upstream.max(1)],
             wm: WM_MIN,
             next_due: WM_MAX,
@@ -495,7 +501,7 @@ impl WindowOp {
             + self.groups.values().map(|g| g.order.capacity() * 4 + 96).sum::<usize>()
             + self.sessions.capacity() * 33
             + self.sessions.values().map(|v| v.capacity() * std::mem::size_of::<Session>()).sum::<usize>()
-            + self.timers.capacity() * 16;
+            + self.timers.values().map(|v| v.capacity() * 4 + 64).sum::<usize>();
         (self.hot, self.spilled, bytes)
     }
 
@@ -824,7 +830,7 @@ impl WindowOp {
         let list = decode_sessions(&mut self.accs, &bytes, self.epoch)?;
         for s in &list {
             self.keys.retain(key);
-            self.timers.push(Reverse((s.due(self.spec.lateness), key)));
+            self.timers.entry(s.due(self.spec.lateness)).or_default().push(key);
         }
         self.hot += 1;
         self.spilled -= 1;
@@ -846,10 +852,10 @@ impl WindowOp {
         let lateness = self.spec.lateness;
         self.sessions_of(key)?;
         let (mut start, mut end) = (ts, ts.saturating_add(gap));
-        let empty = Vec::new();
+        let empty = Sessions::new();
         let list = self.sessions.get(&key).unwrap_or(&empty);
         // Open sessions this record overlaps or touches, merged into one window.
-        let hit: Vec<usize> =
+        let hit: SmallVec<[usize; 4]> =
             list.iter().enumerate().filter(|(_, s)| s.start <= end && s.end >= start).map(|(i, _)| i).collect();
         // Open sessions never touch each other, so only the record joins them.
         for &i in &hit {
@@ -920,7 +926,7 @@ impl WindowOp {
         // fired (whose due time may have moved earlier) get an entry now.
         let due = self.sessions[&key][idx].due(lateness);
         if fresh || merged.fired {
-            self.timers.push(Reverse((due, key)));
+            self.timers.entry(due).or_default().push(key);
         }
         self.next_due = self.next_due.min(due);
         Ok(true)
@@ -947,13 +953,14 @@ impl WindowOp {
                     self.sessions_of(key)?;
                     self.keys.forget_if_unused(key);
                 }
-                while let Some(&Reverse((at, key))) = self.timers.peek() {
-                    if at > wm {
-                        next_due = next_due.min(at);
+                while let Some(e) = self.timers.first_entry() {
+                    if *e.key() > wm {
+                        next_due = next_due.min(*e.key());
                         break;
                     }
-                    self.timers.pop();
-                    self.fire_sessions(key)?;
+                    for key in e.remove() {
+                        self.fire_sessions(key)?;
+                    }
                 }
             }
             Window::Tumbling { size_ms } | Window::Sliding { size_ms, .. } => {
@@ -1050,8 +1057,8 @@ impl WindowOp {
         let wm = self.wm;
         let lateness = self.spec.lateness;
         let every = self.spec.emit_every;
-        let Some(list) = self.sessions.get(&key) else { return Ok(()) };
-        let mut list = list.clone();
+        let Some(list) = self.sessions.get_mut(&key) else { return Ok(()) };
+        let mut list = std::mem::take(list);
         let mut i = 0;
         while i < list.len() {
             let s = &mut list[i];
@@ -1082,14 +1089,14 @@ impl WindowOp {
                 list.remove(i);
                 continue;
             }
-            self.timers.push(Reverse((s.due(lateness), key)));
+            self.timers.entry(s.due(lateness)).or_default().push(key);
             i += 1;
         }
         if list.is_empty() {
             self.sessions.remove(&key);
             self.hot -= 1;
-        } else {
-            self.sessions.insert(key, list);
+        } else if let Some(slot) = self.sessions.get_mut(&key) {
+            *slot = list;
         }
         Ok(())
     }
@@ -1218,14 +1225,14 @@ fn encode_sessions(accs: &AccStore, list: &[Session], out: &mut Vec<u8>) {
     }
 }
 
-fn decode_sessions(accs: &mut AccStore, bytes: &[u8], used: u32) -> Result<Vec<Session>, String> {
+fn decode_sessions(accs: &mut AccStore, bytes: &[u8], used: u32) -> Result<Sessions, String> {
     let bad = || "truncated sessions".to_string();
     let i64_at = |at: usize| -> Result<i64, String> {
         Ok(i64::from_le_bytes(bytes.get(at..at + 8).ok_or_else(bad)?.try_into().map_err(|_| bad())?))
     };
     let n = u32::from_le_bytes(bytes.get(..4).ok_or_else(bad)?.try_into().map_err(|_| bad())?) as usize;
     let mut at = 4;
-    let mut out = Vec::with_capacity(n);
+    let mut out = Sessions::with_capacity(n.min(64));
     for _ in 0..n {
         let (start, end, next_early) = (i64_at(at)?, i64_at(at + 8)?, i64_at(at + 16)?);
         let fired = *bytes.get(at + 24).ok_or_else(bad)? != 0;
