@@ -303,6 +303,12 @@ impl AccStore {
                 id
             }
             None => {
+                if self.words.len() + w > self.words.capacity() {
+                    // Grow by an eighth, not double: the slab is most of a window
+                    // operator's memory, and copying it on growth is cheap next to
+                    // filling it.
+                    self.words.reserve_exact((self.words.len() / 8).max(w * 256));
+                }
                 self.words.resize(self.words.len() + w, 0);
                 (self.words.len() / w - 1) as u32
             }

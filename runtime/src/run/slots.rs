@@ -9,10 +9,12 @@
 //! can be prefetched as well. `hashbrown` (used elsewhere) exposes neither, which is why
 //! this one exists.
 //!
-//! Layout: a power-of-two array of `u64` buckets, `tag << 32 | id`, 0 for empty; linear
-//! probing; at most half full; deletion by backward shift (no tombstones). The tag is the
-//! hash's high 32 bits (never 0) and also gives the home bucket, so growing needs no
-//! rehash of the slots. Equal tags are confirmed by the caller's `eq` on the slot.
+//! Layout: an array of `u64` buckets, `tag << 32 | id`, 0 for empty; linear probing; at
+//! most three quarters full, growing by half (memory per window counts: 8 bytes a
+//! bucket); deletion by backward shift (no tombstones). The tag is the hash's high 32
+//! bits (never 0) and also gives the home bucket (`tag * buckets >> 32`), so growing
+//! needs no rehash of the slots. Equal tags are confirmed by the caller's `eq` on the
+//! slot.
 
 /// Hashes to `u32` slot ids (see the module docs).
 #[derive(Debug, Default)]
@@ -48,9 +50,19 @@ impl SlotIndex {
         self.buckets.capacity() * 8
     }
 
+    /// The home bucket of `tag`.
     #[inline]
-    fn mask(&self) -> usize {
-        self.buckets.len() - 1
+    fn home(&self, tag: u32) -> usize {
+        ((u64::from(tag) * self.buckets.len() as u64) >> 32) as usize
+    }
+
+    #[inline]
+    fn next(&self, i: usize) -> usize {
+        if i + 1 == self.buckets.len() {
+            0
+        } else {
+            i + 1
+        }
     }
 
     /// Asks the CPU to load `hash`'s home bucket (a hint; never faults).
@@ -59,7 +71,7 @@ impl SlotIndex {
         if self.buckets.is_empty() {
             return;
         }
-        let p = &self.buckets[tag(hash) as usize & self.mask()];
+        let p = &self.buckets[self.home(tag(hash))];
         prefetch(p as *const u64 as *const i8);
     }
 
@@ -69,8 +81,8 @@ impl SlotIndex {
         if self.buckets.is_empty() {
             return None;
         }
-        let (t, mask) = (tag(hash), self.mask());
-        let mut i = t as usize & mask;
+        let t = tag(hash);
+        let mut i = self.home(t);
         loop {
             let b = self.buckets[i];
             if b == 0 {
@@ -79,7 +91,7 @@ impl SlotIndex {
             if (b >> 32) as u32 == t {
                 return Some(b as u32);
             }
-            i = (i + 1) & mask;
+            i = self.next(i);
         }
     }
 
@@ -89,8 +101,8 @@ impl SlotIndex {
         if self.buckets.is_empty() {
             return None;
         }
-        let (t, mask) = (tag(hash), self.mask());
-        let mut i = t as usize & mask;
+        let t = tag(hash);
+        let mut i = self.home(t);
         loop {
             let b = self.buckets[i];
             if b == 0 {
@@ -99,13 +111,13 @@ impl SlotIndex {
             if (b >> 32) as u32 == t && eq(b as u32) {
                 return Some(b as u32);
             }
-            i = (i + 1) & mask;
+            i = self.next(i);
         }
     }
 
     /// Stores `id` under `hash` (the caller knows it is not there yet).
     pub fn insert(&mut self, hash: u64, id: u32) {
-        if (self.len + 1) * 2 > self.buckets.len() {
+        if (self.len + 1) * 4 > self.buckets.len() * 3 {
             self.grow();
         }
         self.put(u64::from(tag(hash)) << 32 | u64::from(id));
@@ -113,16 +125,15 @@ impl SlotIndex {
     }
 
     fn put(&mut self, entry: u64) {
-        let mask = self.mask();
-        let mut i = (entry >> 32) as usize & mask;
+        let mut i = self.home((entry >> 32) as u32);
         while self.buckets[i] != 0 {
-            i = (i + 1) & mask;
+            i = self.next(i);
         }
         self.buckets[i] = entry;
     }
 
     fn grow(&mut self) {
-        let cap = (self.buckets.len() * 2).max(16);
+        let cap = (self.buckets.len() + self.buckets.len() / 2).max(16);
         let old = std::mem::replace(&mut self.buckets, vec![0; cap]);
         for e in old {
             if e != 0 {
@@ -137,31 +148,33 @@ impl SlotIndex {
             return false;
         }
         let want = u64::from(tag(hash)) << 32 | u64::from(id);
-        let mask = self.mask();
-        let mut i = (want >> 32) as usize & mask;
+        let n = self.buckets.len();
+        let mut i = self.home(tag(hash));
         loop {
             match self.buckets[i] {
                 0 => return false,
                 b if b == want => break,
-                _ => i = (i + 1) & mask,
+                _ => i = self.next(i),
             }
         }
         // Backward shift: pull later entries of the run into the hole when the hole lies
         // between their home and where they sit.
         let mut hole = i;
-        let mut j = (i + 1) & mask;
+        let mut j = self.next(i);
+        // Forward distance from a to b around the ring.
+        let dist = |a: usize, b: usize| if b >= a { b - a } else { b + n - a };
         loop {
             let b = self.buckets[j];
             if b == 0 {
                 break;
             }
-            let home = (b >> 32) as usize & mask;
-            // Distance from home to j, and from home to the hole, going forward.
-            if (j.wrapping_sub(home) & mask) >= (j.wrapping_sub(hole) & mask) {
+            let home = self.home((b >> 32) as u32);
+            // It may move back into the hole if the hole is not before its home.
+            if dist(home, j) >= dist(hole, j) {
                 self.buckets[hole] = b;
                 hole = j;
             }
-            j = (j + 1) & mask;
+            j = self.next(j);
         }
         self.buckets[hole] = 0;
         self.len -= 1;

@@ -277,16 +277,33 @@ struct Session {
 
 /// Header words of an aligned window's slot in the [`AccStore`]: its end,
 const H_END: usize = 0;
-/// its key's length (low 32 bits) and when it was last updated (high 32, the batch count),
+/// one word of metadata: its key's length (bits 0..16; an out-of-line key's is in its
+/// box), when it was last updated (bits 16..32: the batch count, wrapping), results
+/// emitted (bits 32..62: the next one's revision), [`DIRTY`] and [`LONG`];
 const H_META: usize = 1;
-/// results emitted (low 32 bits; the next one's revision), [`DIRTY`] and [`LONG`],
-const H_REV: usize = 2;
 /// then its key bytes, zero-padded words (or, if [`LONG`], an index into `long_keys`).
-const H_KEY: usize = 3;
+const H_KEY: usize = 2;
+const USED_SHIFT: u32 = 16;
+const REV_SHIFT: u32 = 32;
+const REV_MASK: u64 = (1 << 30) - 1;
 /// Changed since its last result.
-const DIRTY: u64 = 1 << 32;
+const DIRTY: u64 = 1 << 62;
 /// Its key did not fit in the header.
-const LONG: u64 = 1 << 33;
+const LONG: u64 = 1 << 63;
+/// The most key bytes a header holds.
+const INLINE_KEY_MAX: usize = 4096;
+
+fn meta_len(m: u64) -> usize {
+    (m & 0xFFFF) as usize
+}
+
+fn meta_rev(m: u64) -> u32 {
+    ((m >> REV_SHIFT) & REV_MASK) as u32
+}
+
+fn meta_used(m: u64) -> u16 {
+    (m >> USED_SHIFT) as u16
+}
 
 /// The hash of an encoded key of `len` bytes given as zero-padded words.
 #[inline]
@@ -344,13 +361,14 @@ struct LongKeys {
 /// The hash of slot `id`'s window (for the table's growth and removals).
 fn slot_hash(accs: &AccStore, long: &LongKeys, id: u32) -> u64 {
     let h = accs.header(id);
-    let len = h[H_META] as u32 as usize;
-    let kh = if h[H_REV] & LONG == 0 {
+    let kh = if h[H_META] & LONG == 0 {
+        let len = meta_len(h[H_META]);
         key_hash(len, &h[H_KEY..H_KEY + len.div_ceil(8)])
     } else {
+        let key = &long.keys[h[H_KEY] as usize];
         let mut w = Vec::new();
-        pad_words(&long.keys[h[H_KEY] as usize], &mut w);
-        key_hash(len, &w)
+        pad_words(key, &mut w);
+        key_hash(key.len(), &w)
     };
     cell_hash(kh, h[H_END] as i64)
 }
@@ -359,8 +377,8 @@ fn slot_hash(accs: &AccStore, long: &LongKeys, id: u32) -> u64 {
 fn slot_key(accs: &AccStore, long: &LongKeys, id: u32, out: &mut Vec<u8>) {
     out.clear();
     let h = accs.header(id);
-    let len = h[H_META] as u32 as usize;
-    if h[H_REV] & LONG != 0 {
+    let len = meta_len(h[H_META]);
+    if h[H_META] & LONG != 0 {
         out.extend_from_slice(&long.keys[h[H_KEY] as usize]);
     } else {
         for w in &h[H_KEY..H_KEY + len.div_ceil(8)] {
@@ -445,7 +463,7 @@ impl WindowOp {
                 _ => 9,
             })
             .sum();
-        let key_words = key_bytes.div_ceil(8).max(1);
+        let key_words = key_bytes.min(INLINE_KEY_MAX).div_ceil(8).max(1);
         let accs = match spec.window {
             Window::Session { .. } => AccStore::new(acc),
             _ => AccStore::with_header(acc, H_KEY + key_words),
@@ -631,9 +649,8 @@ impl WindowOp {
         self.cells.find(cell_hash(kh, end), |id| {
             let h = accs.header(id);
             h[H_END] as i64 == end
-                && h[H_META] as u32 as u64 == len
-                && if h[H_REV] & LONG == 0 {
-                    h[H_KEY..H_KEY + probe.len()] == probe[..]
+                && if h[H_META] & LONG == 0 {
+                    meta_len(h[H_META]) as u64 == len && h[H_KEY..H_KEY + probe.len()] == probe[..]
                 } else {
                     *long.keys[h[H_KEY] as usize] == key[..]
                 }
@@ -672,8 +689,11 @@ impl WindowOp {
         let epoch = self.epoch;
         let h = self.accs.header_mut(id);
         h[H_END] = end as u64;
-        h[H_META] = len as u64 | (u64::from(epoch) << 32);
-        h[H_REV] = u64::from(emitted) | if dirty { DIRTY } else { 0 } | if long { LONG } else { 0 };
+        h[H_META] = (if long { 0 } else { len as u64 })
+            | (u64::from(epoch as u16) << USED_SHIFT)
+            | ((u64::from(emitted) & REV_MASK) << REV_SHIFT)
+            | if dirty { DIRTY } else { 0 }
+            | if long { LONG } else { 0 };
         if long {
             h[H_KEY] = u64::from(lix);
         } else {
@@ -699,7 +719,7 @@ impl WindowOp {
         let hash = slot_hash(&self.accs, &self.long_keys, id);
         self.cells.remove(hash, id);
         let h = self.accs.header(id);
-        if h[H_REV] & LONG != 0 {
+        if h[H_META] & LONG != 0 {
             let i = h[H_KEY] as u32;
             self.long_keys.keys[i as usize] = Box::default();
             self.long_keys.free.push(i);
@@ -728,8 +748,8 @@ impl WindowOp {
     /// Emits slot `id`'s window as its next revision.
     fn emit_cell(&mut self, id: u32, start: i64, end: i64) -> Result<(), String> {
         slot_key(&self.accs, &self.long_keys, id, &mut self.keybuf);
-        let rev = self.accs.header(id)[H_REV];
-        let w = Win { acc: id, emitted: rev as u32, dirty: false, used: 0 };
+        let m = self.accs.header(id)[H_META];
+        let w = Win { acc: id, emitted: meta_rev(m), dirty: false, used: 0 };
         emit_row(
             &mut self.results,
             &self.spec,
@@ -741,7 +761,8 @@ impl WindowOp {
             end,
             w,
         )?;
-        self.accs.header_mut(id)[H_REV] = (rev & LONG) | u64::from((rev as u32).wrapping_add(1));
+        let next = u64::from(meta_rev(m).wrapping_add(1)) & REV_MASK;
+        self.accs.header_mut(id)[H_META] = (m & !(DIRTY | (REV_MASK << REV_SHIFT))) | (next << REV_SHIFT);
         Ok(())
     }
 
@@ -808,8 +829,7 @@ impl WindowOp {
             }
             let epoch = self.epoch;
             let h = self.accs.header_mut(id);
-            h[H_META] = (h[H_META] & 0xFFFF_FFFF) | (u64::from(epoch) << 32);
-            h[H_REV] |= DIRTY;
+            h[H_META] = (h[H_META] & !(0xFFFF << USED_SHIFT)) | (u64::from(epoch as u16) << USED_SHIFT) | DIRTY;
             // Only a window the watermark has reached can have fired.
             if end - 1 <= self.wm && self.groups.get(&end).is_some_and(|g| g.fired) {
                 // Within allowed lateness: the window fires again, now.
@@ -1010,7 +1030,7 @@ impl WindowOp {
         let g = self.groups.get_mut(&end).expect("group");
         let order = std::mem::take(&mut g.order);
         for &id in &order {
-            if final_ || self.accs.header(id)[H_REV] & DIRTY != 0 {
+            if final_ || self.accs.header(id)[H_META] & DIRTY != 0 {
                 self.emit_cell(id, end - size, end)?;
             }
         }
@@ -1133,18 +1153,20 @@ impl WindowOp {
                 }
             }
             _ => {
-                let mut cands: Vec<(u32, i64, u32)> = Vec::with_capacity(self.hot);
+                let mut cands: Vec<(u16, i64, u32)> = Vec::with_capacity(self.hot);
                 for (&end, g) in &self.groups {
                     for &id in &g.order {
-                        cands.push(((self.accs.header(id)[H_META] >> 32) as u32, end, id));
+                        // Oldest first: by batches since the last update (wrapping).
+                        let age = (self.epoch as u16).wrapping_sub(meta_used(self.accs.header(id)[H_META]));
+                        cands.push((u16::MAX - age, end, id));
                     }
                 }
                 cands.sort_unstable();
                 let mut gone = rustc_hash::FxHashSet::default();
                 let mut skey = Vec::new();
                 for &(_, end, id) in cands.iter().take(n) {
-                    let rev = self.accs.header(id)[H_REV];
-                    let w = Win { acc: id, emitted: rev as u32, dirty: rev & DIRTY != 0, used: 0 };
+                    let m = self.accs.header(id)[H_META];
+                    let w = Win { acc: id, emitted: meta_rev(m), dirty: m & DIRTY != 0, used: 0 };
                     buf.clear();
                     w.encode(&self.accs, &mut buf);
                     slot_key(&self.accs, &self.long_keys, id, &mut skey);
