@@ -1589,4 +1589,88 @@ mod tests {
             }
         }
     }
+
+    /// Session windows as a model computes them (no allowed lateness): before a row,
+    /// every session the watermark (its stamp) has reached the end of fires and is gone;
+    /// the row then joins the open sessions of its key it overlaps or touches, unless
+    /// the merged session is already due for its stamp (late).
+    fn session_model(rows: &[(String, i64, i64, i64)], gap: i64) -> (Vec<Res>, Vec<usize>) {
+        let mut open: BTreeMap<String, Vec<(i64, i64, i64, i64)>> = BTreeMap::new();
+        let (mut out, mut late) = (Vec::new(), Vec::new());
+        let fire = |open: &mut BTreeMap<String, Vec<(i64, i64, i64, i64)>>, wm: i64, out: &mut Vec<Res>| {
+            for (k, list) in open.iter_mut() {
+                list.retain(|&(st, en, n, sum)| {
+                    let due = en - 1 <= wm;
+                    if due {
+                        out.push((k.clone(), st, en, n, sum, 0));
+                    }
+                    !due
+                });
+            }
+        };
+        for (r, (k, v, ts, stamp)) in rows.iter().enumerate() {
+            fire(&mut open, *stamp, &mut out);
+            let list = open.entry(k.clone()).or_default();
+            let (mut st, mut en, mut n, mut sum) = (*ts, ts + gap, 1, *v);
+            let hit: Vec<usize> = (0..list.len()).filter(|&i| list[i].0 <= en && list[i].1 >= st).collect();
+            for &i in &hit {
+                st = st.min(list[i].0);
+                en = en.max(list[i].1);
+            }
+            if en - 1 <= *stamp {
+                late.push(r);
+                continue;
+            }
+            for &i in hit.iter().rev() {
+                let s = list.remove(i);
+                n += s.2;
+                sum += s.3;
+            }
+            list.push((st, en, n, sum));
+        }
+        fire(&mut open, WM_MAX, &mut out);
+        (out, late)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Sessions (merging, bridging, late rows, many keys) in memory and spilling agree
+        /// with the model.
+        #[test]
+        fn sessions_agree_with_a_model(
+            rows in proptest::collection::vec((0usize..12, -50i64..50, 0i64..60, 0i64..30), 1..300),
+            chunk in 1usize..64,
+        ) {
+            let gap = 500;
+            let key = |i: usize| if i % 3 == 2 { format!("a-rather-long-session-key-{i}") } else { format!("k{i}") };
+            let mut stamp = WM_MIN;
+            let rows: Vec<(String, i64, i64, i64)> = rows
+                .iter()
+                .enumerate()
+                .map(|(n, &(k, v, ts, back))| {
+                    // A 100 ms grid with stamps 1 ms before it: rows land at a session's
+                    // end - 1 and exactly at the watermark.
+                    let t = (ts + n as i64 / 3) * 100;
+                    let out = (key(k), v, t, stamp);
+                    stamp = stamp.max(t - back * 100 - 1);
+                    out
+                })
+                .collect();
+            let (want, want_late) = session_model(&rows, gap);
+            for mut op in both(&spec(Window::Session { gap_ms: gap }, 0, None)) {
+                let (mut got, mut late) = (Vec::new(), Vec::new());
+                for (c, part) in rows.chunks(chunk).enumerate() {
+                    let refs: Vec<(&str, i64, i64, i64)> = part.iter().map(|(k, v, t, w)| (k.as_str(), *v, *t, *w)).collect();
+                    let (out, l) = run(&mut op, &refs, false);
+                    got.extend(out);
+                    late.extend(l.into_iter().map(|i| c * chunk + i));
+                }
+                let (out, _) = run(&mut op, &[], true);
+                got.extend(out);
+                proptest::prop_assert_eq!(sorted(got), sorted(want.clone()));
+                proptest::prop_assert_eq!(&late, &want_late);
+                proptest::prop_assert_eq!(op.state_size().0, 0);
+            }
+        }
+    }
 }
