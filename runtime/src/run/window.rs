@@ -32,7 +32,7 @@ use super::stamp::{WM_MAX, WM_MIN};
 use flow_compiler::ir::{self, Window};
 use flow_types::row::{Batch, BatchBuilder, Layout, RowRef, SlotKind};
 use hashbrown::HashTable;
-use rustc_hash::{FxHashMap, FxHasher};
+use rustc_hash::FxHasher;
 use smallvec::SmallVec;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -266,6 +266,57 @@ struct Group {
 /// A key's open sessions.
 type Sessions = SmallVec<[Session; 1]>;
 
+/// Open sessions by key id: a vector, not a map, since the key table's ids are dense
+/// (it reuses them), so finding a key's sessions costs no probe.
+#[derive(Default)]
+struct SessionTable {
+    lists: Vec<Sessions>,
+}
+
+impl SessionTable {
+    fn contains_key(&self, k: &u32) -> bool {
+        self.lists.get(*k as usize).is_some_and(|l| !l.is_empty())
+    }
+
+    fn get(&self, k: &u32) -> Option<&Sessions> {
+        self.lists.get(*k as usize).filter(|l| !l.is_empty())
+    }
+
+    fn get_mut(&mut self, k: &u32) -> Option<&mut Sessions> {
+        self.lists.get_mut(*k as usize).filter(|l| !l.is_empty())
+    }
+
+    /// Key `k`'s list, empty if it has none.
+    fn list_mut(&mut self, k: u32) -> &mut Sessions {
+        if self.lists.len() <= k as usize {
+            self.lists.resize_with(k as usize + 1, Sessions::new);
+        }
+        &mut self.lists[k as usize]
+    }
+
+    fn insert(&mut self, k: u32, list: Sessions) {
+        *self.list_mut(k) = list;
+    }
+
+    fn remove(&mut self, k: &u32) -> Option<Sessions> {
+        self.get_mut(k).map(std::mem::take)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (u32, &Sessions)> {
+        self.lists.iter().enumerate().filter(|(_, l)| !l.is_empty()).map(|(i, l)| (i as u32, l))
+    }
+
+    fn bytes(&self) -> usize {
+        self.lists.capacity() * std::mem::size_of::<Sessions>()
+            + self
+                .lists
+                .iter()
+                .filter(|l| l.spilled())
+                .map(|l| l.capacity() * std::mem::size_of::<Session>())
+                .sum::<usize>()
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Session {
     start: i64,
@@ -419,7 +470,7 @@ pub(crate) struct WindowOp {
     keybuf: Vec<u8>,
     groups: BTreeMap<i64, Group>,
     /// Open sessions by key: nearly always one, kept inline.
-    sessions: FxHashMap<u32, Sessions>,
+    sessions: SessionTable,
     timers: BTreeMap<i64, Vec<u32>>,
     /// Watermark per upstream instance, and their minimum.
     channels: Vec<i64>,
@@ -482,7 +533,7 @@ impl WindowOp {
             probe: Vec::new(),
             keybuf: Vec::new(),
             groups: BTreeMap::new(),
-            sessions: FxHashMap::default(),
+            sessions: SessionTable::default(),
             timers: BTreeMap::new(),
             channels: vec![WM_MIN; upstream.max(1)],
             wm: WM_MIN,
@@ -517,8 +568,7 @@ impl WindowOp {
             + self.long_keys.keys.capacity() * 16
             + self.long_keys.keys.iter().map(|k| k.len()).sum::<usize>()
             + self.groups.values().map(|g| g.order.capacity() * 4 + 96).sum::<usize>()
-            + self.sessions.capacity() * 33
-            + self.sessions.values().map(|v| v.capacity() * std::mem::size_of::<Session>()).sum::<usize>()
+            + self.sessions.bytes()
             + self.timers.values().map(|v| v.capacity() * 4 + 64).sum::<usize>();
         (self.hot, self.spilled, bytes)
     }
@@ -912,7 +962,7 @@ impl WindowOp {
         if !self.sessions.contains_key(&key) {
             self.hot += 1;
         }
-        let list = self.sessions.entry(key).or_default();
+        let list = self.sessions.list_mut(key);
         // Fold the other hit sessions into the first.
         for &i in hit.iter().skip(1).rev() {
             let other = list.remove(i);
@@ -944,7 +994,7 @@ impl WindowOp {
         // A session that only grew keeps its timer: the earlier entry pops first and
         // fire_sessions re-arms it at its current due time. New sessions and ones that
         // fired (whose due time may have moved earlier) get an entry now.
-        let due = self.sessions[&key][idx].due(lateness);
+        let due = self.sessions.get(&key).expect("sessions")[idx].due(lateness);
         if fresh || merged.fired {
             self.timers.entry(due).or_default().push(key);
         }
@@ -1113,10 +1163,9 @@ impl WindowOp {
             i += 1;
         }
         if list.is_empty() {
-            self.sessions.remove(&key);
             self.hot -= 1;
-        } else if let Some(slot) = self.sessions.get_mut(&key) {
-            *slot = list;
+        } else {
+            self.sessions.insert(key, list);
         }
         Ok(())
     }
@@ -1133,7 +1182,7 @@ impl WindowOp {
         match self.spec.window {
             Window::Session { .. } => {
                 let mut cands: Vec<(u32, u32)> =
-                    self.sessions.iter().map(|(&k, l)| (l.iter().map(|s| s.win.used).max().unwrap_or(0), k)).collect();
+                    self.sessions.iter().map(|(k, l)| (l.iter().map(|s| s.win.used).max().unwrap_or(0), k)).collect();
                 cands.sort_unstable();
                 for &(_, key) in cands.iter().take(n) {
                     let Some(list) = self.sessions.remove(&key) else { continue };
