@@ -591,7 +591,7 @@ impl WindowOp {
             Window::Sliding { size_ms, slide_ms } => (size_ms, slide_ms),
             Window::Session { .. } => (0, 0),
         };
-        let aligned = size > 0;
+        let aligned = !matches!(spec.window, Window::Session { .. });
         if aligned {
             // First pass: every row's key and hash, so that the second can prefetch the
             // bucket of its latest window 16 rows ahead, and the slot that bucket points
