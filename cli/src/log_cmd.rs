@@ -687,8 +687,20 @@ fn bench_windows(a: BenchWindowsArgs) -> miette::Result<ExitCode> {
     println!("{:<34} {:>14} {:>12} {:>10}", "case", "events/s", "results", "seconds");
     for (label, window) in [("tumbling(60s)", "tumbling(60s)"), ("session(gap: 5s)", "session(gap: 5s)")] {
         let wanted = |name: &str| a.case.as_deref().is_none_or(|c| name.contains(c));
-        if !["memory", "rocksdb", "rocksdb 1/4 in memory"].iter().any(|c| wanted(&format!("{label} {c}"))) {
+        if !["memory", "memory --no-jit", "rocksdb", "rocksdb 1/4 in memory"]
+            .iter()
+            .any(|c| wanted(&format!("{label} {c}")))
+        {
             continue;
+        }
+        // The same on the interpreter and the Rust accumulator updater: what the JIT
+        // (finishing stage, accumulator updates) buys at the operator.
+        let name = format!("{label} memory --no-jit");
+        if wanted(&name) {
+            let b = WindowBench::new(window, a.keys, a.events, false).map_err(err)?;
+            let m = median_run(a.runs, || b.run(None))?;
+            let secs = m.elapsed.as_secs_f64().max(1e-9);
+            println!("{name:<34} {:>14.0} {:>12} {:>10.3}", m.events as f64 / secs, m.rows_out, secs);
         }
         let b = WindowBench::new(window, a.keys, a.events, true).map_err(err)?;
         let state = b.state().map_err(err)?;

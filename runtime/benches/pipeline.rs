@@ -47,6 +47,9 @@ fn windows(c: &mut Criterion) {
         g.bench_function(format!("{name}_memory"), |b| b.iter(|| w.run(None).expect("runs")));
         let db = dir.path().join(name);
         g.bench_function(format!("{name}_rocksdb"), |b| b.iter(|| w.run(Some((&db, usize::MAX))).expect("runs")));
+        // The interpreter and the Rust accumulator updater: the JIT's share.
+        let w = bench::WindowBench::new(window, 100_000, EVENTS, false).expect("prepares");
+        g.bench_function(format!("{name}_memory_interpreted"), |b| b.iter(|| w.run(None).expect("runs")));
     }
     g.finish();
 }
