@@ -134,6 +134,18 @@ impl KeyTable {
         &self.keys[id as usize]
     }
 
+    /// Asks the CPU to load key `id`'s entry (a hint; any id).
+    fn prefetch(&self, id: u32) {
+        super::slots::prefetch_ptr(self.keys.as_ptr().wrapping_add(id as usize));
+    }
+
+    /// Asks the CPU to load key `id`'s bytes (a hint; reads the entry).
+    fn prefetch_bytes(&self, id: u32) {
+        if let Some(k) = self.keys.get(id as usize) {
+            super::slots::prefetch_ptr(k.as_ptr());
+        }
+    }
+
     fn bytes(&self) -> usize {
         self.table.capacity() * 5
             + self.keys.capacity() * 16
@@ -296,6 +308,11 @@ impl SessionTable {
 
     fn insert(&mut self, k: u32, list: Sessions) {
         *self.list_mut(k) = list;
+    }
+
+    /// Asks the CPU to load key `k`'s list (a hint).
+    fn prefetch(&self, k: u32) {
+        super::slots::prefetch_ptr(self.lists.as_ptr().wrapping_add(k as usize));
     }
 
     fn remove(&mut self, k: &u32) -> Option<Sessions> {
@@ -1028,7 +1045,21 @@ impl WindowOp {
                         next_due = next_due.min(*e.key());
                         break;
                     }
-                    for key in e.remove() {
+                    let keys = e.remove();
+                    // The keys due are random: prefetch their session lists and key
+                    // bytes 8 ahead, and (through the lists, by then in the cache) their
+                    // accumulators 4 ahead.
+                    for (i, &key) in keys.iter().enumerate() {
+                        if let Some(&k) = keys.get(i + 8) {
+                            self.sessions.prefetch(k);
+                            self.keys.prefetch(k);
+                        }
+                        if let Some(&k) = keys.get(i + 4) {
+                            if let Some(list) = self.sessions.get(&k) {
+                                self.accs.prefetch(list[0].win.acc);
+                            }
+                            self.keys.prefetch_bytes(k);
+                        }
                         self.fire_sessions(key)?;
                     }
                 }
