@@ -153,7 +153,8 @@ fn push_hex(s: &mut String, v: u64) {
             break;
         }
     }
-    buf[i..].iter().for_each(|&c| s.push(c as char));
+    // ASCII digits: valid UTF-8, appended in one copy rather than char by char.
+    s.push_str(std::str::from_utf8(&buf[i..]).unwrap_or_default());
 }
 
 struct Transactions {
