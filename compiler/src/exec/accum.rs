@@ -196,6 +196,12 @@ fn build(fb: &mut FunctionBuilder, steps: &[AccStep]) {
         (sum, of)
     };
     let w = |at: usize| (at * 8) as i32;
+    // Adds one to the count word at byte `at` of the accumulator.
+    let bump = |fb: &mut FunctionBuilder, at: i32| {
+        let c = fb.ins().load(I64, fl, acc, at);
+        let c = fb.ins().iadd_imm_u(c, 1);
+        fb.ins().store(fl, c, acc, at);
+    };
 
     // Check pass: a refused row changes nothing.
     for s in steps {
@@ -244,9 +250,7 @@ fn build(fb: &mut FunctionBuilder, steps: &[AccStep]) {
     for s in steps {
         let at = w(s.at);
         let Some((f, off)) = s.arg else {
-            let c = fb.ins().load(I64, fl, acc, at);
-            let c = fb.ins().iadd_imm_u(c, 1);
-            fb.ins().store(fl, c, acc, at);
+            bump(fb, at);
             continue;
         };
         let off = off as i32;
@@ -264,22 +268,21 @@ fn build(fb: &mut FunctionBuilder, steps: &[AccStep]) {
         fb.ins().store(fl, set, acc, fw);
         let first = fb.ins().bxor_imm_u(had, 1);
         match s.op {
-            AccOp::CountAll | AccOp::Count => {
-                let c = fb.ins().load(I64, fl, acc, at);
-                let c = fb.ins().iadd_imm_u(c, 1);
-                fb.ins().store(fl, c, acc, at);
-            }
+            AccOp::CountAll | AccOp::Count => bump(fb, at),
             AccOp::SumI => {
                 let c = fb.ins().load(I64, fl, acc, at);
                 let v = fb.ins().load(I64, fl, row, off);
                 let c = fb.ins().iadd(c, v);
                 fb.ins().store(fl, c, acc, at);
             }
-            AccOp::SumF => {
+            AccOp::SumF | AccOp::AvgF => {
                 let c = fb.ins().load(F64, fl, acc, at);
                 let v = fb.ins().load(F64, fl, row, off);
                 let c = fb.ins().fadd(c, v);
                 fb.ins().store(fl, c, acc, at);
+                if s.op == AccOp::AvgF {
+                    bump(fb, at + 8);
+                }
             }
             AccOp::SumD | AccOp::AvgI | AccOp::AvgD => {
                 let c = load_i128(fb, acc, at);
@@ -287,19 +290,8 @@ fn build(fb: &mut FunctionBuilder, steps: &[AccStep]) {
                 let c = fb.ins().iadd(c, v);
                 store_i128(fb, c, acc, at);
                 if s.op != AccOp::SumD {
-                    let n = fb.ins().load(I64, fl, acc, at + 16);
-                    let n = fb.ins().iadd_imm_u(n, 1);
-                    fb.ins().store(fl, n, acc, at + 16);
+                    bump(fb, at + 16);
                 }
-            }
-            AccOp::AvgF => {
-                let c = fb.ins().load(F64, fl, acc, at);
-                let v = fb.ins().load(F64, fl, row, off);
-                let c = fb.ins().fadd(c, v);
-                fb.ins().store(fl, c, acc, at);
-                let n = fb.ins().load(I64, fl, acc, at + 8);
-                let n = fb.ins().iadd_imm_u(n, 1);
-                fb.ins().store(fl, n, acc, at + 8);
             }
             AccOp::MinI | AccOp::MaxI => {
                 let c = fb.ins().load(I64, fl, acc, at);

@@ -78,21 +78,7 @@ impl SlotIndex {
     /// The first id whose tag matches `hash`: what [`SlotIndex::find`] most likely returns.
     #[inline]
     pub fn candidate(&self, hash: u64) -> Option<u32> {
-        if self.buckets.is_empty() {
-            return None;
-        }
-        let t = tag(hash);
-        let mut i = self.home(t);
-        loop {
-            let b = self.buckets[i];
-            if b == 0 {
-                return None;
-            }
-            if (b >> 32) as u32 == t {
-                return Some(b as u32);
-            }
-            i = self.next(i);
-        }
+        self.find(hash, |_| true)
     }
 
     /// The id stored under `hash` for which `eq` holds.

@@ -1595,6 +1595,20 @@ mod tests {
         assert_eq!(sorted(a), sorted(b));
     }
 
+    /// Runs `rows` through `op` in batches of `chunk`, then finishes: every result, and
+    /// the late rows' indexes in `rows`.
+    fn run_chunked(op: &mut WindowOp, rows: &[(String, i64, i64, i64)], chunk: usize) -> (Vec<Res>, Vec<usize>) {
+        let (mut got, mut late) = (Vec::new(), Vec::new());
+        for (c, part) in rows.chunks(chunk).enumerate() {
+            let refs: Vec<(&str, i64, i64, i64)> = part.iter().map(|(k, v, t, w)| (k.as_str(), *v, *t, *w)).collect();
+            let (out, l) = run(op, &refs, false);
+            got.extend(out);
+            late.extend(l.into_iter().map(|i| c * chunk + i));
+        }
+        got.extend(run(op, &[], true).0);
+        (got, late)
+    }
+
     /// The aligned windows a reference model computes: every window holding a row's
     /// time that its stamp has not passed counts it; results come once, at the end.
     fn model(rows: &[(String, i64, i64, i64)], size: i64, slide: i64) -> (Vec<Res>, Vec<usize>) {
@@ -1654,15 +1668,7 @@ mod tests {
             let window = if sliding { Window::Sliding { size_ms: size, slide_ms: slide } } else { Window::Tumbling { size_ms: size } };
             let (want, want_late) = model(&rows, size, slide);
             for mut op in both(&spec(window, 0, None)) {
-                let (mut got, mut late) = (Vec::new(), Vec::new());
-                for (c, part) in rows.chunks(chunk).enumerate() {
-                    let refs: Vec<(&str, i64, i64, i64)> = part.iter().map(|(k, v, t, w)| (k.as_str(), *v, *t, *w)).collect();
-                    let (out, l) = run(&mut op, &refs, false);
-                    got.extend(out);
-                    late.extend(l.into_iter().map(|i| c * chunk + i));
-                }
-                let (out, _) = run(&mut op, &[], true);
-                got.extend(out);
+                let (got, late) = run_chunked(&mut op, &rows, chunk);
                 proptest::prop_assert_eq!(sorted(got), want.clone());
                 proptest::prop_assert_eq!(&late, &want_late);
                 proptest::prop_assert_eq!(op.state_size().0, 0);
@@ -1738,15 +1744,7 @@ mod tests {
                 .collect();
             let (want, want_late) = session_model(&rows, gap);
             for mut op in both(&spec(Window::Session { gap_ms: gap }, 0, None)) {
-                let (mut got, mut late) = (Vec::new(), Vec::new());
-                for (c, part) in rows.chunks(chunk).enumerate() {
-                    let refs: Vec<(&str, i64, i64, i64)> = part.iter().map(|(k, v, t, w)| (k.as_str(), *v, *t, *w)).collect();
-                    let (out, l) = run(&mut op, &refs, false);
-                    got.extend(out);
-                    late.extend(l.into_iter().map(|i| c * chunk + i));
-                }
-                let (out, _) = run(&mut op, &[], true);
-                got.extend(out);
+                let (got, late) = run_chunked(&mut op, &rows, chunk);
                 proptest::prop_assert_eq!(sorted(got), sorted(want.clone()));
                 proptest::prop_assert_eq!(&late, &want_late);
                 proptest::prop_assert_eq!(op.state_size().0, 0);
