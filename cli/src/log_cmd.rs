@@ -199,7 +199,8 @@ pub struct BenchWindowsArgs {
     /// Scratch directory for the RocksDB cases (removed afterwards)
     #[arg(long, default_value = "./.flow/bench-state")]
     pub dir: PathBuf,
-    /// Only the cases whose name contains this (e.g. `tumbling(60s) memory`)
+    /// Only the case named exactly this (e.g. `tumbling(60s) memory`), or else every case
+    /// whose name contains it (e.g. `session`)
     #[arg(long)]
     pub case: Option<String>,
 }
@@ -685,12 +686,15 @@ fn bench_windows(a: BenchWindowsArgs) -> miette::Result<ExitCode> {
         a.runs.max(1)
     );
     println!("{:<34} {:>14} {:>12} {:>10}", "case", "events/s", "results", "seconds");
-    for (label, window) in [("tumbling(60s)", "tumbling(60s)"), ("session(gap: 5s)", "session(gap: 5s)")] {
-        let wanted = |name: &str| a.case.as_deref().is_none_or(|c| name.contains(c));
-        if !["memory", "memory --no-jit", "rocksdb", "rocksdb 1/4 in memory"]
-            .iter()
-            .any(|c| wanted(&format!("{label} {c}")))
-        {
+    const WINDOWS: [&str; 2] = ["tumbling(60s)", "session(gap: 5s)"];
+    const BACKENDS: [&str; 4] = ["memory", "memory --no-jit", "rocksdb", "rocksdb 1/4 in memory"];
+    // A case named exactly runs alone; otherwise every case containing the text runs.
+    let exact =
+        a.case.as_deref().is_some_and(|c| WINDOWS.iter().any(|w| BACKENDS.iter().any(|b| format!("{w} {b}") == c)));
+    let wanted = |name: &str| a.case.as_deref().is_none_or(|c| if exact { name == c } else { name.contains(c) });
+    for window in WINDOWS {
+        let label = window;
+        if !BACKENDS.iter().any(|c| wanted(&format!("{label} {c}"))) {
             continue;
         }
         // The same on the interpreter and the Rust accumulator updater: what the JIT

@@ -183,27 +183,52 @@ impl Stamper {
         let (bm_in, bm_out) = (from.bitmap_bytes as usize, stamped.bitmap_bytes as usize);
         let ts_off = from.offsets[self.ts_field] as usize;
         let st_off = stamped.offsets[self.stamp_field] as usize;
-        let mut rows = Vec::with_capacity(batch.len * w_out);
+        // Zeroed, so only the input's bitmap and slots and `$wm` are copied in (the
+        // bitmap widens when `$wm` starts a new bitmap word).
+        let mut rows = vec![0u8; batch.len * w_out];
         let now = Instant::now();
-        let single = self.parts.len() == 1;
-        for r in 0..batch.len {
-            let row = &batch.rows[r * w_in..(r + 1) * w_in];
-            let at = rows.len();
-            rows.extend_from_slice(&row[..bm_in]);
-            rows.resize(at + bm_out, 0);
-            rows.extend_from_slice(&row[bm_in..]);
-            rows.resize(at + w_out, 0);
-            rows[at + st_off..at + st_off + 8].copy_from_slice(&self.wm.to_le_bytes());
-            let ts =
-                i64::from_le_bytes(row[ts_off..ts_off + 8].try_into().expect("8 bytes")).saturating_add(self.ts_offset);
-            let p = &mut self.parts[part_of(r)];
+        let ts_offset = self.ts_offset;
+        let ts_at = |row: &[u8]| {
+            i64::from_le_bytes(row[ts_off..ts_off + 8].try_into().expect("8 bytes")).saturating_add(ts_offset)
+        };
+        let copy = |dst: &mut [u8], row: &[u8], wm: i64| {
+            if bm_in == bm_out {
+                dst[..w_in].copy_from_slice(row);
+            } else {
+                dst[..bm_in].copy_from_slice(&row[..bm_in]);
+                dst[bm_out..bm_out + w_in - bm_in].copy_from_slice(&row[bm_in..]);
+            }
+            dst[st_off..st_off + 8].copy_from_slice(&wm.to_le_bytes());
+        };
+        let pairs = rows.chunks_exact_mut(w_out).zip(batch.rows.chunks_exact(w_in)).take(batch.len);
+        if self.parts.len() == 1 {
+            // One partition: its watermark is the stamper's (kept in registers here).
+            let p = &mut self.parts[0];
             p.last_record = now;
-            let was_idle = std::mem::replace(&mut p.idle, false);
-            if ts > p.max_ts || was_idle {
-                p.max_ts = p.max_ts.max(ts);
-                if single {
-                    self.wm = self.wm.max(part_wm(p.max_ts, self.delay));
-                } else {
+            let mut wm = self.wm;
+            if std::mem::replace(&mut p.idle, false) {
+                wm = wm.max(part_wm(p.max_ts, self.delay));
+            }
+            let mut max_ts = p.max_ts;
+            for (dst, row) in pairs {
+                copy(dst, row, wm);
+                let ts = ts_at(row);
+                if ts > max_ts {
+                    max_ts = ts;
+                    wm = wm.max(part_wm(ts, self.delay));
+                }
+            }
+            p.max_ts = max_ts;
+            self.wm = wm;
+        } else {
+            for (r, (dst, row)) in pairs.enumerate() {
+                copy(dst, row, self.wm);
+                let ts = ts_at(row);
+                let p = &mut self.parts[part_of(r)];
+                p.last_record = now;
+                let was_idle = std::mem::replace(&mut p.idle, false);
+                if ts > p.max_ts || was_idle {
+                    p.max_ts = p.max_ts.max(ts);
                     self.recompute();
                 }
             }

@@ -375,13 +375,19 @@ fn meta_used(m: u64) -> u16 {
 
 /// The hash of an encoded key of `len` bytes given as zero-padded words.
 #[inline]
-fn key_hash(len: usize, words: &[u64]) -> u64 {
+fn key_hash(len: usize, words: impl Iterator<Item = u64>) -> u64 {
     let mut h = FxHasher::default();
     h.write_usize(len);
-    for &w in words {
+    for w in words {
         h.write_u64(w);
     }
     h.finish()
+}
+
+/// The little-endian words of `padded` (a whole number of them).
+#[inline]
+fn words_of(padded: &[u8]) -> impl Iterator<Item = u64> + '_ {
+    padded.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
 }
 
 /// The hash of a window: its key's and its end's.
@@ -411,12 +417,22 @@ fn pad_words(bytes: &[u8], out: &mut Vec<u64>) {
     }
 }
 
-/// The current record's key: bytes and padded words in the batch's buffers.
+/// The current record's key: `len` bytes at `at` in the batch's key buffer, followed
+/// by zeros up to a whole word.
 #[derive(Clone, Copy)]
 struct CurKey {
     at: u32,
     len: u32,
-    words_at: u32,
+}
+
+impl CurKey {
+    fn padded(self, buf: &[u8]) -> &[u8] {
+        &buf[self.at as usize..self.at as usize + (self.len as usize).div_ceil(8) * 8]
+    }
+
+    fn bytes(self, buf: &[u8]) -> &[u8] {
+        &buf[self.at as usize..(self.at + self.len) as usize]
+    }
 }
 
 /// Out-of-line keys of aligned windows (those longer than the header holds).
@@ -431,12 +447,12 @@ fn slot_hash(accs: &AccStore, long: &LongKeys, id: u32) -> u64 {
     let h = accs.header(id);
     let kh = if h[H_META] & LONG == 0 {
         let len = meta_len(h[H_META]);
-        key_hash(len, &h[H_KEY..H_KEY + len.div_ceil(8)])
+        key_hash(len, h[H_KEY..H_KEY + len.div_ceil(8)].iter().copied())
     } else {
         let key = &long.keys[h[H_KEY] as usize];
         let mut w = Vec::new();
         pad_words(key, &mut w);
-        key_hash(key.len(), &w)
+        key_hash(key.len(), w.into_iter())
     };
     cell_hash(kh, h[H_END] as i64)
 }
@@ -477,7 +493,6 @@ pub(crate) struct WindowOp {
     /// The batch being processed: its rows' encoded keys, and per row the key's bytes in
     /// `batch_keys`, its hash and the hash of its latest window (aligned windows).
     batch_keys: Vec<u8>,
-    batch_words: Vec<u64>,
     batch_rows: Vec<(CurKey, u64, u64)>,
     /// Header words for a key (aligned windows); longer keys go to `long_keys`.
     key_words: usize,
@@ -543,7 +558,6 @@ impl WindowOp {
             accs,
             cells: SlotIndex::default(),
             batch_keys: Vec::new(),
-            batch_words: Vec::new(),
             batch_rows: Vec::new(),
             key_words,
             long_keys: LongKeys::default(),
@@ -614,7 +628,6 @@ impl WindowOp {
             // bucket of its latest window 16 rows ahead, and the slot that bucket points
             // to 8 rows ahead (see slots.rs).
             self.batch_keys.clear();
-            self.batch_words.clear();
             self.batch_rows.clear();
             for r in 0..batch.len {
                 let row = batch.row(r);
@@ -622,11 +635,10 @@ impl WindowOp {
                 let at = self.batch_keys.len();
                 encode_key(&row, &spec.key_fields, &self.kinds, &mut self.batch_keys);
                 let len = self.batch_keys.len() - at;
-                let words_at = self.batch_words.len();
-                pad_words(&self.batch_keys[at..], &mut self.batch_words);
-                let kh = key_hash(len, &self.batch_words[words_at..]);
+                self.batch_keys.resize(at + len.div_ceil(8) * 8, 0);
+                let kh = key_hash(len, words_of(&self.batch_keys[at..]));
                 let end = (ts - ts.rem_euclid(slide)).saturating_add(size);
-                let cur = CurKey { at: at as u32, len: len as u32, words_at: words_at as u32 };
+                let cur = CurKey { at: at as u32, len: len as u32 };
                 self.batch_rows.push((cur, kh, cell_hash(kh, end)));
             }
         }
@@ -710,14 +722,15 @@ impl WindowOp {
     #[inline]
     fn find_cell(&self, cur: CurKey, kh: u64, end: i64) -> Option<u32> {
         let (accs, long) = (&self.accs, &self.long_keys);
-        let key = &self.batch_keys[cur.at as usize..(cur.at + cur.len) as usize];
-        let probe = &self.batch_words[cur.words_at as usize..cur.words_at as usize + key.len().div_ceil(8)];
+        let key = cur.bytes(&self.batch_keys);
+        let probe = cur.padded(&self.batch_keys);
+        let n = probe.len() / 8;
         let len = key.len() as u64;
         self.cells.find(cell_hash(kh, end), |id| {
             let h = accs.header(id);
             h[H_END] as i64 == end
                 && if h[H_META] & LONG == 0 {
-                    meta_len(h[H_META]) as u64 == len && h[H_KEY..H_KEY + probe.len()] == probe[..]
+                    meta_len(h[H_META]) as u64 == len && h[H_KEY..H_KEY + n].iter().copied().eq(words_of(probe))
                 } else {
                     *long.keys[h[H_KEY] as usize] == key[..]
                 }
@@ -728,10 +741,9 @@ impl WindowOp {
     /// create and restore windows.
     fn load_key(&mut self, cur: CurKey) {
         self.scratch.clear();
-        self.scratch.extend_from_slice(&self.batch_keys[cur.at as usize..(cur.at + cur.len) as usize]);
+        self.scratch.extend_from_slice(cur.bytes(&self.batch_keys));
         self.probe.clear();
-        let n = (cur.len as usize).div_ceil(8);
-        self.probe.extend_from_slice(&self.batch_words[cur.words_at as usize..cur.words_at as usize + n]);
+        self.probe.extend(words_of(cur.padded(&self.batch_keys)));
     }
 
     /// Makes slot `id` the current key's window ending at `end`: header, table, group.
