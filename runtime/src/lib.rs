@@ -2,6 +2,7 @@
 //! connectors. It consumes the compiler's plans and knows nothing of .flow syntax.
 
 pub mod bench;
+pub mod checkpoint;
 pub mod format;
 pub mod generate;
 pub mod log;
