@@ -28,6 +28,7 @@ pub(crate) mod head;
 mod io;
 mod kafka;
 mod slots;
+mod snapshot;
 mod source;
 pub(crate) mod spill;
 pub mod stamp;

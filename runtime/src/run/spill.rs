@@ -9,7 +9,8 @@
 //!   column family per operator. When an instance holds more windows than its budget,
 //!   it moves the least recently updated ones out ([`SpillStore::put`]); a record for a
 //!   moved window brings it back ([`SpillStore::take`]), and firing a window reads its
-//!   moved keys back in one range scan ([`SpillStore::take_prefix`]).
+//!   moved keys back in one range scan ([`SpillStore::take_prefix`]). A checkpoint
+//!   snapshot reads them without taking them ([`SpillStore::scan_prefix`]).
 //!
 //! The store is a plain ordered byte map behind [`SpillStore`], so the window operator
 //! is tested against [`MemoryStore`] and RocksDB alike.
@@ -28,6 +29,9 @@ pub(crate) trait SpillStore: Send {
     fn take(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, String>;
     /// Removes and returns every entry whose key starts with `prefix`, in key order.
     fn take_prefix(&mut self, prefix: &[u8]) -> Result<Entries, String>;
+    /// Returns every entry whose key starts with `prefix`, in key order, leaving them
+    /// in place (a checkpoint snapshot reads the spilled state this way).
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Entries, String>;
 }
 
 /// A [`SpillStore`] in a `BTreeMap`: the reference the window operator's spilling is
@@ -57,6 +61,15 @@ impl SpillStore for MemoryStore {
             .map(|(k, _)| k.clone())
             .collect();
         Ok(keys.into_iter().map(|k| (k.clone(), self.map.remove(&k).unwrap_or_default())).collect())
+    }
+
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Entries, String> {
+        Ok(self
+            .map
+            .range(prefix.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
     }
 }
 
@@ -109,6 +122,19 @@ impl SpillStore for RocksStore {
     }
 
     fn take_prefix(&mut self, prefix: &[u8]) -> Result<Entries, String> {
+        let out = self.scan_prefix(prefix)?;
+        let cf = self.handle()?;
+        if let (Some((first, _)), Some((last, _))) = (out.first(), out.last()) {
+            let mut end = last.clone();
+            end.push(0);
+            self.db
+                .delete_range_cf_opt(cf, first.as_slice(), end.as_slice(), &self.write)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(out)
+    }
+
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Entries, String> {
         let cf = self.handle()?;
         let mut out = Vec::new();
         let iter = self.db.iterator_cf(cf, rocksdb::IteratorMode::From(prefix, rocksdb::Direction::Forward));
@@ -118,13 +144,6 @@ impl SpillStore for RocksStore {
                 break;
             }
             out.push((k.to_vec(), v.to_vec()));
-        }
-        if let (Some((first, _)), Some((last, _))) = (out.first(), out.last()) {
-            let mut end = last.clone();
-            end.push(0);
-            self.db
-                .delete_range_cf_opt(cf, first.as_slice(), end.as_slice(), &self.write)
-                .map_err(|e| e.to_string())?;
         }
         Ok(out)
     }
@@ -141,6 +160,9 @@ mod tests {
         assert_eq!(s.take(b"\x01a").expect("take"), Some(b"1".to_vec()));
         assert_eq!(s.take(b"\x01a").expect("take"), None, "taken once");
         s.put(b"\x01c", b"4").expect("put");
+        let seen = s.scan_prefix(b"\x01").expect("scan");
+        assert_eq!(seen, vec![(b"\x01b".to_vec(), b"2".to_vec()), (b"\x01c".to_vec(), b"4".to_vec())]);
+        assert_eq!(s.scan_prefix(b"\x01").expect("scan"), seen, "a scan leaves the entries");
         let got = s.take_prefix(b"\x01").expect("scan");
         assert_eq!(got, vec![(b"\x01b".to_vec(), b"2".to_vec()), (b"\x01c".to_vec(), b"4".to_vec())]);
         assert!(s.take_prefix(b"\x01").expect("scan").is_empty());

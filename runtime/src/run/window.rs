@@ -27,6 +27,7 @@
 
 use super::agg::{AccLayout, AccStore};
 use super::slots::{mix, SlotIndex};
+use super::snapshot::{Reader, Writer};
 use super::spill::SpillStore;
 use super::stamp::{WM_MAX, WM_MIN};
 use flow_compiler::ir::{self, Window};
@@ -186,30 +187,71 @@ pub(crate) fn encode_key(row: &RowRef, fields: &[usize], kinds: &[SlotKind], out
     }
 }
 
+/// Splits `n` bytes off the front of `key`.
+fn key_part<'a>(key: &mut &'a [u8], n: usize) -> Result<&'a [u8], String> {
+    if key.len() < n {
+        return Err("truncated key".into());
+    }
+    let (a, b) = key.split_at(n);
+    *key = b;
+    Ok(a)
+}
+
+/// Splits the next field off an encoded key: `None` for a null, else its bytes (a
+/// string's without its length).
+fn key_field<'a>(key: &mut &'a [u8], kind: SlotKind) -> Result<Option<&'a [u8]>, String> {
+    let flag = key_part(key, 1)?[0];
+    if flag == 0 {
+        return Ok(None);
+    }
+    let n = match kind {
+        SlotKind::Str | SlotKind::Encoded => {
+            let mut len = [0u8; 4];
+            len.copy_from_slice(key_part(key, 4)?);
+            u32::from_le_bytes(len) as usize
+        }
+        SlotKind::Dec128 { .. } => 16,
+        _ => 8,
+    };
+    key_part(key, n).map(Some)
+}
+
+/// Checks that `key` is a whole encoded key of fields of `kinds` (keys read back from
+/// a snapshot).
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) fn check_key(mut key: &[u8], kinds: &[SlotKind]) -> Result<(), String> {
+    for &kind in kinds {
+        key_field(&mut key, kind)?;
+    }
+    if key.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("key has {} bytes past its fields", key.len()))
+    }
+}
+
 /// Writes an encoded key into fields `0..` of row `r`.
 pub(crate) fn decode_key(mut key: &[u8], kinds: &[SlotKind], out: &mut BatchBuilder, r: usize) -> Result<(), String> {
-    for (f, kind) in kinds.iter().enumerate() {
-        let (&flag, rest) = key.split_first().ok_or("truncated key")?;
-        key = rest;
-        if flag == 0 {
+    for (f, &kind) in kinds.iter().enumerate() {
+        let Some(b) = key_field(&mut key, kind)? else {
             out.set_null(r, f);
             continue;
-        }
+        };
         out.clear_null(r, f);
         match kind {
             SlotKind::Str | SlotKind::Encoded => {
-                let n = u32::from_le_bytes(key[..4].try_into().map_err(|_| "truncated key")?) as usize;
-                let off = out.arena_push(&key[4..4 + n]).map_err(|e| format!("{e:?}"))?;
-                out.set_span(r, f, off, n as u32);
-                key = &key[4 + n..];
+                let off = out.arena_push(b).map_err(|e| format!("{e:?}"))?;
+                out.set_span(r, f, off, b.len() as u32);
             }
             SlotKind::Dec128 { .. } => {
-                out.set_i128(r, f, i128::from_le_bytes(key[..16].try_into().map_err(|_| "truncated key")?));
-                key = &key[16..];
+                let mut a = [0u8; 16];
+                a.copy_from_slice(b);
+                out.set_i128(r, f, i128::from_le_bytes(a));
             }
             _ => {
-                out.set_i64(r, f, i64::from_le_bytes(key[..8].try_into().map_err(|_| "truncated key")?));
-                key = &key[8..];
+                let mut a = [0u8; 8];
+                a.copy_from_slice(b);
+                out.set_i64(r, f, i64::from_le_bytes(a));
             }
         }
     }
@@ -534,8 +576,13 @@ fn gone_at(end: i64, lateness: i64) -> i64 {
 
 impl WindowOp {
     pub fn new(spec: Arc<WindowSpec>, input: &Layout, upstream: usize) -> WindowOp {
+        WindowOp::build(spec, input.slot_kinds.clone(), upstream)
+    }
+
+    /// [`WindowOp::new`] for input rows of slot kinds `kinds`.
+    fn build(spec: Arc<WindowSpec>, kinds: Vec<SlotKind>, upstream: usize) -> WindowOp {
         let acc = spec.acc.clone();
-        let key_kinds: Vec<SlotKind> = spec.key_fields.iter().map(|&f| input.slot_kinds[f]).collect();
+        let key_kinds: Vec<SlotKind> = spec.key_fields.iter().map(|&f| kinds[f]).collect();
         let results = BatchBuilder::new(spec.result.clone());
         // Room in the header for a key: fixed-width fields exactly, strings up to 19 bytes.
         let key_bytes: usize = key_kinds
@@ -552,7 +599,7 @@ impl WindowOp {
             _ => AccStore::with_header(acc, H_KEY + key_words),
         };
         WindowOp {
-            kinds: input.slot_kinds.clone(),
+            kinds,
             key_kinds,
             keys: KeyTable::default(),
             accs,
@@ -1291,6 +1338,255 @@ impl WindowOp {
     }
 }
 
+/// Snapshot kinds (`snapshot.rs`): aligned windows, and sessions.
+#[cfg_attr(not(test), allow(dead_code))]
+const SNAP_ALIGNED: u8 = b'A';
+#[cfg_attr(not(test), allow(dead_code))]
+const SNAP_SESSION: u8 = b'S';
+
+/// Checkpoints.
+///
+/// A snapshot holds the operator's logical state, whether in memory or spilled:
+///
+/// - its shape (window parameters, key fields, aggregates, accumulator words), which
+///   a restoring operator must share;
+/// - the watermark of each upstream channel, the operator's watermark, the watermark
+///   results are stamped with, the late count and the batch count;
+/// - aligned windows: every group (end, fired, next early result), then every window
+///   (end, key bytes, and [`Win::encode`]: revision, dirty flag, accumulator with its
+///   extras), those in memory in their group's order first, then the spilled ones;
+/// - sessions: per key, its key bytes and its sessions ([`encode_sessions`]: start,
+///   end, next early result, fired, revision, dirty flag, accumulator).
+///
+/// What is derived is rebuilt on restore rather than stored: the slot index, interned
+/// key ids, out-of-line keys, session timers (one per session at its due time: a timer
+/// only ever makes the operator look at its key's sessions, so the stale entries of
+/// the snapshotted operator make no difference), the next due watermark, and which
+/// windows are spilled (a restored operator with a store spills down to its own budget).
+// Checkpoint barriers are not wired to the operators yet: only the tests call these.
+#[cfg_attr(not(test), allow(dead_code))]
+impl WindowOp {
+    /// The operator's complete logical state as bytes, in memory and spilled alike (the
+    /// spill store is read, not changed): the operator carries on unaffected. Results
+    /// not yet taken ([`WindowOp::take_results`]) are not state: they precede the
+    /// snapshot and are the caller's to send on.
+    pub fn snapshot(&mut self) -> Result<Vec<u8>, String> {
+        let session = matches!(self.spec.window, Window::Session { .. });
+        let mut w = Writer::new(if session { SNAP_SESSION } else { SNAP_ALIGNED });
+        for x in self.shape() {
+            w.i64(x);
+        }
+        w.count(self.channels.len(), "channels")?;
+        for &c in &self.channels {
+            w.i64(c);
+        }
+        w.i64(self.wm);
+        w.i64(self.emit_stamp);
+        w.u64(self.late);
+        w.u32(self.epoch);
+        let spilled = |prefix: &[u8]| match &self.store {
+            Some(s) => s.scan_prefix(prefix),
+            None => Ok(Vec::new()),
+        };
+        if session {
+            let spilled = spilled(b"S")?;
+            w.count(self.sessions.iter().count() + spilled.len(), "session keys")?;
+            for (key, list) in self.sessions.iter() {
+                w.bytes(self.keys.key(key), "key")?;
+                w.bytes_with("sessions", |o| encode_sessions(&self.accs, list, o))?;
+            }
+            for (k, v) in &spilled {
+                w.bytes(k.get(1..).unwrap_or_default(), "key")?;
+                w.bytes(v, "sessions")?;
+            }
+        } else {
+            w.count(self.groups.len(), "groups")?;
+            for (&end, g) in &self.groups {
+                w.i64(end);
+                w.u8(u8::from(g.fired));
+                w.i64(g.next_early);
+            }
+            let spilled = spilled(b"A")?;
+            let hot: usize = self.groups.values().map(|g| g.order.len()).sum();
+            w.count(hot + spilled.len(), "windows")?;
+            let mut key = Vec::new();
+            for (&end, g) in &self.groups {
+                for &id in &g.order {
+                    slot_key(&self.accs, &self.long_keys, id, &mut key);
+                    let m = self.accs.header(id)[H_META];
+                    let win = Win { acc: id, emitted: meta_rev(m), dirty: m & DIRTY != 0, used: 0 };
+                    w.i64(end);
+                    w.bytes(&key, "key")?;
+                    w.bytes_with("window", |o| win.encode(&self.accs, o))?;
+                }
+            }
+            for (k, v) in &spilled {
+                let end = k.get(1..9).ok_or("a spilled window's store key is short")?;
+                let mut e = [0u8; 8];
+                e.copy_from_slice(end);
+                w.i64((u64::from_be_bytes(e) ^ (1 << 63)) as i64);
+                w.bytes(&k[9..], "key")?;
+                w.bytes(v, "window")?;
+            }
+        }
+        Ok(w.finish())
+    }
+
+    /// Loads a [`WindowOp::snapshot`] into this operator, which must be fresh (built by
+    /// [`WindowOp::new`], perhaps [`WindowOp::with_store`], and given nothing yet) and
+    /// of the same shape. It then behaves as the snapshotted one would have. Any input
+    /// is safe: damaged or foreign bytes are refused with why, and leave the operator
+    /// as fresh as it was (unless writing to its spill store failed midway).
+    pub fn restore(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let fresh = self.hot == 0
+            && self.spilled == 0
+            && self.groups.is_empty()
+            && self.timers.is_empty()
+            && self.wm == WM_MIN
+            && self.epoch == 0
+            && self.late == 0;
+        if !fresh {
+            return Err("a snapshot is restored into a fresh window operator only".into());
+        }
+        let r = self.restore_state(bytes);
+        if r.is_err() {
+            let mut blank = WindowOp::build(self.spec.clone(), self.kinds.clone(), self.channels.len());
+            blank.store = self.store.take();
+            blank.budget = self.budget;
+            *self = blank;
+        }
+        r
+    }
+
+    /// The window's parameters and the accumulators' shape, which a snapshot must
+    /// share with the operator it is restored into.
+    fn shape(&self) -> [i64; 5] {
+        let (a, b) = match self.spec.window {
+            Window::Tumbling { size_ms } => (size_ms, size_ms),
+            Window::Sliding { size_ms, slide_ms } => (size_ms, slide_ms),
+            Window::Session { gap_ms } => (gap_ms, 0),
+        };
+        [a, b, self.key_kinds.len() as i64, self.spec.acc.len() as i64, self.spec.acc.width as i64]
+    }
+
+    fn restore_state(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let session = matches!(self.spec.window, Window::Session { .. });
+        let mut r = Reader::open(bytes, if session { SNAP_SESSION } else { SNAP_ALIGNED }, "window")?;
+        let shape = self.shape();
+        let mut got = [0i64; 5];
+        for x in &mut got {
+            *x = r.i64("shape")?;
+        }
+        if got != shape {
+            return Err(format!(
+                "window snapshot of another shape: [window parameters, keys, aggregates, words] {got:?}, \
+                 the operator's {shape:?}"
+            ));
+        }
+        let n = r.count(8, "channels")?;
+        if n != self.channels.len() {
+            return Err(format!("window snapshot of {n} upstream instances, the operator has {}", self.channels.len()));
+        }
+        for c in &mut self.channels {
+            *c = r.i64("channel watermark")?;
+        }
+        self.wm = r.i64("watermark")?;
+        self.emit_stamp = r.i64("result stamp")?;
+        self.late = r.u64("late count")?;
+        self.epoch = r.u32("batch count")?;
+        let lateness = self.spec.lateness;
+        let mut next_due = WM_MAX;
+        if session {
+            let n = r.count(8, "session keys")?;
+            for _ in 0..n {
+                let kb = r.bytes("key")?;
+                let blob = r.bytes("sessions")?;
+                check_key(kb, &self.key_kinds)?;
+                let key = self.keys.intern(kb);
+                if self.sessions.contains_key(&key) {
+                    return Err("window snapshot holds a key's sessions twice".into());
+                }
+                let list = decode_sessions(&mut self.accs, blob, self.epoch)?;
+                if list.is_empty() {
+                    return Err("window snapshot holds a key without sessions".into());
+                }
+                for s in &list {
+                    if s.end == i64::MIN || s.start > s.end || s.next_early == i64::MIN || s.win.emitted == u32::MAX {
+                        return Err(format!("window snapshot holds a bad session [{}, {})", s.start, s.end));
+                    }
+                    self.keys.retain(key);
+                    let due = s.due(lateness);
+                    self.timers.entry(due).or_default().push(key);
+                    next_due = next_due.min(due);
+                }
+                self.sessions.insert(key, list);
+                self.hot += 1;
+            }
+        } else {
+            let size = match self.spec.window {
+                Window::Tumbling { size_ms } | Window::Sliding { size_ms, .. } => size_ms,
+                Window::Session { .. } => 0,
+            };
+            let n = r.count(17, "groups")?;
+            for _ in 0..n {
+                let end = r.i64("group end")?;
+                let fired = r.bool("group fired")?;
+                let next_early = r.i64("group next early result")?;
+                if end.checked_sub(size).is_none() || end == i64::MIN || next_early == i64::MIN {
+                    return Err(format!("window snapshot holds a bad window end {end}"));
+                }
+                let g = Group { order: Vec::new(), fired, next_early, spilled: 0 };
+                if self.groups.insert(end, g).is_some() {
+                    return Err(format!("window snapshot holds the windows ending at {end} twice"));
+                }
+                let due = if fired { gone_at(end, lateness) } else { (end - 1).min(next_early.saturating_sub(1)) };
+                next_due = next_due.min(due);
+            }
+            let n = r.count(16, "windows")?;
+            for _ in 0..n {
+                let end = r.i64("window end")?;
+                let kb = r.bytes("key")?;
+                let wb = r.bytes("window")?;
+                if !self.groups.contains_key(&end) {
+                    return Err(format!("window snapshot holds a window ending at {end} but no such group"));
+                }
+                check_key(kb, &self.key_kinds)?;
+                let (win, used) = Win::decode(&mut self.accs, wb, self.epoch)?;
+                if used != wb.len() {
+                    return Err("window snapshot holds a window with bytes past its end".into());
+                }
+                self.scratch.clear();
+                self.scratch.extend_from_slice(kb);
+                self.probe.clear();
+                pad_words(kb, &mut self.probe);
+                let kh = key_hash(kb.len(), self.probe.iter().copied());
+                if self.find_loaded(kh, end).is_some() {
+                    return Err(format!("window snapshot holds a key's window ending at {end} twice"));
+                }
+                self.register_cell(win.acc, kh, end, win.emitted, win.dirty);
+            }
+        }
+        r.end("window")?;
+        self.next_due = next_due;
+        self.spill_if_over()
+    }
+
+    /// The slot of the window ending at `end` of the key in `scratch` and `probe`
+    /// (hashed `kh`), if it is in memory.
+    fn find_loaded(&self, kh: u64, end: i64) -> Option<u32> {
+        let (accs, long, key, probe) = (&self.accs, &self.long_keys, &self.scratch, &self.probe);
+        self.cells.find(cell_hash(kh, end), |id| {
+            let h = accs.header(id);
+            h[H_END] as i64 == end
+                && if h[H_META] & LONG == 0 {
+                    meta_len(h[H_META]) == key.len() && h[H_KEY..H_KEY + probe.len()] == probe[..]
+                } else {
+                    *long.keys[h[H_KEY] as usize] == key[..]
+                }
+        })
+    }
+}
+
 /// Appends one result row: keys, bounds, aggregates, revision, `$wm`.
 #[allow(clippy::too_many_arguments)]
 fn emit_row(
@@ -1354,6 +1650,9 @@ fn decode_sessions(accs: &mut AccStore, bytes: &[u8], used: u32) -> Result<Sessi
         at += 25 + used_bytes;
         out.push(Session { start, end, win, fired, next_early });
     }
+    if at != bytes.len() {
+        return Err(format!("sessions have {} bytes past their end", bytes.len().saturating_sub(at)));
+    }
     Ok(out)
 }
 
@@ -1376,6 +1675,7 @@ pub(crate) fn result_record(keys: &[flow_types::Field], aggs: &[ir::AggCall]) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::run::snapshot;
     use crate::run::spill::MemoryStore;
     use flow_types::{Field, RecordType, Type, Value};
 
@@ -1761,6 +2061,344 @@ mod tests {
                 proptest::prop_assert_eq!(&late, &want_late);
                 proptest::prop_assert_eq!(op.state_size().0, 0);
             }
+        }
+    }
+
+    /// `spec` with aggregates whose accumulators keep extras: count(), sum(v), min(k),
+    /// max(k), count_distinct(v), count_distinct(k).
+    fn rich_spec(window: Window, lateness: i64, emit_every: Option<i64>) -> Arc<WindowSpec> {
+        let call = |func: &'static str, ty: Type| ir::AggCall { func, arg: None, ty };
+        let aggs = vec![
+            call("count", Type::int()),
+            call("sum", Type::int()),
+            call("min", Type::string()),
+            call("max", Type::string()),
+            call("count_distinct", Type::int()),
+            call("count_distinct", Type::int()),
+        ];
+        let acc =
+            AccLayout::new(&aggs, &[None, Some(1), Some(0), Some(0), Some(1), Some(0)], &input()).expect("layout");
+        let keys = vec![Field { name: "k".into(), ty: Type::string() }];
+        Arc::new(WindowSpec {
+            window,
+            lateness,
+            emit_every,
+            key_fields: vec![0],
+            ts_field: 2,
+            ts_offset: 0,
+            stamp_field: 3,
+            acc,
+            result: Arc::new(Layout::new(result_record(&keys, &aggs))),
+        })
+    }
+
+    /// One input event of an operator with two upstream instances.
+    #[derive(Clone, Debug)]
+    enum Step {
+        /// A batch of (key, v, ts, stamp) rows from an upstream instance.
+        Rows(usize, Vec<(String, i64, i64, i64)>),
+        /// A watermark from an upstream instance.
+        Wm(usize, i64),
+    }
+
+    /// What a run produced: every result row as text (all fields: keys, bounds,
+    /// aggregates, revision, `$wm`), and per step the late rows.
+    #[derive(Default)]
+    struct Output {
+        rows: Vec<String>,
+        late: Vec<Vec<usize>>,
+    }
+
+    impl Output {
+        fn take(&mut self, op: &mut WindowOp) {
+            if let Some(b) = op.take_results() {
+                self.rows.extend(b.to_values().iter().map(|v| format!("{v:?}")));
+            }
+        }
+
+        fn sorted(mut self) -> (Vec<String>, Vec<Vec<usize>>) {
+            self.rows.sort();
+            (self.rows, self.late)
+        }
+    }
+
+    fn step(op: &mut WindowOp, s: &Step, out: &mut Output) {
+        match s {
+            Step::Rows(from, rows) => {
+                let refs: Vec<(&str, i64, i64, i64)> =
+                    rows.iter().map(|(k, v, t, w)| (k.as_str(), *v, *t, *w)).collect();
+                let o = op.process(&batch(&refs), *from).expect("process");
+                out.late.push(o.late);
+            }
+            Step::Wm(from, wm) => {
+                op.watermark(*from, *wm).expect("watermark");
+                out.late.push(Vec::new());
+            }
+        }
+        out.take(op);
+    }
+
+    fn finish(op: &mut WindowOp, out: &mut Output) {
+        op.finish().expect("finish");
+        out.take(op);
+    }
+
+    /// Steps from generated rows (key, v, time, how far the stamp trails, from, and
+    /// whether a watermark of the other instance follows the row's batch) on the grids
+    /// of the model tests: aligned windows' or sessions'.
+    fn steps(raw: &[(usize, i64, i64, i64, bool, bool)], chunk: usize, session: bool) -> Vec<Step> {
+        let key = |i: usize| match i % 4 {
+            0 if !session => String::new(),
+            1 => format!("k{i}"),
+            2 => format!("a-rather-long-key-that-does-not-fit-inline-{i}"),
+            _ => format!("k{}", i % 7),
+        };
+        let mut stamp = WM_MIN;
+        let mut rows = Vec::new();
+        for (n, &(k, v, ts, back, _, _)) in raw.iter().enumerate() {
+            let t = if session { (ts % 60 + n as i64 / 3) * 100 } else { (ts / 100 + n as i64 / 2) * 100 };
+            rows.push((key(k), v, t, stamp));
+            let back = if session { (back % 30) * 100 } else { (back / 100) * 100 };
+            stamp = stamp.max(t - back - 1);
+        }
+        let mut out = Vec::new();
+        for (c, part) in rows.chunks(chunk).enumerate() {
+            let (_, _, _, _, from, wm) = raw[c * chunk];
+            let from = usize::from(from);
+            out.push(Step::Rows(from, part.to_vec()));
+            if wm {
+                out.push(Step::Wm(1 - from, part.last().map_or(WM_MIN, |r| r.3)));
+            }
+        }
+        out
+    }
+
+    /// An operator of `spec` with two upstream instances, spilling into a store of
+    /// `budget` windows if there is one.
+    fn op_with(spec: &Arc<WindowSpec>, budget: Option<usize>) -> WindowOp {
+        let op = WindowOp::new(spec.clone(), &input(), 2);
+        match budget {
+            Some(b) => op.with_store(Box::<MemoryStore>::default(), b),
+            None => op,
+        }
+    }
+
+    /// No store, one that spills everything after each batch, one that spills some.
+    fn budget(choice: u8) -> Option<usize> {
+        [None, Some(0), Some(5)][choice as usize % 3]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(96))]
+        /// An operator run to the end (A); one run to step k, snapshotted and carried on
+        /// (B); and a fresh one restored from B's snapshot and run from step k (C), each
+        /// perhaps spilling: B's results before the snapshot and C's after it are A's
+        /// (revisions and stamps included), and so are B's own, and the late rows too.
+        #[test]
+        fn a_restored_window_operator_carries_on_as_the_snapshotted_one(
+            raw in proptest::collection::vec(
+                (0usize..24, -50i64..50, 0i64..20_000, 0i64..3_000, proptest::prelude::any::<bool>(), proptest::prelude::any::<bool>()),
+                1..200,
+            ),
+            kind in 0u8..3,
+            late in proptest::prelude::any::<bool>(),
+            early in proptest::prelude::any::<bool>(),
+            chunk in 1usize..40,
+            cut in 0usize..=1000,
+            b_budget in 0u8..3,
+            c_budget in 0u8..3,
+        ) {
+            let window = match kind {
+                0 => Window::Tumbling { size_ms: 1_000 },
+                1 => Window::Sliding { size_ms: 1_000, slide_ms: 300 },
+                _ => Window::Session { gap_ms: 500 },
+            };
+            let spec = rich_spec(window, if late { 700 } else { 0 }, early.then_some(300));
+            let steps = steps(&raw, chunk, kind == 2);
+            let k = cut * steps.len() / 1000;
+            let mut a = op_with(&spec, None);
+            let mut want = Output::default();
+            for s in &steps {
+                step(&mut a, s, &mut want);
+            }
+            finish(&mut a, &mut want);
+            let mut b = op_with(&spec, budget(b_budget));
+            let mut before = Output::default();
+            for s in &steps[..k] {
+                step(&mut b, s, &mut before);
+            }
+            let snap = b.snapshot().expect("snapshot");
+            let mut c = op_with(&spec, budget(c_budget));
+            c.restore(&snap).expect("restore");
+            let (mut after, mut b_after) = (Output::default(), Output::default());
+            for s in &steps[k..] {
+                step(&mut c, s, &mut after);
+                step(&mut b, s, &mut b_after);
+            }
+            finish(&mut c, &mut after);
+            finish(&mut b, &mut b_after);
+            let want = want.sorted();
+            for (who, op, rest) in [("restored", &c, after), ("snapshotted", &b, b_after)] {
+                let mut got = Output { rows: before.rows.clone(), late: before.late.clone() };
+                got.rows.extend(rest.rows);
+                got.late.extend(rest.late);
+                proptest::prop_assert_eq!(got.sorted(), want.clone(), "{}", who);
+                proptest::prop_assert_eq!(op.late, a.late, "{}", who);
+                proptest::prop_assert_eq!(op.state_size().0 + op.state_size().1, 0, "{}", who);
+            }
+        }
+    }
+
+    /// Real snapshots mid-run: sliding windows (spilling, some fired and within allowed
+    /// lateness, some with early results) and sessions.
+    fn real_snapshots() -> Vec<(Arc<WindowSpec>, Vec<u8>)> {
+        let raw: Vec<(usize, i64, i64, i64, bool, bool)> = (0..120)
+            .map(|i: usize| {
+                (
+                    i * 7 % 23,
+                    i as i64 - 60,
+                    (i as i64 * 7_919) % 20_000,
+                    (i as i64 * 31) % 3_000,
+                    i.is_multiple_of(5),
+                    i.is_multiple_of(3),
+                )
+            })
+            .collect();
+        let mut out = Vec::new();
+        for (window, session) in
+            [(Window::Sliding { size_ms: 1_000, slide_ms: 300 }, false), (Window::Session { gap_ms: 500 }, true)]
+        {
+            let spec = rich_spec(window, 700, Some(300));
+            let mut op = op_with(&spec, Some(8));
+            let steps = steps(&raw, 7, session);
+            let mut sink = Output::default();
+            for s in &steps[..steps.len() * 2 / 3] {
+                step(&mut op, s, &mut sink);
+            }
+            let (hot, spilled, _) = op.state_size();
+            assert!(hot > 0 && spilled > 0, "windows in memory ({hot}) and spilled ({spilled})");
+            assert!(!sink.rows.is_empty());
+            out.push((spec, op.snapshot().expect("snapshot")));
+        }
+        out
+    }
+
+    /// Restores `bytes` into a fresh operator (spilling if `n` is even): an error or
+    /// not, it must not panic; an error leaves the operator fresh (checked every 64th
+    /// `n` by restoring `good` after it).
+    fn try_restore(spec: &Arc<WindowSpec>, bytes: &[u8], good: &[u8], n: usize) -> bool {
+        let mut op = op_with(spec, n.is_multiple_of(2).then_some(2));
+        let ok = op.restore(bytes).is_ok();
+        if !ok && n.is_multiple_of(64) {
+            op.restore(good).expect("a refused snapshot leaves the operator fresh");
+        }
+        ok
+    }
+
+    #[test]
+    fn restoring_damaged_window_snapshots_is_refused_without_panicking() {
+        for (spec, snap) in real_snapshots() {
+            assert!(try_restore(&spec, &snap, &snap, 0));
+            for n in 0..snap.len() {
+                assert!(!try_restore(&spec, &snap[..n], &snap, n), "prefix of {n} bytes");
+            }
+            for bit in 0..snap.len() * 8 {
+                let mut bad = snap.clone();
+                bad[bit / 8] ^= 1 << (bit % 8);
+                assert!(!try_restore(&spec, &bad, &snap, bit), "bit {bit} flipped");
+            }
+            // Past the checksum: the decoders see the damage.
+            let body = snap.len() - 4;
+            for n in 6..body {
+                let mut cut = snap[..n].to_vec();
+                cut.extend_from_slice(&[0; 4]);
+                snapshot::reseal(&mut cut);
+                assert!(!try_restore(&spec, &cut, &snap, n), "payload cut at {n}");
+            }
+            let mut refused = 0;
+            for at in 6..body {
+                for mask in [0x01u8, 0x10, 0x80, 0xFF] {
+                    let mut bad = snap.clone();
+                    bad[at] ^= mask;
+                    snapshot::reseal(&mut bad);
+                    refused += usize::from(!try_restore(&spec, &bad, &snap, at));
+                }
+            }
+            assert!(refused > 0);
+            // Into an operator of another kind (sessions) or shape (tumbling).
+            let other = op_with(&rich_spec(Window::Tumbling { size_ms: 1_000 }, 0, None), None).restore(&snap);
+            assert!(other.as_ref().is_err_and(|e| e.contains("shape") || e.contains("kind")), "{other:?}");
+            // Into one that is not fresh.
+            let mut used = op_with(&spec, None);
+            used.restore(&snap).expect("restore");
+            assert!(used.restore(&snap).is_err());
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        /// Random bytes, bare and behind a valid header and checksum, are refused or
+        /// restored, never a panic.
+        #[test]
+        fn restoring_random_bytes_as_a_window_snapshot_does_not_panic(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+            which in 0usize..2,
+            keep in 0usize..=1000,
+        ) {
+            let (spec, snap) = real_snapshots().swap_remove(which);
+            let _ = op_with(&spec, Some(1)).restore(&bytes);
+            // A real snapshot's first bytes, then random ones, checksummed.
+            let mut framed = snap[..6 + keep * (snap.len() - 10) / 1000].to_vec();
+            framed.extend_from_slice(&bytes);
+            framed.extend_from_slice(&[0; 4]);
+            snapshot::reseal(&mut framed);
+            let _ = op_with(&spec, Some(1)).restore(&framed);
+        }
+    }
+
+    /// With RocksDB: the snapshot holds the spilled windows, so the restored operator
+    /// needs nothing of the snapshotted one's database, which is gone.
+    #[test]
+    fn a_snapshot_of_rocksdb_spilled_state_is_self_contained() {
+        use crate::run::spill::RocksStore;
+        let raw: Vec<(usize, i64, i64, i64, bool, bool)> = (0..150)
+            .map(|i: usize| {
+                (i * 5 % 19, i as i64, (i as i64 * 6_007) % 20_000, (i as i64 * 37) % 3_000, false, i % 4 == 1)
+            })
+            .collect();
+        for (window, session) in [(Window::Tumbling { size_ms: 1_000 }, false), (Window::Session { gap_ms: 500 }, true)]
+        {
+            let spec = rich_spec(window, 700, Some(300));
+            let steps = steps(&raw, 9, session);
+            let k = steps.len() / 2;
+            let mut want = Output::default();
+            let mut a = op_with(&spec, None);
+            for s in &steps {
+                step(&mut a, s, &mut want);
+            }
+            finish(&mut a, &mut want);
+            let rocks = |dir: &std::path::Path| {
+                let store = RocksStore::open(&dir.join("db"), "window-0").expect("open");
+                WindowOp::new(spec.clone(), &input(), 2).with_store(Box::new(store), 4)
+            };
+            let mut got = Output::default();
+            let snap = {
+                let dir = tempfile::tempdir().expect("dir");
+                let mut b = rocks(dir.path());
+                for s in &steps[..k] {
+                    step(&mut b, s, &mut got);
+                }
+                assert!(b.state_size().1 > 0, "spilled");
+                b.snapshot().expect("snapshot")
+            };
+            let dir = tempfile::tempdir().expect("dir");
+            let mut c = rocks(dir.path());
+            c.restore(&snap).expect("restore");
+            for s in &steps[k..] {
+                step(&mut c, s, &mut got);
+            }
+            finish(&mut c, &mut got);
+            assert_eq!(got.sorted(), want.sorted());
         }
     }
 }
