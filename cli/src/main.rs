@@ -111,6 +111,14 @@ enum Command {
         /// (suffixes k, m, g: binary units); 0 keeps none.
         #[arg(long, default_value = "256m", value_parser = parse_size)]
         state_memory: u64,
+        /// Time between checkpoints, e.g. 500ms, 10s, 1m (default: the file's
+        /// `config { checkpoint_interval }`, else 10s). Output to files is committed at
+        /// each checkpoint.
+        #[arg(long, value_parser = parse_duration_ms, value_name = "DURATION")]
+        checkpoint_interval: Option<i64>,
+        /// Ignore and delete the checkpoints of earlier runs: start from nothing.
+        #[arg(long)]
+        fresh: bool,
         #[arg(long, default_value_t = 100)]
         width: usize,
     },
@@ -139,6 +147,25 @@ enum BackendArg {
 }
 
 /// A byte count: digits with an optional k, m or g (binary units).
+/// `500ms`, `10s`, `2m`, `1h` as milliseconds (more than zero).
+fn parse_duration_ms(s: &str) -> Result<i64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: i64 = n.parse().map_err(|_| format!("`{s}` is not a duration like 500ms, 10s or 1m"))?;
+    let ms = match unit {
+        "ms" => n,
+        "s" | "" => n.saturating_mul(1000),
+        "m" => n.saturating_mul(60_000),
+        "h" => n.saturating_mul(3_600_000),
+        _ => return Err(format!("`{s}`: the unit must be ms, s, m or h")),
+    };
+    if ms <= 0 {
+        return Err("the interval must be more than zero".into());
+    }
+    Ok(ms)
+}
+
 fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim().to_ascii_lowercase();
     let t = t.trim_end_matches("ib").trim_end_matches('b');
@@ -171,6 +198,8 @@ fn main() -> ExitCode {
             no_progress,
             state_backend,
             state_memory,
+            checkpoint_interval,
+            fresh,
             width,
         } => run_cmd::run(run_cmd::RunArgs {
             file,
@@ -186,6 +215,8 @@ fn main() -> ExitCode {
                 BackendArg::Rocksdb => flow_compiler::ir::StateBackend::RocksDb,
             }),
             state_memory,
+            checkpoint_interval,
+            fresh,
             width,
         }),
         Command::Completions { shell } => {

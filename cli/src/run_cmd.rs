@@ -20,6 +20,8 @@ pub struct RunArgs {
     pub no_progress: bool,
     pub state_backend: Option<flow_compiler::ir::StateBackend>,
     pub state_memory: u64,
+    pub checkpoint_interval: Option<i64>,
+    pub fresh: bool,
     pub width: usize,
 }
 
@@ -54,6 +56,8 @@ pub fn run(args: RunArgs) -> ExitCode {
     opts.start_from = args.start_from;
     opts.state_backend = args.state_backend;
     opts.state_memory = args.state_memory;
+    opts.checkpoint_interval_ms = args.checkpoint_interval;
+    opts.fresh = args.fresh;
     opts.handle_ctrl_c = true;
     let progress = (!args.no_progress && std::io::stderr().is_terminal()).then(|| Progress::start(opts.live.clone()));
     let result = run::run(program, &opts);
@@ -62,6 +66,12 @@ pub fn run(args: RunArgs) -> ExitCode {
     }
     match result {
         Ok(summary) => {
+            for w in &summary.warnings {
+                eprintln!("warning: {w}");
+            }
+            if let Some(id) = summary.restored_from {
+                eprintln!("resumed from checkpoint {id}");
+            }
             for s in &summary.skipped {
                 eprintln!("note: pipeline `{}` was not run: {} ({})", s.pipeline, s.message, location(&c, s.span));
             }
@@ -106,7 +116,9 @@ pub fn run(args: RunArgs) -> ExitCode {
                 }
             );
             if summary.stopped {
-                eprintln!("stopped by Ctrl-C: the records read so far were processed and written");
+                eprintln!(
+                    "stopped by Ctrl-C: the records read so far were processed, and a last checkpoint keeps where the run stood (the next `flowc run` resumes there; --fresh starts over)"
+                );
                 return ExitCode::from(130);
             }
             ExitCode::SUCCESS

@@ -186,7 +186,6 @@ impl KeyedAggOp {
 }
 
 /// The snapshot kind (`snapshot.rs`) of a keyed aggregate.
-#[cfg_attr(not(test), allow(dead_code))]
 const SNAP_KEYED: u8 = b'K';
 
 /// Checkpoints.
@@ -199,7 +198,6 @@ const SNAP_KEYED: u8 = b'K';
 /// entry per key at `last + ttl`: the snapshotted queue's other entries are stale ones
 /// that expire nothing), and key ids are interned anew.
 // Checkpoint barriers are not wired to the operators yet: only the tests call these.
-#[cfg_attr(not(test), allow(dead_code))]
 impl KeyedAggOp {
     /// The operator's complete state as bytes; the operator carries on unaffected.
     /// Results not yet taken are not state: they precede the snapshot.

@@ -34,8 +34,16 @@ pub(crate) enum Msg {
         from: usize,
         wm: i64,
     },
+    /// Checkpoint `id`'s barrier: everything the sending instance sent before it is in
+    /// the checkpoint, nothing after it (run/checkpoint.rs).
+    Barrier {
+        from: usize,
+        id: u64,
+    },
     /// The sending instance has no more records.
-    End,
+    End {
+        from: usize,
+    },
 }
 
 /// A batch plus where its rows came from.
@@ -349,15 +357,36 @@ impl Router {
         true
     }
 
+    /// Sends checkpoint `id`'s barrier to every downstream instance; false once the
+    /// receivers are gone.
+    pub async fn barrier(&mut self, id: u64) -> bool {
+        for t in &self.to {
+            if t.send(Msg::Barrier { from: self.me, id }).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// [`Router::barrier`] from a blocking thread.
+    pub fn blocking_barrier(&mut self, id: u64) -> bool {
+        for t in &self.to {
+            if t.blocking_send(Msg::Barrier { from: self.me, id }).is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
     pub async fn end(self) {
         for t in &self.to {
-            let _ = t.send(Msg::End).await;
+            let _ = t.send(Msg::End { from: self.me }).await;
         }
     }
 
     pub fn blocking_end(self) {
         for t in &self.to {
-            let _ = t.blocking_send(Msg::End);
+            let _ = t.blocking_send(Msg::End { from: self.me });
         }
     }
 }
@@ -438,11 +467,11 @@ mod tests {
                             assert!(prev.is_none_or(|p| p == t), "key {k} went to {prev:?} and {t}");
                         }
                     }
-                    Msg::End => {
+                    Msg::End { .. } => {
                         ended = true;
                         break;
                     }
-                    Msg::Watermark { .. } => {}
+                    Msg::Watermark { .. } | Msg::Barrier { .. } => {}
                 }
             }
             assert!(ended);

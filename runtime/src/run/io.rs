@@ -24,9 +24,21 @@ const DEAD_LETTERS_BUFFERED_MAX: usize = 1024;
 
 /// A destination of records.
 pub(crate) enum Output {
-    Topic { topic: Arc<Topic>, key: Option<usize>, time: Option<ir::EventTime> },
+    Topic {
+        topic: Arc<Topic>,
+        key: Option<usize>,
+        time: Option<ir::EventTime>,
+    },
     Sink(Arc<Mutex<SinkWriter>>),
-    Kafka { sink: Arc<super::kafka::KafkaSink>, time: Option<ir::EventTime> },
+    Kafka {
+        sink: Arc<super::kafka::KafkaSink>,
+        time: Option<ir::EventTime>,
+    },
+    /// A file sink committed with checkpoints: each writer stages its own part.
+    TxFile {
+        sink: Arc<super::checkpoint::TxFileSink>,
+        coord: Arc<super::checkpoint::Coordinator>,
+    },
 }
 
 /// A file or stdout sink; several pipelines may share one.
@@ -38,37 +50,49 @@ pub(crate) struct SinkWriter {
 
 impl SinkWriter {
     fn write(&mut self, batch: &Batch) -> std::io::Result<()> {
-        let mut text = String::with_capacity(batch.len * 64);
-        match self.format {
-            Format::Json => {
-                for i in 0..batch.len {
-                    format::encode_json_row(&batch.row(i), &mut text);
-                    text.push('\n');
-                }
-                self.out.write_all(text.as_bytes())
+        let (bytes, header) = encode_sink_rows(batch, self.format);
+        if let Some(h) = header {
+            if !self.wrote_header {
+                self.wrote_header = true;
+                self.out.write_all(h.as_bytes())?;
             }
-            Format::Text => {
-                for i in 0..batch.len {
-                    text.push_str(&format::csv_cell(&batch.row(i), 0));
-                    text.push('\n');
-                }
-                self.out.write_all(text.as_bytes())
+        }
+        self.out.write_all(&bytes)
+    }
+}
+
+/// `batch`'s rows as a file or stdout sink writes them in `format`, and the header
+/// line that goes first in the file (CSV).
+pub(crate) fn encode_sink_rows(batch: &Batch, format: Format) -> (Vec<u8>, Option<String>) {
+    let mut text = String::with_capacity(batch.len * 64);
+    match format {
+        Format::Json => {
+            for i in 0..batch.len {
+                format::encode_json_row(&batch.row(i), &mut text);
+                text.push('\n');
             }
-            Format::Csv => {
-                let mut w = csv::WriterBuilder::new().from_writer(Vec::new());
-                if !self.wrote_header {
-                    self.wrote_header = true;
-                    let names: Vec<&str> = batch.layout.record.fields.iter().map(|f| f.name.as_str()).collect();
-                    w.write_record(&names).map_err(std::io::Error::other)?;
-                }
-                for i in 0..batch.len {
-                    let row = batch.row(i);
-                    let cells: Vec<String> = (0..batch.layout.len()).map(|f| format::csv_cell(&row, f)).collect();
-                    w.write_record(&cells).map_err(std::io::Error::other)?;
-                }
-                let bytes = w.into_inner().map_err(|e| std::io::Error::other(e.to_string()))?;
-                self.out.write_all(&bytes)
+            (text.into_bytes(), None)
+        }
+        Format::Text => {
+            for i in 0..batch.len {
+                text.push_str(&format::csv_cell(&batch.row(i), 0));
+                text.push('\n');
             }
+            (text.into_bytes(), None)
+        }
+        Format::Csv => {
+            let mut w = csv::WriterBuilder::new().from_writer(Vec::new());
+            let names: Vec<&str> = batch.layout.record.fields.iter().map(|f| f.name.as_str()).collect();
+            let _ = w.write_record(&names);
+            let header = String::from_utf8(w.into_inner().unwrap_or_default()).unwrap_or_default();
+            let mut w = csv::WriterBuilder::new().from_writer(Vec::new());
+            for i in 0..batch.len {
+                let row = batch.row(i);
+                let cells: Vec<String> = (0..batch.layout.len()).map(|f| format::csv_cell(&row, f)).collect();
+                // Writing into memory cannot fail.
+                let _ = w.write_record(&cells);
+            }
+            (w.into_inner().unwrap_or_default(), Some(header))
         }
     }
 }
@@ -83,10 +107,17 @@ fn key_bytes(row: &RowRef, field: usize) -> Option<Bytes> {
 
 impl Output {
     pub fn write(&self, batch: &Batch) -> Result<(), RunError> {
+        self.write_by(batch, "shared")
+    }
+
+    /// Writes `batch` as writer `writer` (a last-stage instance: its own staged part of
+    /// a checkpointed file sink).
+    pub fn write_by(&self, batch: &Batch, writer: &str) -> Result<(), RunError> {
         if batch.len == 0 {
             return Ok(());
         }
         match self {
+            Output::TxFile { sink, coord } => sink.write(writer, coord.next_id(), batch),
             Output::Topic { topic, key, time } => {
                 let now = wall_clock_ms();
                 // Every value is encoded into one buffer; records hold slices of it

@@ -23,6 +23,7 @@
 
 pub(crate) mod agg;
 mod aggregate;
+pub(crate) mod checkpoint;
 mod exchange;
 pub(crate) mod head;
 mod io;
@@ -92,6 +93,12 @@ pub struct RunOptions {
     /// With the RocksDB backend: bytes of window state each stage instance keeps in
     /// memory before it moves the least recently updated windows to RocksDB.
     pub state_memory: u64,
+    /// Milliseconds between checkpoints (None: the program's `checkpoint_interval`).
+    pub checkpoint_interval_ms: Option<i64>,
+    /// Ignore (and delete) the checkpoints of earlier runs: start from nothing.
+    pub fresh: bool,
+    /// Completed checkpoints kept.
+    pub checkpoints_keep: usize,
 }
 
 /// The default memory budget of a stage instance's window state (RocksDB backend).
@@ -147,6 +154,9 @@ impl RunOptions {
             follow_topics: false,
             state_backend: None,
             state_memory: STATE_MEMORY_DEFAULT,
+            checkpoint_interval_ms: None,
+            fresh: false,
+            checkpoints_keep: 3,
         }
     }
 }
@@ -198,6 +208,12 @@ pub struct Summary {
     pub elapsed: Duration,
     /// The run was stopped (Ctrl-C) before its inputs ended.
     pub stopped: bool,
+    /// The checkpoint the run resumed from.
+    pub restored_from: Option<u64>,
+    /// Checkpoints completed (the last one commits what the run wrote).
+    pub checkpoints: u64,
+    /// Warnings about unusable checkpoints that were skipped.
+    pub warnings: Vec<String>,
 }
 /// An operator this runtime cannot run yet.
 #[derive(Clone, Debug)]
@@ -262,6 +278,9 @@ struct Shared {
     writers_left: HashMap<String, Arc<AtomicU64>>,
     /// Commit trackers of topic inputs (their errors are reported at the end).
     trackers: Mutex<Vec<Arc<CommitTracker>>>,
+    /// File sinks committed with checkpoints.
+    tx_sinks: HashMap<String, Arc<checkpoint::TxFileSink>>,
+    coord: Arc<checkpoint::Coordinator>,
 }
 
 impl Shared {
@@ -283,6 +302,9 @@ impl Shared {
                     key: decl.and_then(|d| d.key),
                     time,
                 }
+            }
+            ir::Target::Sink(s) if self.tx_sinks.contains_key(s) => {
+                Output::TxFile { sink: self.tx_sinks[s].clone(), coord: self.coord.clone() }
             }
             ir::Target::Sink(s) if self.kafka_sinks.contains_key(s) => {
                 Output::Kafka { sink: self.kafka_sinks[s].clone(), time }
@@ -387,16 +409,50 @@ pub fn run(program: &ir::Program, opts: &RunOptions) -> Result<Summary, RunError
             Err(e) => return Err(e.into()),
         }
     }
-    let (mut sinks, mut kafka_sinks) = (HashMap::new(), HashMap::new());
+    // Checkpoints: resume from the newest usable one unless told to start fresh.
+    let failed = Arc::new(AtomicBool::new(false));
+    let store = crate::checkpoint::CheckpointStore::new(&opts.data_dir);
+    let fingerprint = fingerprint(program, &runnable, opts);
+    let restored = restore_point(&store, &fingerprint, opts, &mut summary)?;
+    summary.restored_from = restored.as_ref().map(|m| m.id);
+    let committed =
+        |sink: &str| restored.as_ref().and_then(|m| m.sinks.iter().find(|c| c.sink == sink)).map_or(0, |c| c.len_after);
+    let (mut sinks, mut kafka_sinks, mut tx_sinks) = (HashMap::new(), HashMap::new(), HashMap::new());
     for s in &program.sinks {
-        let used = runnable.iter().any(|p| targets(p).any(|t| *t == ir::Target::Sink(s.name.clone())))
-            || program.sources.iter().any(|src| src.dead_letter == Some(ir::Target::Sink(s.name.clone())));
-        if used && matches!(s.connector, Connector::Kafka { .. }) {
-            kafka_sinks.insert(s.name.clone(), Arc::new(kafka::KafkaSink::open(s)?));
-        } else if used {
-            sinks.insert(s.name.clone(), Arc::new(Mutex::new(open_sink(&s.connector, &opts.base_dir)?)));
+        let target = ir::Target::Sink(s.name.clone());
+        let output = runnable.iter().any(|p| p.outputs.iter().any(|o| o.target == target));
+        let side =
+            runnable.iter().any(|p| targets(p).any(|t| *t == target) && !p.outputs.iter().any(|o| o.target == target))
+                || program.sources.iter().any(|src| src.dead_letter.as_ref() == Some(&target));
+        match &s.connector {
+            Connector::Kafka { .. } if output || side => {
+                kafka_sinks.insert(s.name.clone(), Arc::new(kafka::KafkaSink::open(s)?));
+            }
+            // Only pipeline outputs stage their rows per writer; a file that also takes
+            // dead letters or late records is written at once (at-least-once).
+            Connector::File { path, format, .. } if output && !side => {
+                let path = resolve(&opts.base_dir, path);
+                let sink =
+                    checkpoint::TxFileSink::open(&s.name, &path, *format, &store.parts_dir(), committed(&s.name))
+                        .map_err(RunError::Setup)?;
+                tx_sinks.insert(s.name.clone(), Arc::new(sink));
+            }
+            _ if output || side => {
+                sinks.insert(s.name.clone(), Arc::new(Mutex::new(open_sink(&s.connector, &opts.base_dir)?)));
+            }
+            _ => {}
         }
     }
+    let interval = opts.checkpoint_interval_ms.unwrap_or(program.config.checkpoint_interval_ms).max(1);
+    let coord = Arc::new(checkpoint::Coordinator::new(
+        store,
+        Duration::from_millis(interval as u64),
+        opts.checkpoints_keep,
+        fingerprint,
+        restored,
+        tx_sinks.values().cloned().collect(),
+        failed.clone(),
+    ));
     let mut writers_left: HashMap<String, Arc<AtomicU64>> = HashMap::new();
     for p in &runnable {
         for t in targets(p) {
@@ -408,7 +464,16 @@ pub fn run(program: &ir::Program, opts: &RunOptions) -> Result<Summary, RunError
             }
         }
     }
-    let shared = Arc::new(Shared { log, topics, sinks, kafka_sinks, writers_left, trackers: Mutex::new(Vec::new()) });
+    let shared = Arc::new(Shared {
+        log,
+        topics,
+        sinks,
+        kafka_sinks,
+        writers_left,
+        trackers: Mutex::new(Vec::new()),
+        tx_sinks,
+        coord: coord.clone(),
+    });
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(opts.worker_threads.max(1))
@@ -430,15 +495,33 @@ pub fn run(program: &ir::Program, opts: &RunOptions) -> Result<Summary, RunError
     // Pipelines with event-time operators carry each record's watermark (stamp.rs).
     let program = Arc::new(stamp::stamp_program(program));
     let plan = physical::physical(&program, opts.parallelism);
-    let failed = Arc::new(AtomicBool::new(false));
+    // Every participant joins the checkpoints before any starts.
+    let mut joined = HashMap::new();
+    for p in &runnable {
+        let Some(pp) = plan.pipelines.iter().find(|x| x.name == p.name) else { continue };
+        let ids: Vec<Vec<usize>> =
+            pp.stages.iter().map(|s| (0..s.parallelism.max(1)).map(|_| coord.join()).collect()).collect();
+        joined.insert(p.name.clone(), Arc::new(ids));
+    }
+    let ticking = Arc::new(AtomicBool::new(true));
+    let ticker = {
+        let (coord, ticking) = (coord.clone(), ticking.clone());
+        std::thread::spawn(move || {
+            while ticking.load(Ordering::SeqCst) {
+                coord.tick();
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
     let results = rt.block_on(async {
         let mut handles = Vec::new();
         for p in &runnable {
             let Some(pp) = plan.pipelines.iter().find(|x| x.name == p.name) else { continue };
             let (program, shared, opts, failed) = (program.clone(), shared.clone(), opts.clone(), failed.clone());
             let pp = pp.clone();
+            let ids = joined[&p.name].clone();
             handles.push(tokio::spawn(async move {
-                let r = run_pipeline(program, pp, shared, opts, failed.clone()).await;
+                let r = run_pipeline(program, pp, shared, opts, failed.clone(), ids).await;
                 if r.is_err() {
                     failed.store(true, Ordering::SeqCst);
                 }
@@ -451,6 +534,11 @@ pub fn run(program: &ir::Program, opts: &RunOptions) -> Result<Summary, RunError
         }
         Ok::<_, RunError>(out)
     });
+    ticking.store(false, Ordering::SeqCst);
+    let _ = ticker.join();
+    // The last checkpoint commits what is left (after a failure, nothing more is).
+    let finished = if failed.load(Ordering::SeqCst) { Ok(()) } else { coord.finish() };
+    summary.checkpoints = coord.completed();
     // Sinks are flushed whatever happened: what was written stays written.
     for w in shared.sinks.values() {
         if let Ok(mut w) = w.lock() {
@@ -469,6 +557,7 @@ pub fn run(program: &ir::Program, opts: &RunOptions) -> Result<Summary, RunError
     if let Some(e) = first_error {
         return Err(e);
     }
+    finished?;
     let trackers = shared.trackers.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(e) = trackers.iter().find_map(|t| t.error()) {
         return Err(RunError::Setup(format!("committing consumer-group offsets: {e}")));
@@ -476,6 +565,62 @@ pub fn run(program: &ir::Program, opts: &RunOptions) -> Result<Summary, RunError
     summary.stopped = opts.stop.load(Ordering::SeqCst);
     summary.elapsed = started.elapsed();
     Ok(summary)
+}
+
+/// What checkpoints of this run must match to be restored: the program's text (less
+/// its config) and the pipelines and parallelism run.
+fn fingerprint(program: &ir::Program, runnable: &[&ir::Pipeline], opts: &RunOptions) -> String {
+    let text: String =
+        program.to_string().lines().filter(|l| !l.starts_with("config ")).map(|l| format!("{l}\n")).collect();
+    let names: Vec<&str> = runnable.iter().map(|p| p.name.as_str()).collect();
+    let all = format!("{text}pipelines {names:?} parallelism {}", opts.parallelism);
+    format!("{:08x}", crc32c::crc32c(all.as_bytes()))
+}
+
+/// The checkpoint to resume from, if any; re-applies its sink commits (a crash may have
+/// cut them short) and deletes staged output no checkpoint committed.
+fn restore_point(
+    store: &crate::checkpoint::CheckpointStore,
+    fingerprint: &str,
+    opts: &RunOptions,
+    summary: &mut Summary,
+) -> Result<Option<crate::checkpoint::Metadata>, RunError> {
+    use crate::checkpoint::Position;
+    // Reading topics from a position given by hand starts a new run too.
+    if opts.fresh || opts.start_from != StartFrom::Committed {
+        store.clear().map_err(RunError::Setup)?;
+        return Ok(None);
+    }
+    let (latest, warnings) = store.latest();
+    summary.warnings.extend(warnings);
+    let parts = store.parts_dir();
+    let Some(m) = latest else {
+        let _ = std::fs::remove_dir_all(&parts);
+        return Ok(None);
+    };
+    // The last run ended normally: this one starts over, whatever it runs.
+    if !m.positions.is_empty() && m.positions.values().all(|p| *p == Position::Ended) {
+        let _ = std::fs::remove_dir_all(&parts);
+        store.clear().map_err(RunError::Setup)?;
+        return Ok(None);
+    }
+    if m.program != fingerprint {
+        return Err(RunError::Setup(format!(
+            "the program, its pipelines or its parallelism changed since checkpoint {} in {} was taken, so its state cannot be restored; run with --fresh to start over",
+            m.id,
+            store.root().display()
+        )));
+    }
+    for c in &m.sinks {
+        checkpoint::apply_commit(c, &parts)
+            .map_err(|e| RunError::Setup(format!("re-committing checkpoint {}: {e}", m.id)))?;
+    }
+    if let Ok(entries) = std::fs::read_dir(&parts) {
+        for e in entries.flatten() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    Ok(Some(m))
 }
 
 /// What every instance of one stage shares.
@@ -538,6 +683,7 @@ async fn run_pipeline(
     shared: Arc<Shared>,
     opts: RunOptions,
     failed: Arc<AtomicBool>,
+    ids: Arc<Vec<Vec<usize>>>,
 ) -> Result<PipelineStats, RunError> {
     let p = program.pipelines[pp.pipeline].clone();
     let name = p.name.clone();
@@ -615,7 +761,21 @@ async fn run_pipeline(
                 )),
                 _ => None,
             };
+            let op_id = match &pp.stages[si].kind {
+                StageKind::Ops { head: Some(hi), .. } => Some(format!("op{hi}")),
+                _ => None,
+            };
             let inst = Instance {
+                ckpt: InstanceCkpt {
+                    coord: shared.coord.clone(),
+                    me: ids[si][me],
+                    operator: op_id.map(|operator| checkpoint::OperatorId {
+                        pipeline: name.clone(),
+                        operator,
+                        instance: me,
+                    }),
+                    writer: format!("{name}.s{si}.i{me}"),
+                },
                 spill,
                 rt: rts[si].clone(),
                 dead: dead.clone(),
@@ -634,6 +794,12 @@ async fn run_pipeline(
         let group = format!("flow.{name}");
         let router = router_for(0, 0);
         let read_rt = rts[0].clone();
+        let ckpt = source::Reader {
+            coord: shared.coord.clone(),
+            me: ids[0][0],
+            pipeline: name.clone(),
+            resume: shared.coord.restored.as_ref().and_then(|m| m.positions.get(&name).cloned()),
+        };
         tokio::task::spawn_blocking(move || {
             let live = opts.live.clone();
             let r = source::read_input(
@@ -648,6 +814,7 @@ async fn run_pipeline(
                 &read_rt.stats,
                 &live,
                 failed.clone(),
+                Some(ckpt),
             );
             if r.is_err() {
                 failed.store(true, Ordering::SeqCst);
@@ -714,8 +881,20 @@ enum Down {
     Write(Arc<Writes>),
 }
 
+/// A stage instance's part in checkpoints.
+struct InstanceCkpt {
+    coord: Arc<checkpoint::Coordinator>,
+    /// Its participant index.
+    me: usize,
+    /// Its stateful operator, if it has one.
+    operator: Option<checkpoint::OperatorId>,
+    /// Its name as a writer of staged sink output.
+    writer: String,
+}
+
 /// One instance of a stage.
 struct Instance {
+    ckpt: InstanceCkpt,
     /// Where its window state spills (RocksDB backend): the database's directory and
     /// the operator's column family.
     spill: Option<(PathBuf, String)>,
@@ -757,16 +936,50 @@ impl Instance {
                 })))
             }
         };
+        // Resuming: the operator's state from the checkpoint restored.
+        if let (Some(op), Some(id), Some(m)) = (&mut window, &self.ckpt.operator, &self.ckpt.coord.restored) {
+            let found = m
+                .operators
+                .iter()
+                .find(|o| o.pipeline == id.pipeline && o.operator == id.operator && o.instance == id.instance);
+            if let Some(o) = found {
+                let r = tokio::task::block_in_place(|| {
+                    let bytes = self.ckpt.coord.store.read_state(m.id, &o.file)?;
+                    op.restore(&bytes)
+                });
+                self.check(
+                    r.map_err(|e| RunError::Setup(format!("restoring {} from checkpoint {}: {e}", o.file.name, m.id))),
+                )?;
+            }
+        }
+        let mut aligner = checkpoint::Aligner::new(upstream);
         let windowed = self.rt.head.as_ref().is_some_and(|h| h.windowed);
         // Acks of batches whose records may sit in window state: committed only once
         // every window has fired (checkpoints will commit them sooner).
         let mut held: Vec<Arc<exchange::Ack>> = Vec::new();
-        while let Some(msg) = rx.recv().await {
+        loop {
+            let msg = match aligner.next() {
+                Some(checkpoint::Step::Msg(m)) => m,
+                Some(checkpoint::Step::Aligned(id)) => {
+                    if !self.checkpoint(id, &mut window, &mut down).await? {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                None => match rx.recv().await {
+                    Some(m) => {
+                        aligner.offer(m);
+                        continue;
+                    }
+                    None => break,
+                },
+            };
             if self.failed.load(Ordering::SeqCst) {
                 return Ok(());
             }
             let (out, inb) = match msg {
-                Msg::End => {
+                Msg::Barrier { .. } => continue,
+                Msg::End { .. } => {
                     ended += 1;
                     if ended == upstream {
                         break;
@@ -839,14 +1052,20 @@ impl Instance {
                 tokio::task::block_in_place(|| drop(inb));
             }
         }
+        let mut last = checkpoint::AckData::default();
         if let Some(op) = &mut window {
             let head = self.rt.head.as_ref().expect("head");
             if self.opts.stop.load(Ordering::SeqCst) {
                 // Stopped, not ended: open windows are not emitted, and the offsets of
                 // their records are not committed (the next run reads them again).
+                // The last checkpoint keeps them: the next run resumes with them.
                 head.open_windows.fetch_add(op.open_windows() as u64, Ordering::Relaxed);
                 for a in held.drain(..) {
                     a.abandon();
+                }
+                if let Some(id) = &self.ckpt.operator {
+                    let bytes = tokio::task::block_in_place(|| op.snapshot());
+                    last.state = Some((id.clone(), self.check(bytes.map_err(RunError::Setup))?));
                 }
             } else {
                 let r = tokio::task::block_in_place(|| {
@@ -861,12 +1080,36 @@ impl Instance {
                 tokio::task::block_in_place(|| drop(std::mem::take(&mut held)));
             }
         }
+        if matches!(down, Down::Write(_)) {
+            last.parts = self.check(self.ckpt.coord.seal_all(&self.ckpt.writer).map_err(RunError::Setup))?;
+        }
+        self.ckpt.coord.ended(self.ckpt.me, last);
         if let Down::Next(router) = down {
             if !self.failed.load(Ordering::SeqCst) {
                 router.end().await;
             }
         }
         Ok(())
+    }
+
+    /// Checkpoint `id`'s barrier has come from every input: the operator's state and
+    /// the staged sink output go into it, and the barrier goes on. False once the run
+    /// stops.
+    async fn checkpoint(&self, id: u64, window: &mut Option<HeadOp>, down: &mut Down) -> Result<bool, RunError> {
+        let mut data = checkpoint::AckData::default();
+        if let (Some(op), Some(op_id)) = (window.as_mut(), &self.ckpt.operator) {
+            let bytes = tokio::task::block_in_place(|| op.snapshot());
+            data.state = Some((op_id.clone(), self.check(bytes.map_err(RunError::Setup))?));
+        }
+        if matches!(down, Down::Write(_)) {
+            let parts = tokio::task::block_in_place(|| self.ckpt.coord.seal_all(&self.ckpt.writer));
+            data.parts = self.check(parts.map_err(RunError::Setup))?;
+        }
+        self.ckpt.coord.ack(self.ckpt.me, id, data);
+        match down {
+            Down::Next(router) => Ok(router.barrier(id).await),
+            Down::Write(_) => Ok(true),
+        }
     }
 
     fn check<T>(&self, r: Result<T, RunError>) -> Result<T, RunError> {
@@ -889,7 +1132,7 @@ impl Instance {
             Down::Write(w) => {
                 let inb = InBatch::new(Batch::empty(out.layout.clone()), origin, ack);
                 let r = tokio::task::block_in_place(|| {
-                    write_outputs(w, &out, &inb, &self.dead, &self.opts, &self.program)?;
+                    write_outputs(w, &out, &inb, &self.dead, &self.opts, &self.program, &self.ckpt.writer)?;
                     match &self.dead {
                         Some(d) => d.flush(),
                         None => Ok(()),
@@ -1001,6 +1244,22 @@ impl HeadOp {
         }
     }
 
+    /// The operator's whole state, for a checkpoint.
+    fn snapshot(&mut self) -> Result<Vec<u8>, String> {
+        match self {
+            HeadOp::Window(op) => op.snapshot(),
+            HeadOp::Agg(op) => op.snapshot(),
+        }
+    }
+
+    /// Loads a checkpoint's state into a fresh operator.
+    fn restore(&mut self, bytes: &[u8]) -> Result<(), String> {
+        match self {
+            HeadOp::Window(op) => op.restore(bytes),
+            HeadOp::Agg(op) => op.restore(bytes),
+        }
+    }
+
     fn take_results(&mut self) -> Option<Batch> {
         match self {
             HeadOp::Window(op) => op.take_results(),
@@ -1036,6 +1295,7 @@ fn write_outputs(
     dead: &Option<Arc<DeadLetters>>,
     opts: &RunOptions,
     program: &ir::Program,
+    writer: &str,
 ) -> Result<(), RunError> {
     let ctx = interp::EvalCtx::new(program);
     let conditional = w.outputs.iter().any(|(c, _)| c.is_some());
@@ -1067,7 +1327,7 @@ fn write_outputs(
         };
         w.written.fetch_add(chosen.len as u64, Ordering::Relaxed);
         opts.live.records_out.fetch_add(chosen.len as u64, Ordering::Relaxed);
-        out.write(&chosen)?;
+        out.write_by(&chosen, writer)?;
     }
     Ok(())
 }

@@ -20,6 +20,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+
+use super::checkpoint::{AckData, Coordinator};
+use crate::checkpoint::Position;
 use std::time::Duration;
 
 /// Where decoded batches and bad records go.
@@ -27,6 +30,10 @@ struct Feed<'a> {
     send: &'a dyn Fn(Batch, String) -> bool,
     bad: &'a dyn Fn(String, &str, DecodeError) -> Result<(), RunError>,
     live: &'a Live,
+    /// Called at every point the input could resume from (after a chunk of lines):
+    /// the next byte and line of the file being read. Injects a checkpoint barrier
+    /// when one is asked for; false to stop.
+    mark: &'a dyn Fn(u64, u64) -> bool,
 }
 
 /// Reads `input` to its end (or until the run stops), sending batches through `router`.
@@ -43,9 +50,29 @@ pub(super) fn read_input(
     counters: &super::StageCounters,
     live: &Live,
     failed: Arc<AtomicBool>,
+    ckpt: Option<Reader>,
 ) -> Result<(), RunError> {
     let router = RefCell::new(router);
     let stopping = || failed.load(Ordering::SeqCst) || opts.stop.load(Ordering::SeqCst);
+    // With checkpoints, a stopped run stops reading only where it could resume from
+    // (`at`), so that its last checkpoint holds exactly what was read.
+    let checkpointed = ckpt.is_some();
+    let last_barrier = std::cell::Cell::new(0u64);
+    let last_position: RefCell<Option<Position>> = RefCell::new(None);
+    let at = |pos: Option<Position>| -> bool {
+        let Some(c) = &ckpt else { return true };
+        *last_position.borrow_mut() = pos.clone();
+        let id = c.coord.requested();
+        if id > last_barrier.get() {
+            last_barrier.set(id);
+            let data = AckData { position: Some((c.pipeline.clone(), pos)), ..AckData::default() };
+            c.coord.ack(c.me, id, data);
+            if !router.borrow_mut().blocking_barrier(id) {
+                return false;
+            }
+        }
+        !stopping()
+    };
     // A pipeline with an event-time operator gets its records stamped with watermarks:
     // they are decoded without the hidden `$wm` field and widened here.
     let stamped = layout.clone();
@@ -84,7 +111,7 @@ pub(super) fn read_input(
                 return false;
             }
         }
-        if stopping() {
+        if if checkpointed { failed.load(Ordering::SeqCst) } else { stopping() } {
             return false;
         }
         let b = match &stamper {
@@ -103,13 +130,42 @@ pub(super) fn read_input(
             _ => Err(RunError::BadRecord { position, reason: e.0 }),
         }
     };
-    let feed = Feed { send: &send, bad: &bad, live };
-    let result = read(program, input, layout, shared, opts, group, &feed, &send_acked, &tick, &stopping, &failed);
+    let file_index = std::cell::Cell::new(None::<usize>);
+    let mark = |byte: u64, line: u64| at(file_index.get().map(|file| Position::File { file, byte, line }));
+    let feed = Feed { send: &send, bad: &bad, live, mark: &mark };
+    let resume = ckpt.as_ref().and_then(|c| c.resume.clone());
+    let hooks = Hooks { feed: &feed, send_acked: &send_acked, tick: &tick, stopping: &stopping, at: &at };
+    let result = read(program, input, layout, shared, opts, group, &hooks, &failed, resume, &file_index);
     let flushed = dead.as_ref().map_or(Ok(()), |d| d.flush());
+    if let Some(c) = &ckpt {
+        // What it leaves every later checkpoint: where it stopped, or that it ended.
+        let pos = if opts.stop.load(Ordering::SeqCst) { last_position.borrow().clone() } else { Some(Position::Ended) };
+        c.coord.ended(c.me, AckData { position: Some((c.pipeline.clone(), pos)), ..AckData::default() });
+    }
     if result.is_ok() && flushed.is_ok() {
         router.into_inner().blocking_end();
     }
     result.and(flushed)
+}
+
+/// A reader's part in checkpoints.
+pub(super) struct Reader {
+    pub coord: Arc<Coordinator>,
+    /// Its participant index.
+    pub me: usize,
+    pub pipeline: String,
+    /// Where to resume reading (from the checkpoint the run restored).
+    pub resume: Option<Position>,
+}
+
+/// What the readers call.
+struct Hooks<'a> {
+    feed: &'a Feed<'a>,
+    send_acked: &'a super::exchange::SendAcked<'a>,
+    tick: &'a dyn Fn() -> bool,
+    stopping: &'a dyn Fn() -> bool,
+    /// A point the input could resume from: injects a barrier if one is asked for.
+    at: &'a dyn Fn(Option<Position>) -> bool,
 }
 
 /// The stamper of a pipeline input whose records carry watermarks (see `stamp.rs`).
@@ -149,12 +205,12 @@ fn read(
     shared: &Shared,
     opts: &RunOptions,
     group: &str,
-    feed: &Feed,
-    send_acked: &super::exchange::SendAcked,
-    tick: &dyn Fn() -> bool,
-    stopping: &dyn Fn() -> bool,
+    hooks: &Hooks,
     failed: &Arc<AtomicBool>,
+    resume: Option<Position>,
+    file_index: &std::cell::Cell<Option<usize>>,
 ) -> Result<(), RunError> {
+    let (feed, send_acked, tick, stopping, at) = (hooks.feed, hooks.send_acked, hooks.tick, hooks.stopping, hooks.at);
     let (send, bad) = (feed.send, feed.bad);
     match input {
         ir::Input::Source(name) => {
@@ -169,35 +225,79 @@ fn read(
                     let decoders = opts.decode_threads.max(1);
                     let total: u64 = files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum();
                     feed.live.bytes_total.fetch_add(total, Ordering::Relaxed);
-                    for file in files {
+                    let (first, mut start) = match resume {
+                        Some(Position::File { file, byte, line }) => (file, (byte, line)),
+                        _ => (0, (0, 1)),
+                    };
+                    if resume == Some(Position::Ended) {
+                        return Ok(());
+                    }
+                    for (i, file) in files.iter().enumerate().skip(first) {
                         if stopping() {
                             break;
                         }
-                        let f = std::fs::File::open(&file).map_err(io_err(format!("opening {}", file.display())))?;
+                        file_index.set(Some(i));
+                        let mut f = std::fs::File::open(file).map_err(io_err(format!("opening {}", file.display())))?;
                         let shown = file.display().to_string();
-                        match format {
-                            Format::Csv => read_csv(f, &shown, *header, *delimiter, &layout, feed)?,
-                            _ => read_json_lines(f, &shown, &layout, feed, decoders)?,
+                        if start.0 > 0 {
+                            use std::io::Seek;
+                            f.seek(std::io::SeekFrom::Start(start.0)).map_err(io_err(format!(
+                                "seeking {} to byte {}",
+                                file.display(),
+                                start.0
+                            )))?;
+                            feed.live.bytes_read.fetch_add(start.0, Ordering::Relaxed);
                         }
+                        match format {
+                            Format::Csv => {
+                                // CSV resumes only at file ends (a record may span lines).
+                                read_csv(f, &shown, *header, *delimiter, &layout, feed)?;
+                                let len = std::fs::metadata(file).map_or(0, |m| m.len());
+                                if !at(Some(Position::File { file: i, byte: len, line: 0 })) {
+                                    break;
+                                }
+                            }
+                            _ => read_json_lines(f, &shown, &layout, feed, decoders, start)?,
+                        }
+                        start = (0, 1);
                     }
                 }
                 Connector::Stdin { format } => {
                     let stdin = std::io::stdin();
                     match format {
                         Format::Csv => read_csv(stdin.lock(), "stdin", true, b',', &layout, feed)?,
-                        _ => read_json_lines(stdin.lock(), "stdin", &layout, feed, 1)?,
+                        _ => read_json_lines(stdin.lock(), "stdin", &layout, feed, 1, (0, 1))?,
                     }
                 }
                 Connector::Generator { kind, rate_per_s, seed, count, keys } => {
                     if let Some(c) = count {
                         feed.live.records_total.fetch_add((*c).max(0) as u64, Ordering::Relaxed);
                     }
+                    // Resuming: the records before the checkpoint are generated again and
+                    // dropped (the generator is deterministic).
+                    let mut skip = match resume {
+                        Some(Position::Generator { records }) => records,
+                        Some(Position::Ended) => return Ok(()),
+                        _ => 0,
+                    };
+                    let mut records = skip;
                     crate::generate::generate(*kind, *seed, *count, *keys, *rate_per_s, &layout, &mut |b| {
-                        send(b, format!("generator `{name}`"))
+                        if skip >= b.len as u64 {
+                            skip -= b.len as u64;
+                            return true;
+                        }
+                        let b = if skip > 0 { b.slice_from(std::mem::take(&mut skip) as usize) } else { b };
+                        records += b.len as u64;
+                        send(b, format!("generator `{name}`")) && at(Some(Position::Generator { records }))
                     })
                     .map_err(RunError::Setup)?;
                 }
                 Connector::Kafka { brokers, topic, group: named, format } => {
+                    // Not replayable from a checkpoint yet: barriers carry no position.
+                    let send_acked = |b: Batch, o: String, a: Option<Arc<super::exchange::Ack>>, p: &[u32]| {
+                        send_acked(b, o, a, p) && at(None)
+                    };
+                    let send_acked: &super::exchange::SendAcked = &send_acked;
                     let feed = super::kafka::SourceFeed { send_acked, bad, stopping, failed, tick };
                     super::kafka::read(brokers, topic, named.as_deref().unwrap_or(group), *format, &layout, &feed)?;
                 }
@@ -208,7 +308,15 @@ fn read(
             let topic =
                 shared.topics.get(t).cloned().ok_or_else(|| RunError::Setup(format!("topic `{t}` is not open")))?;
             let groups = crate::log::GroupStore::new(shared.log.root().to_path_buf(), Arc::new(crate::log::io::StdIo));
+            if resume == Some(Position::Ended) {
+                return Ok(());
+            }
+            let restored = match &resume {
+                Some(Position::Topic { next }) => Some(next.clone()),
+                _ => None,
+            };
             let mut next: BTreeMap<u32, u64> = match opts.start_from {
+                _ if restored.is_some() => restored.unwrap_or_default(),
                 super::StartFrom::Committed => groups.committed(group, t)?,
                 super::StartFrom::Earliest => BTreeMap::new(),
                 super::StartFrom::Latest => topic.partitions().iter().map(|p| (p.id(), p.end_offset())).collect(),
@@ -254,7 +362,9 @@ fn read(
                     }
                     next.insert(pid, last + 1);
                     let origin = format!("topic {t} partition {pid} offsets {first}-{last}");
-                    if !send_acked(b.finish(), origin, Some(tracker.ack(next.clone())), &[pid]) {
+                    if !send_acked(b.finish(), origin, Some(tracker.ack(next.clone())), &[pid])
+                        || !at(Some(Position::Topic { next: next.clone() }))
+                    {
                         return Ok(());
                     }
                 }
@@ -264,7 +374,7 @@ fn read(
                     if writers_done && !opts.follow_topics {
                         break;
                     }
-                    if stopping() || !tick() {
+                    if stopping() || !tick() || !at(Some(Position::Topic { next: next.clone() })) {
                         break;
                     }
                     for part in topic.partitions() {
@@ -308,12 +418,14 @@ const READ_CHUNK_BYTES: usize = 4 << 20;
 struct Decoded {
     batches: Vec<(Batch, String)>,
     bad: Vec<(String, String, DecodeError)>,
+    /// The next byte and line after the chunk.
+    end: (u64, u64),
 }
 
 /// Decodes the complete lines of `chunk`, the first being line `first_line` of `shown`.
 /// A line that is not UTF-8 is a bad record like any other.
 fn decode_chunk(chunk: &[u8], first_line: u64, shown: &str, layout: &Arc<Layout>) -> Decoded {
-    let mut out = Decoded { batches: Vec::new(), bad: Vec::new() };
+    let mut out = Decoded { batches: Vec::new(), bad: Vec::new(), end: (0, 0) };
     let mut b = BatchBuilder::new(layout.clone());
     let mut lineno = first_line - 1;
     let mut first = first_line;
@@ -373,7 +485,7 @@ fn emit(d: Decoded, feed: &Feed) -> Result<bool, RunError> {
             return Ok(false);
         }
     }
-    Ok(true)
+    Ok((feed.mark)(d.end.0, d.end.1))
 }
 
 /// Reads chunks of complete lines from `r`, calling `each(chunk, first_line)`; false
@@ -384,12 +496,13 @@ fn chunks(
     shown: &str,
     feed: &Feed,
     chunk_bytes: usize,
-    each: &mut dyn FnMut(Vec<u8>, u64) -> Result<bool, RunError>,
+    start: (u64, u64),
+    each: &mut dyn FnMut(Vec<u8>, u64, (u64, u64)) -> Result<bool, RunError>,
 ) -> Result<(), RunError> {
     let mut buf: Vec<u8> = vec![0; chunk_bytes.max(1)];
     let mut filled = 0;
     let mut eof = false;
-    let mut next_line = 1u64;
+    let (mut consumed, mut next_line) = start;
     while !eof || filled > 0 {
         let mut short = false;
         if !eof {
@@ -425,7 +538,8 @@ fn chunks(
         filled -= complete;
         let first = next_line;
         next_line += lines;
-        if !each(chunk, first)? {
+        consumed += complete as u64;
+        if !each(chunk, first, (consumed, next_line))? {
             return Ok(());
         }
     }
@@ -441,8 +555,9 @@ fn read_json_lines(
     layout: &Arc<Layout>,
     feed: &Feed,
     decoders: usize,
+    start: (u64, u64),
 ) -> Result<(), RunError> {
-    read_json_lines_sized(r, shown, layout, feed, decoders, READ_CHUNK_BYTES)
+    read_json_lines_sized(r, shown, layout, feed, decoders, READ_CHUNK_BYTES, start)
 }
 
 fn read_json_lines_sized(
@@ -452,20 +567,25 @@ fn read_json_lines_sized(
     feed: &Feed,
     decoders: usize,
     chunk_bytes: usize,
+    start: (u64, u64),
 ) -> Result<(), RunError> {
     if decoders <= 1 {
-        return chunks(r, shown, feed, chunk_bytes, &mut |chunk, first| {
-            emit(decode_chunk(&chunk, first, shown, layout), feed)
+        return chunks(r, shown, feed, chunk_bytes, start, &mut |chunk, first, end| {
+            let mut d = decode_chunk(&chunk, first, shown, layout);
+            d.end = end;
+            emit(d, feed)
         });
     }
-    let (jobs_tx, jobs_rx) = crossbeam_channel::bounded::<(u64, Vec<u8>, u64)>(decoders);
+    let (jobs_tx, jobs_rx) = crossbeam_channel::bounded::<(u64, Vec<u8>, u64, (u64, u64))>(decoders);
     let (done_tx, done_rx) = crossbeam_channel::unbounded::<(u64, Decoded)>();
     std::thread::scope(|scope| {
         for _ in 0..decoders {
             let (jobs_rx, done_tx) = (jobs_rx.clone(), done_tx.clone());
             scope.spawn(move || {
-                while let Ok((seq, chunk, first)) = jobs_rx.recv() {
-                    if done_tx.send((seq, decode_chunk(&chunk, first, shown, layout))).is_err() {
+                while let Ok((seq, chunk, first, end)) = jobs_rx.recv() {
+                    let mut d = decode_chunk(&chunk, first, shown, layout);
+                    d.end = end;
+                    if done_tx.send((seq, d)).is_err() {
                         break;
                     }
                 }
@@ -499,8 +619,8 @@ fn read_json_lines_sized(
             }
             Ok(())
         };
-        let result = chunks(r, shown, feed, chunk_bytes, &mut |chunk, first| {
-            if jobs_tx.send((sent, chunk, first)).is_err() {
+        let result = chunks(r, shown, feed, chunk_bytes, start, &mut |chunk, first, end| {
+            if jobs_tx.send((sent, chunk, first, end)).is_err() {
                 return Ok(false);
             }
             sent += 1;
@@ -603,9 +723,22 @@ mod tests {
             Ok(())
         };
         let live = Live::default();
-        let feed = Feed { send: &send, bad: &bad_fn, live: &live };
-        read_json_lines_sized(input, "in.jsonl", &layout, &feed, decoders, chunk).expect("reads");
+        let marks = RefCell::new(Vec::new());
+        let mark = |byte: u64, line: u64| {
+            marks.borrow_mut().push((byte, line));
+            true
+        };
+        let feed = Feed { send: &send, bad: &bad_fn, live: &live, mark: &mark };
+        read_json_lines_sized(input, "in.jsonl", &layout, &feed, decoders, chunk, (0, 1)).expect("reads");
         assert_eq!(live.bytes_read.load(Ordering::Relaxed), input.len() as u64);
+        // Resume points: after whole lines, in order, the last at the end of the input.
+        let marks = marks.into_inner();
+        let lines = input.split(|&c| c == b'\n').count() as u64 - u64::from(input.ends_with(b"\n"));
+        assert_eq!(marks.last().copied(), (!input.is_empty()).then_some((input.len() as u64, lines + 1)));
+        for w in marks.windows(2) {
+            assert!(w[0].0 < w[1].0 && w[0].1 < w[1].1, "{marks:?}");
+            assert_eq!(input[w[0].0 as usize - 1], b'\n');
+        }
         (rows.into_inner(), origins.into_inner(), bad.into_inner())
     }
 

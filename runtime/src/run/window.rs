@@ -218,7 +218,6 @@ fn key_field<'a>(key: &mut &'a [u8], kind: SlotKind) -> Result<Option<&'a [u8]>,
 
 /// Checks that `key` is a whole encoded key of fields of `kinds` (keys read back from
 /// a snapshot).
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn check_key(mut key: &[u8], kinds: &[SlotKind]) -> Result<(), String> {
     for &kind in kinds {
         key_field(&mut key, kind)?;
@@ -1339,9 +1338,7 @@ impl WindowOp {
 }
 
 /// Snapshot kinds (`snapshot.rs`): aligned windows, and sessions.
-#[cfg_attr(not(test), allow(dead_code))]
 const SNAP_ALIGNED: u8 = b'A';
-#[cfg_attr(not(test), allow(dead_code))]
 const SNAP_SESSION: u8 = b'S';
 
 /// Checkpoints.
@@ -1364,7 +1361,6 @@ const SNAP_SESSION: u8 = b'S';
 /// the snapshotted operator make no difference), the next due watermark, and which
 /// windows are spilled (a restored operator with a store spills down to its own budget).
 // Checkpoint barriers are not wired to the operators yet: only the tests call these.
-#[cfg_attr(not(test), allow(dead_code))]
 impl WindowOp {
     /// The operator's complete logical state as bytes, in memory and spilled alike (the
     /// spill store is read, not changed): the operator carries on unaffected. Results

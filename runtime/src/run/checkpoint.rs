@@ -1,0 +1,657 @@
+//! The checkpoint protocol: barriers, their alignment, the coordinator, and file sinks
+//! that commit with checkpoints (docs/checkpoints.md).
+//!
+//! Every `checkpoint_interval` the [`Coordinator`] asks for checkpoint `n`. Each
+//! pipeline's reader, at its next batch boundary, reports where its input stands and
+//! sends barrier `n` to every instance of the next stage. An instance with several
+//! upstream instances *aligns*: once barrier `n` came from an input, what that input
+//! sends next is held back until every input's barrier came ([`Aligner`]). Then the
+//! instance writes its operator's state into the checkpoint, seals the sink output it
+//! staged since the previous barrier ([`TxFileSink`]), acknowledges, and sends the
+//! barrier on. When every participant of every pipeline has acknowledged, the
+//! coordinator writes the checkpoint's metadata (atomically: it is the commit point),
+//! then appends the sealed parts to the sink files, then prunes old checkpoints.
+//!
+//! A participant that ends (its input ended, or the run was stopped) acknowledges every
+//! later checkpoint with its final state: a stopped instance's open windows, its
+//! reader's position where it stopped. At the end of a run a last checkpoint commits
+//! what is left, so a run that ends normally leaves every output committed.
+
+use super::io::encode_sink_rows;
+use super::RunError;
+use crate::checkpoint::{CheckpointStore, Metadata, OperatorState, Position, SinkCommit, StateFile, FORMAT_VERSION};
+use flow_compiler::ir::Format;
+use flow_types::row::Batch;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fs;
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::exchange::Msg;
+
+/// What an instance handles next: a message, or the alignment of a checkpoint.
+pub(crate) enum Step {
+    Msg(Msg),
+    Aligned(u64),
+}
+
+/// Barrier alignment at an instance with `upstream` inputs (see the module docs).
+pub(crate) struct Aligner {
+    ended: Vec<bool>,
+    aligning: Option<u64>,
+    arrived: Vec<bool>,
+    /// Messages from inputs whose barrier came, held until alignment.
+    held: VecDeque<Msg>,
+    ready: VecDeque<Step>,
+}
+
+fn sender(m: &Msg) -> usize {
+    match m {
+        Msg::Data(b) => b.from,
+        Msg::Watermark { from, .. } | Msg::Barrier { from, .. } | Msg::End { from } => *from,
+    }
+}
+
+impl Aligner {
+    pub fn new(upstream: usize) -> Aligner {
+        let n = upstream.max(1);
+        Aligner {
+            ended: vec![false; n],
+            aligning: None,
+            arrived: vec![false; n],
+            held: VecDeque::new(),
+            ready: VecDeque::new(),
+        }
+    }
+
+    /// Takes a message off the channel.
+    pub fn offer(&mut self, msg: Msg) {
+        let from = sender(&msg).min(self.ended.len() - 1);
+        if self.aligning.is_some() && self.arrived[from] {
+            self.held.push_back(msg);
+            return;
+        }
+        match msg {
+            Msg::Barrier { id, .. } => {
+                if self.aligning.is_none() {
+                    self.aligning = Some(id);
+                    self.arrived.iter_mut().for_each(|a| *a = false);
+                }
+                self.arrived[from] = true;
+            }
+            Msg::End { .. } => {
+                self.ended[from] = true;
+                self.ready.push_back(Step::Msg(msg));
+            }
+            other => self.ready.push_back(Step::Msg(other)),
+        }
+        if let Some(id) = self.aligning {
+            if (0..self.ended.len()).all(|i| self.arrived[i] || self.ended[i]) {
+                self.aligning = None;
+                self.ready.push_back(Step::Aligned(id));
+                for m in std::mem::take(&mut self.held) {
+                    self.offer(m);
+                }
+            }
+        }
+    }
+
+    /// What to handle next, if anything is ready.
+    pub fn next(&mut self) -> Option<Step> {
+        self.ready.pop_front()
+    }
+}
+
+/// What a participant hands the coordinator for one checkpoint.
+#[derive(Default)]
+pub(crate) struct AckData {
+    /// A reader's: its pipeline and where its input stands (None: not replayable).
+    pub position: Option<(String, Option<Position>)>,
+    /// An operator instance's state (encoded by the operator).
+    pub state: Option<(OperatorId, Vec<u8>)>,
+    /// Sealed sink parts: (sink, part).
+    pub parts: Vec<(String, StateFile)>,
+}
+
+/// Which operator instance a state belongs to.
+#[derive(Clone, Debug)]
+pub(crate) struct OperatorId {
+    pub pipeline: String,
+    pub operator: String,
+    pub instance: usize,
+}
+
+struct Pending {
+    id: u64,
+    triggered: Instant,
+    triggered_ms: i64,
+    acked: Vec<bool>,
+    positions: BTreeMap<String, Position>,
+    operators: Vec<OperatorState>,
+    parts: Vec<(String, StateFile)>,
+}
+
+#[derive(Default)]
+struct CoordState {
+    next_id: u64,
+    in_flight: Option<Pending>,
+    last_done: Option<Instant>,
+    ended: Vec<bool>,
+    /// Final acknowledgements of ended participants, for the next checkpoint.
+    carry: Vec<(usize, AckData)>,
+    completed: u64,
+    error: Option<String>,
+}
+
+/// Runs a run's checkpoints (see the module docs).
+pub(crate) struct Coordinator {
+    pub store: CheckpointStore,
+    interval: Duration,
+    keep: usize,
+    program: String,
+    requested: AtomicU64,
+    participants: AtomicU64,
+    st: Mutex<CoordState>,
+    sinks: Vec<Arc<TxFileSink>>,
+    /// The checkpoint this run resumed from.
+    pub restored: Option<Metadata>,
+    failed: Arc<AtomicBool>,
+}
+
+impl Coordinator {
+    pub fn new(
+        store: CheckpointStore,
+        interval: Duration,
+        keep: usize,
+        program: String,
+        restored: Option<Metadata>,
+        sinks: Vec<Arc<TxFileSink>>,
+        failed: Arc<AtomicBool>,
+    ) -> Coordinator {
+        let next_id = store.highest_id() + 1;
+        Coordinator {
+            store,
+            interval,
+            keep,
+            program,
+            requested: AtomicU64::new(0),
+            participants: AtomicU64::new(0),
+            st: Mutex::new(CoordState { next_id, last_done: Some(Instant::now()), ..CoordState::default() }),
+            sinks,
+            restored,
+            failed,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CoordState> {
+        self.st.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A new participant (a reader or a stage instance); returns its index.
+    pub fn join(&self) -> usize {
+        let i = self.participants.fetch_add(1, Ordering::SeqCst) as usize;
+        self.lock().ended.push(false);
+        i
+    }
+
+    /// The checkpoint readers should inject a barrier for (0: none yet).
+    pub fn requested(&self) -> u64 {
+        self.requested.load(Ordering::SeqCst)
+    }
+
+    /// The id the next checkpoint will get (sink parts are named after it).
+    pub fn next_id(&self) -> u64 {
+        let st = self.lock();
+        st.in_flight.as_ref().map_or(st.next_id, |p| p.id)
+    }
+
+    /// Seals writer `writer`'s staged parts of every checkpointed file sink.
+    pub fn seal_all(&self, writer: &str) -> Result<Vec<(String, StateFile)>, String> {
+        let mut out = Vec::new();
+        for s in &self.sinks {
+            if let Some(f) = s.seal(writer)? {
+                out.push((s.name.clone(), f));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Checkpoints completed in this run.
+    pub fn completed(&self) -> u64 {
+        self.lock().completed
+    }
+
+    pub fn error(&self) -> Option<String> {
+        self.lock().error.clone()
+    }
+
+    /// Starts a checkpoint if the interval has passed and none is in flight.
+    pub fn tick(&self) {
+        let due = {
+            let st = self.lock();
+            st.in_flight.is_none() && st.last_done.is_none_or(|t| t.elapsed() >= self.interval)
+        };
+        if due {
+            self.trigger();
+        }
+    }
+
+    /// Starts a checkpoint now (unless one is in flight).
+    pub fn trigger(&self) {
+        let mut st = self.lock();
+        if st.in_flight.is_some() || st.error.is_some() {
+            return;
+        }
+        let id = st.next_id;
+        st.next_id += 1;
+        let n = st.ended.len();
+        let triggered_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        st.in_flight = Some(Pending {
+            id,
+            triggered: Instant::now(),
+            triggered_ms,
+            acked: vec![false; n],
+            positions: BTreeMap::new(),
+            operators: Vec::new(),
+            parts: Vec::new(),
+        });
+        // Ended participants acknowledge it with what they left.
+        for (p, data) in std::mem::take(&mut st.carry) {
+            self.record(&mut st, p, data);
+        }
+        let ended: Vec<usize> = (0..n).filter(|&i| st.ended[i]).collect();
+        if let Some(pending) = st.in_flight.as_mut() {
+            for i in ended {
+                pending.acked[i] = true;
+            }
+        }
+        self.requested.store(id, Ordering::SeqCst);
+        self.complete_if_done(&mut st);
+    }
+
+    /// Participant `p`'s acknowledgement of checkpoint `id`.
+    pub fn ack(&self, p: usize, id: u64, data: AckData) {
+        let mut st = self.lock();
+        if st.in_flight.as_ref().is_none_or(|x| x.id != id) {
+            return;
+        }
+        self.record(&mut st, p, data);
+        self.complete_if_done(&mut st);
+    }
+
+    /// Participant `p` has ended; `data` is what it leaves (final position, state of a
+    /// stopped operator, sealed parts). It acknowledges every later checkpoint.
+    pub fn ended(&self, p: usize, data: AckData) {
+        let mut st = self.lock();
+        if p < st.ended.len() {
+            st.ended[p] = true;
+        }
+        let acked = st.in_flight.as_ref().is_some_and(|x| x.acked.get(p).copied().unwrap_or(true));
+        if st.in_flight.is_some() && !acked {
+            self.record(&mut st, p, data);
+            self.complete_if_done(&mut st);
+        } else {
+            st.carry.push((p, data));
+        }
+    }
+
+    /// A last checkpoint once every participant has ended: commits what is left.
+    pub fn finish(&self) -> Result<(), RunError> {
+        // One may be in flight (completing as participants end); then the final one.
+        self.trigger();
+        let needs_final = !self.lock().carry.is_empty();
+        if needs_final {
+            self.trigger();
+        }
+        match self.error() {
+            Some(e) => Err(RunError::Setup(format!("checkpoint: {e}"))),
+            None => Ok(()),
+        }
+    }
+
+    fn record(&self, st: &mut CoordState, p: usize, data: AckData) {
+        let Some(pending) = st.in_flight.as_mut() else { return };
+        if let Some(a) = pending.acked.get_mut(p) {
+            *a = true;
+        }
+        if let Some((pipeline, Some(pos))) = data.position {
+            pending.positions.insert(pipeline, pos);
+        }
+        if let Some((op, bytes)) = data.state {
+            let name = format!("{}-{}-{}.state", op.pipeline, op.operator, op.instance);
+            match self.store.write_state(pending.id, &name, &bytes) {
+                Ok(file) => pending.operators.push(OperatorState {
+                    pipeline: op.pipeline,
+                    operator: op.operator,
+                    instance: op.instance,
+                    file,
+                }),
+                Err(e) => {
+                    st.error.get_or_insert(e);
+                    self.failed.store(true, Ordering::SeqCst);
+                    return;
+                }
+            }
+        }
+        if let Some(pending) = st.in_flight.as_mut() {
+            pending.parts.extend(data.parts);
+        }
+    }
+
+    fn complete_if_done(&self, st: &mut CoordState) {
+        let done = st.in_flight.as_ref().is_some_and(|p| p.acked.iter().all(|&a| a));
+        if !done {
+            return;
+        }
+        let Some(p) = st.in_flight.take() else { return };
+        match self.complete(p) {
+            Ok(()) => {
+                st.completed += 1;
+                st.last_done = Some(Instant::now());
+            }
+            Err(e) => {
+                st.error.get_or_insert(e);
+                self.failed.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+
+    fn complete(&self, p: Pending) -> Result<(), String> {
+        let mut sinks = Vec::new();
+        for s in &self.sinks {
+            let parts: Vec<StateFile> = p.parts.iter().filter(|(n, _)| *n == s.name).map(|(_, f)| f.clone()).collect();
+            sinks.push(s.prepare(parts));
+        }
+        let mut positions = p.positions;
+        // A pipeline whose reader ended before this checkpoint: its input is done.
+        if let Some(prev) = &self.restored {
+            for (k, v) in &prev.positions {
+                positions.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
+        let meta = Metadata {
+            version: FORMAT_VERSION,
+            id: p.id,
+            triggered_ms: p.triggered_ms,
+            duration_ms: p.triggered.elapsed().as_millis() as u64,
+            program: self.program.clone(),
+            positions,
+            operators: p.operators,
+            sinks: sinks.clone(),
+        };
+        fault("before-metadata");
+        self.store.complete(&meta)?;
+        fault("after-metadata");
+        for (s, c) in self.sinks.iter().zip(&sinks) {
+            s.apply(c, &self.store.parts_dir())?;
+        }
+        fault("after-commit");
+        self.store.prune(self.keep)
+    }
+}
+
+/// Fault injection for the crash tests: `FLOW_FAULT=<point>` kills the process at that
+/// point of a checkpoint's completion (as kill -9 would).
+fn fault(point: &str) {
+    if std::env::var("FLOW_FAULT").is_ok_and(|p| p == point) {
+        std::process::abort();
+    }
+}
+
+/// A file sink whose output becomes visible only when the checkpoint covering it
+/// completes. Each writer (a last-stage instance) stages its rows in a part file of its
+/// own, sealed at each barrier; a commit appends the checkpoint's parts to the file.
+pub(crate) struct TxFileSink {
+    pub name: String,
+    pub path: PathBuf,
+    format: Format,
+    parts_dir: PathBuf,
+    /// The file's committed length.
+    committed: Mutex<u64>,
+    header: Mutex<Option<String>>,
+    writers: Mutex<HashMap<String, PartWriter>>,
+    /// Parts opened so far (numbers them: a writer may open its next part while the
+    /// checkpoint its last one went into is still in flight).
+    opened: AtomicU64,
+}
+
+struct PartWriter {
+    name: String,
+    file: fs::File,
+    bytes: u64,
+}
+
+impl TxFileSink {
+    /// Opens sink `name` writing `path`, whose committed length is `committed` (0 on a
+    /// fresh run: the file is emptied).
+    pub fn open(name: &str, path: &Path, format: Format, parts_dir: &Path, committed: u64) -> Result<Self, String> {
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        }
+        fs::create_dir_all(parts_dir).map_err(|e| format!("creating {}: {e}", parts_dir.display()))?;
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| format!("opening {}: {e}", path.display()))?;
+        // Anything past the committed length was never committed.
+        f.set_len(committed).map_err(|e| format!("truncating {}: {e}", path.display()))?;
+        Ok(TxFileSink {
+            name: name.to_string(),
+            path: path.to_path_buf(),
+            format,
+            parts_dir: parts_dir.to_path_buf(),
+            committed: Mutex::new(committed),
+            header: Mutex::new(None),
+            writers: Mutex::new(HashMap::new()),
+            opened: AtomicU64::new(0),
+        })
+    }
+
+    /// Stages `batch` in writer `writer`'s open part (for a checkpoint after `epoch`).
+    pub fn write(&self, writer: &str, epoch: u64, batch: &Batch) -> Result<(), RunError> {
+        let (bytes, header) = encode_sink_rows(batch, self.format);
+        if let Some(h) = header {
+            self.header.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(h);
+        }
+        let mut writers = self.writers.lock().unwrap_or_else(|e| e.into_inner());
+        let w = match writers.get_mut(writer) {
+            Some(w) => w,
+            None => {
+                let n = self.opened.fetch_add(1, Ordering::SeqCst);
+                let name = format!("{}-{epoch:010}-{n:06}-{}", self.name, writer.replace(['/', '\\'], "_"));
+                let path = self.parts_dir.join(&name);
+                let file = fs::File::create(&path)
+                    .map_err(|e| RunError::Io { what: format!("creating {}", path.display()), source: e })?;
+                writers.entry(writer.to_string()).or_insert(PartWriter { name, file, bytes: 0 })
+            }
+        };
+        w.file.write_all(&bytes).map_err(|e| RunError::Io { what: format!("writing part {}", w.name), source: e })?;
+        w.bytes += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Seals writer `writer`'s open part (fsynced), if it has one.
+    pub fn seal(&self, writer: &str) -> Result<Option<StateFile>, String> {
+        let Some(w) = self.writers.lock().unwrap_or_else(|e| e.into_inner()).remove(writer) else { return Ok(None) };
+        w.file.sync_all().map_err(|e| format!("syncing part {}: {e}", w.name))?;
+        drop(w.file);
+        let path = self.parts_dir.join(&w.name);
+        let bytes = fs::read(&path).map_err(|e| format!("reading part {}: {e}", w.name))?;
+        Ok(Some(StateFile { name: w.name, bytes: w.bytes, crc32c: crc32c::crc32c(&bytes) }))
+    }
+
+    /// The commit of `parts`, from the committed length on.
+    fn prepare(&self, parts: Vec<StateFile>) -> SinkCommit {
+        let before = *self.committed.lock().unwrap_or_else(|e| e.into_inner());
+        let header = if before == 0 && !parts.is_empty() {
+            self.header.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        } else {
+            None
+        };
+        let after = before + header.as_ref().map_or(0, |h| h.len() as u64) + parts.iter().map(|p| p.bytes).sum::<u64>();
+        SinkCommit {
+            sink: self.name.clone(),
+            path: self.path.clone(),
+            len_before: before,
+            len_after: after,
+            parts,
+            header,
+        }
+    }
+
+    /// Applies `c` (see [`apply_commit`]) and records the new committed length.
+    fn apply(&self, c: &SinkCommit, parts_dir: &Path) -> Result<(), String> {
+        apply_commit(c, parts_dir)?;
+        *self.committed.lock().unwrap_or_else(|e| e.into_inner()) = c.len_after;
+        Ok(())
+    }
+}
+
+/// Makes `c`'s file hold its committed output: cut back to `len_before`, the header and
+/// the parts appended, fsynced, then the parts deleted. Idempotent: a commit cut short
+/// by a crash is applied again on recovery; one already applied (its parts deleted and
+/// the file at `len_after`) is left alone.
+pub(crate) fn apply_commit(c: &SinkCommit, parts_dir: &Path) -> Result<(), String> {
+    let shown = c.path.display();
+    let present = c.parts.iter().all(|p| parts_dir.join(&p.name).exists());
+    let len = fs::metadata(&c.path).map(|m| m.len()).unwrap_or(0);
+    if !present {
+        // Applied before (parts are deleted only once the file holds them).
+        if len < c.len_after {
+            return Err(format!(
+                "{shown} holds {len} bytes but its commit needs {} and its parts are gone",
+                c.len_after
+            ));
+        }
+        let f = fs::OpenOptions::new().write(true).open(&c.path).map_err(|e| format!("opening {shown}: {e}"))?;
+        return f.set_len(c.len_after).map_err(|e| format!("truncating {shown}: {e}"));
+    }
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(false)
+        .open(&c.path)
+        .map_err(|e| format!("opening {shown}: {e}"))?;
+    f.set_len(c.len_before).map_err(|e| format!("truncating {shown}: {e}"))?;
+    f.seek(SeekFrom::Start(c.len_before)).map_err(|e| format!("seeking {shown}: {e}"))?;
+    if let Some(h) = &c.header {
+        f.write_all(h.as_bytes()).map_err(|e| format!("writing {shown}: {e}"))?;
+    }
+    for p in &c.parts {
+        let bytes = crate::checkpoint::read_checked(&parts_dir.join(&p.name), p)?;
+        f.write_all(&bytes).map_err(|e| format!("writing {shown}: {e}"))?;
+        fault("mid-commit");
+    }
+    f.sync_all().map_err(|e| format!("syncing {shown}: {e}"))?;
+    for p in &c.parts {
+        let _ = fs::remove_file(parts_dir.join(&p.name));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::exchange::InBatch;
+    use flow_types::row::Layout;
+    use flow_types::{Field, RecordType, Type};
+
+    fn data(from: usize, tag: i64) -> Msg {
+        let layout = Arc::new(Layout::new(Arc::new(RecordType {
+            name: None,
+            fields: vec![Field { name: "x".into(), ty: Type::int() }],
+        })));
+        let mut b = flow_types::row::BatchBuilder::new(layout);
+        let r = b.push_row();
+        b.set_i64(r, 0, tag);
+        let mut inb = InBatch::new(b.finish(), "t".into(), None);
+        inb.from = from;
+        Msg::Data(inb)
+    }
+
+    fn drain(a: &mut Aligner) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Some(s) = a.next() {
+            out.push(match s {
+                Step::Aligned(id) => format!("aligned {id}"),
+                Step::Msg(Msg::Data(b)) => format!("data {} {}", b.from, b.batch.row(0).i64(0)),
+                Step::Msg(Msg::Watermark { from, wm }) => format!("wm {from} {wm}"),
+                Step::Msg(Msg::End { from }) => format!("end {from}"),
+                Step::Msg(Msg::Barrier { .. }) => "barrier".into(),
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn two_inputs_align_and_hold_back_the_faster_one() {
+        let mut a = Aligner::new(2);
+        a.offer(data(0, 1));
+        a.offer(Msg::Barrier { from: 0, id: 7 });
+        // Input 0 is past the barrier: held. Input 1 is not: handled.
+        a.offer(data(0, 2));
+        a.offer(Msg::Watermark { from: 0, wm: 5 });
+        a.offer(data(1, 10));
+        assert_eq!(drain(&mut a), ["data 0 1", "data 1 10"]);
+        a.offer(Msg::Barrier { from: 1, id: 7 });
+        a.offer(data(1, 11));
+        assert_eq!(drain(&mut a), ["aligned 7", "data 0 2", "wm 0 5", "data 1 11"]);
+    }
+
+    #[test]
+    fn an_ended_input_does_not_hold_alignment() {
+        let mut a = Aligner::new(3);
+        a.offer(Msg::End { from: 2 });
+        a.offer(Msg::Barrier { from: 0, id: 1 });
+        a.offer(data(0, 1));
+        assert_eq!(drain(&mut a), ["end 2"]);
+        // The last input ends instead of sending the barrier: aligned, then what was held.
+        a.offer(data(1, 2));
+        a.offer(Msg::End { from: 1 });
+        assert_eq!(drain(&mut a), ["data 1 2", "end 1", "aligned 1", "data 0 1"]);
+        // One input: its barrier aligns at once.
+        let mut one = Aligner::new(1);
+        one.offer(data(0, 1));
+        one.offer(Msg::Barrier { from: 0, id: 3 });
+        one.offer(data(0, 2));
+        assert_eq!(drain(&mut one), ["data 0 1", "aligned 3", "data 0 2"]);
+    }
+
+    #[test]
+    fn a_commit_applies_once_even_when_repeated() {
+        let dir = tempfile::tempdir().unwrap();
+        let parts = dir.path().join("parts");
+        fs::create_dir_all(&parts).unwrap();
+        let out = dir.path().join("out.jsonl");
+        fs::write(&out, "committed\nnot committed\n").unwrap();
+        let mut files = Vec::new();
+        for (i, text) in ["a\n", "bb\n"].iter().enumerate() {
+            let name = format!("part{i}");
+            fs::write(parts.join(&name), text).unwrap();
+            files.push(StateFile { name, bytes: text.len() as u64, crc32c: crc32c::crc32c(text.as_bytes()) });
+        }
+        let c = SinkCommit {
+            sink: "out".into(),
+            path: out.clone(),
+            len_before: 10,
+            len_after: 15,
+            parts: files,
+            header: None,
+        };
+        // Cut short after the file was written but before the parts were deleted.
+        apply_commit(&c, &parts).unwrap();
+        assert_eq!(fs::read_to_string(&out).unwrap(), "committed\na\nbb\n");
+        assert!(!parts.join("part0").exists());
+        apply_commit(&c, &parts).unwrap();
+        assert_eq!(fs::read_to_string(&out).unwrap(), "committed\na\nbb\n");
+        // A part that is gone while the file is short is an error, not a silent loss.
+        fs::write(&out, "committed\n").unwrap();
+        assert!(apply_commit(&c, &parts).is_err());
+    }
+}
