@@ -94,6 +94,14 @@ pub struct SinkCommit {
     pub parts: Vec<StateFile>,
     /// A header line written first when the file is empty (CSV).
     pub header: Option<String>,
+    /// For a topic of the log: its name, and per partition the end offset before the
+    /// commit and after it (`path` and the lengths are unused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub before: BTreeMap<u32, u64>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub after: BTreeMap<u32, u64>,
 }
 
 /// A checkpoint as listed: complete, or why it cannot be used.
@@ -174,7 +182,7 @@ impl CheckpointStore {
                 // A part is deleted once appended: then the sink file must hold it.
                 if path.exists() {
                     read_checked(&path, p)?;
-                } else {
+                } else if s.topic.is_none() {
                     let len = fs::metadata(&s.path).map(|m| m.len()).unwrap_or(0);
                     if len < s.len_after {
                         return Err(format!(

@@ -20,6 +20,7 @@
 use super::io::encode_sink_rows;
 use super::RunError;
 use crate::checkpoint::{CheckpointStore, Metadata, OperatorState, Position, SinkCommit, StateFile, FORMAT_VERSION};
+use bytes::Bytes;
 use flow_compiler::ir::Format;
 use flow_types::row::Batch;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -155,7 +156,7 @@ pub(crate) struct Coordinator {
     requested: AtomicU64,
     participants: AtomicU64,
     st: Mutex<CoordState>,
-    sinks: Vec<Arc<TxFileSink>>,
+    sinks: Vec<Arc<dyn Staged>>,
     /// The checkpoint this run resumed from.
     pub restored: Option<Metadata>,
     failed: Arc<AtomicBool>,
@@ -168,7 +169,7 @@ impl Coordinator {
         keep: usize,
         program: String,
         restored: Option<Metadata>,
-        sinks: Vec<Arc<TxFileSink>>,
+        sinks: Vec<Arc<dyn Staged>>,
         failed: Arc<AtomicBool>,
     ) -> Coordinator {
         let next_id = store.highest_id() + 1;
@@ -213,7 +214,7 @@ impl Coordinator {
         let mut out = Vec::new();
         for s in &self.sinks {
             if let Some(f) = s.seal(writer)? {
-                out.push((s.name.clone(), f));
+                out.push((s.name().to_string(), f));
             }
         }
         Ok(out)
@@ -299,6 +300,16 @@ impl Coordinator {
         }
     }
 
+    /// Waits until what ended participants left is committed: two checkpoints complete
+    /// (one in flight may not hold it), started at once (or the run fails).
+    pub fn commit_now(&self) {
+        let target = self.completed() + 2;
+        while self.completed() < target && !self.failed.load(Ordering::SeqCst) && self.error().is_none() {
+            self.trigger();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
     /// A last checkpoint once every participant has ended: commits what is left.
     pub fn finish(&self) -> Result<(), RunError> {
         // One may be in flight (completing as participants end); then the final one.
@@ -363,8 +374,8 @@ impl Coordinator {
     fn complete(&self, p: Pending) -> Result<(), String> {
         let mut sinks = Vec::new();
         for s in &self.sinks {
-            let parts: Vec<StateFile> = p.parts.iter().filter(|(n, _)| *n == s.name).map(|(_, f)| f.clone()).collect();
-            sinks.push(s.prepare(parts));
+            let parts: Vec<StateFile> = p.parts.iter().filter(|(n, _)| n == s.name()).map(|(_, f)| f.clone()).collect();
+            sinks.push(s.prepare(parts)?);
         }
         let mut positions = p.positions;
         // A pipeline whose reader ended before this checkpoint: its input is done.
@@ -402,6 +413,44 @@ fn fault(point: &str) {
     }
 }
 
+/// A sink whose writers stage output until the checkpoint covering it completes.
+pub(crate) trait Staged: Send + Sync {
+    fn name(&self) -> &str;
+    /// Seals writer `writer`'s open part (fsynced), if it has one.
+    fn seal(&self, writer: &str) -> Result<Option<StateFile>, String>;
+    /// The commit of `parts` (written into the checkpoint's metadata before it is applied).
+    fn prepare(&self, parts: Vec<StateFile>) -> Result<SinkCommit, String>;
+    /// Applies a commit (again, harmlessly, if it was applied before).
+    fn apply(&self, c: &SinkCommit, parts_dir: &Path) -> Result<(), String>;
+}
+
+/// A writer's open part file.
+struct PartWriter {
+    name: String,
+    file: fs::File,
+    bytes: u64,
+    /// Records per partition (topic sinks).
+    counts: BTreeMap<u32, u64>,
+}
+
+/// Opens a part file for `writer` in `dir` (numbered by `opened`).
+fn open_part(dir: &Path, sink: &str, writer: &str, epoch: u64, opened: &AtomicU64) -> Result<PartWriter, RunError> {
+    let n = opened.fetch_add(1, Ordering::SeqCst);
+    let name = format!("{sink}-{epoch:010}-{n:06}-{}", writer.replace(['/', '\\'], "_"));
+    let path = dir.join(&name);
+    let file = fs::File::create(&path)
+        .map_err(|e| RunError::Io { what: format!("creating {}", path.display()), source: e })?;
+    Ok(PartWriter { name, file, bytes: 0, counts: BTreeMap::new() })
+}
+
+/// Seals `w`: fsynced, its CRC computed.
+fn seal_part(w: PartWriter, dir: &Path) -> Result<StateFile, String> {
+    w.file.sync_all().map_err(|e| format!("syncing part {}: {e}", w.name))?;
+    drop(w.file);
+    let bytes = fs::read(dir.join(&w.name)).map_err(|e| format!("reading part {}: {e}", w.name))?;
+    Ok(StateFile { name: w.name, bytes: w.bytes, crc32c: crc32c::crc32c(&bytes) })
+}
+
 /// A file sink whose output becomes visible only when the checkpoint covering it
 /// completes. Each writer (a last-stage instance) stages its rows in a part file of its
 /// own, sealed at each barrier; a commit appends the checkpoint's parts to the file.
@@ -417,12 +466,6 @@ pub(crate) struct TxFileSink {
     /// Parts opened so far (numbers them: a writer may open its next part while the
     /// checkpoint its last one went into is still in flight).
     opened: AtomicU64,
-}
-
-struct PartWriter {
-    name: String,
-    file: fs::File,
-    bytes: u64,
 }
 
 impl TxFileSink {
@@ -463,31 +506,28 @@ impl TxFileSink {
         let w = match writers.get_mut(writer) {
             Some(w) => w,
             None => {
-                let n = self.opened.fetch_add(1, Ordering::SeqCst);
-                let name = format!("{}-{epoch:010}-{n:06}-{}", self.name, writer.replace(['/', '\\'], "_"));
-                let path = self.parts_dir.join(&name);
-                let file = fs::File::create(&path)
-                    .map_err(|e| RunError::Io { what: format!("creating {}", path.display()), source: e })?;
-                writers.entry(writer.to_string()).or_insert(PartWriter { name, file, bytes: 0 })
+                let w = open_part(&self.parts_dir, &self.name, writer, epoch, &self.opened)?;
+                writers.entry(writer.to_string()).or_insert(w)
             }
         };
         w.file.write_all(&bytes).map_err(|e| RunError::Io { what: format!("writing part {}", w.name), source: e })?;
         w.bytes += bytes.len() as u64;
         Ok(())
     }
+}
 
-    /// Seals writer `writer`'s open part (fsynced), if it has one.
-    pub fn seal(&self, writer: &str) -> Result<Option<StateFile>, String> {
-        let Some(w) = self.writers.lock().unwrap_or_else(|e| e.into_inner()).remove(writer) else { return Ok(None) };
-        w.file.sync_all().map_err(|e| format!("syncing part {}: {e}", w.name))?;
-        drop(w.file);
-        let path = self.parts_dir.join(&w.name);
-        let bytes = fs::read(&path).map_err(|e| format!("reading part {}: {e}", w.name))?;
-        Ok(Some(StateFile { name: w.name, bytes: w.bytes, crc32c: crc32c::crc32c(&bytes) }))
+impl Staged for TxFileSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn seal(&self, writer: &str) -> Result<Option<StateFile>, String> {
+        let w = self.writers.lock().unwrap_or_else(|e| e.into_inner()).remove(writer);
+        w.map(|w| seal_part(w, &self.parts_dir)).transpose()
     }
 
     /// The commit of `parts`, from the committed length on.
-    fn prepare(&self, parts: Vec<StateFile>) -> SinkCommit {
+    fn prepare(&self, parts: Vec<StateFile>) -> Result<SinkCommit, String> {
         let before = *self.committed.lock().unwrap_or_else(|e| e.into_inner());
         let header = if before == 0 && !parts.is_empty() {
             self.header.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -495,14 +535,17 @@ impl TxFileSink {
             None
         };
         let after = before + header.as_ref().map_or(0, |h| h.len() as u64) + parts.iter().map(|p| p.bytes).sum::<u64>();
-        SinkCommit {
+        Ok(SinkCommit {
             sink: self.name.clone(),
             path: self.path.clone(),
             len_before: before,
             len_after: after,
             parts,
             header,
-        }
+            topic: None,
+            before: BTreeMap::new(),
+            after: BTreeMap::new(),
+        })
     }
 
     /// Applies `c` (see [`apply_commit`]) and records the new committed length.
@@ -511,6 +554,180 @@ impl TxFileSink {
         *self.committed.lock().unwrap_or_else(|e| e.into_inner()) = c.len_after;
         Ok(())
     }
+}
+
+/// A topic of the log written with checkpoints: each writer stages its records, as
+/// one encoded batch per partition and write, in a part file of its own; a commit
+/// appends the parts' batches to their partitions. Records enter the log only once
+/// committed, so the topic's readers see committed records only (like Kafka's
+/// `read_committed`), and records of a run that crashed never appear.
+///
+/// A part is a sequence of frames: partition (u32 LE), record count (u32 LE), batch
+/// length (u32 LE), the batch as `log::batch::encode_batch` makes it.
+pub(crate) struct TxTopicSink {
+    pub name: String,
+    topic: Arc<crate::log::Topic>,
+    parts_dir: PathBuf,
+    writers: Mutex<HashMap<String, PartWriter>>,
+    /// Records per partition of each sealed part (for the commit's end offsets).
+    sealed: Mutex<HashMap<String, BTreeMap<u32, u64>>>,
+    opened: AtomicU64,
+}
+
+impl TxTopicSink {
+    pub fn new(name: &str, topic: Arc<crate::log::Topic>, parts_dir: &Path) -> Result<Self, String> {
+        fs::create_dir_all(parts_dir).map_err(|e| format!("creating {}: {e}", parts_dir.display()))?;
+        Ok(TxTopicSink {
+            name: name.to_string(),
+            topic,
+            parts_dir: parts_dir.to_path_buf(),
+            writers: Mutex::new(HashMap::new()),
+            sealed: Mutex::new(HashMap::new()),
+            opened: AtomicU64::new(0),
+        })
+    }
+
+    /// Stages `records` in writer `writer`'s open part.
+    pub fn write(&self, writer: &str, records: Vec<crate::log::NewRecord>) -> Result<(), RunError> {
+        let mut by_partition: BTreeMap<u32, Vec<crate::log::NewRecord>> = BTreeMap::new();
+        for r in records {
+            by_partition.entry(self.topic.partition_for(r.key.as_deref())).or_default().push(r);
+        }
+        let mut frames = Vec::new();
+        let mut counts = Vec::new();
+        for (p, recs) in by_partition {
+            let batch = crate::log::batch::encode_batch(0, &recs);
+            frames.extend_from_slice(&p.to_le_bytes());
+            frames.extend_from_slice(&(recs.len() as u32).to_le_bytes());
+            frames.extend_from_slice(&(batch.len() as u32).to_le_bytes());
+            frames.extend_from_slice(&batch);
+            counts.push((p, recs.len() as u64));
+        }
+        let mut writers = self.writers.lock().unwrap_or_else(|e| e.into_inner());
+        let w = match writers.get_mut(writer) {
+            Some(w) => w,
+            None => {
+                let w = open_part(&self.parts_dir, &self.name, writer, 0, &self.opened)?;
+                writers.entry(writer.to_string()).or_insert(w)
+            }
+        };
+        w.file.write_all(&frames).map_err(|e| RunError::Io { what: format!("writing part {}", w.name), source: e })?;
+        w.bytes += frames.len() as u64;
+        for (p, n) in counts {
+            *w.counts.entry(p).or_default() += n;
+        }
+        Ok(())
+    }
+}
+
+impl Staged for TxTopicSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn seal(&self, writer: &str) -> Result<Option<StateFile>, String> {
+        let Some(w) = self.writers.lock().unwrap_or_else(|e| e.into_inner()).remove(writer) else { return Ok(None) };
+        let counts = w.counts.clone();
+        let f = seal_part(w, &self.parts_dir)?;
+        self.sealed.lock().unwrap_or_else(|e| e.into_inner()).insert(f.name.clone(), counts);
+        Ok(Some(f))
+    }
+
+    fn prepare(&self, parts: Vec<StateFile>) -> Result<SinkCommit, String> {
+        let before: BTreeMap<u32, u64> = self.topic.partitions().iter().map(|p| (p.id(), p.end_offset())).collect();
+        let mut after = before.clone();
+        let mut sealed = self.sealed.lock().unwrap_or_else(|e| e.into_inner());
+        for part in &parts {
+            for (p, n) in sealed.remove(&part.name).unwrap_or_default() {
+                *after.entry(p).or_default() += n;
+            }
+        }
+        Ok(SinkCommit {
+            sink: self.name.clone(),
+            path: PathBuf::new(),
+            len_before: 0,
+            len_after: 0,
+            parts,
+            header: None,
+            topic: Some(self.topic.name().to_string()),
+            before,
+            after,
+        })
+    }
+
+    fn apply(&self, c: &SinkCommit, parts_dir: &Path) -> Result<(), String> {
+        apply_topic_commit(c, &self.topic, parts_dir)
+    }
+}
+
+/// Makes topic `topic` hold commit `c`'s records: per partition, the batches not yet
+/// appended (the partition's end offset says how many were) are appended, synced, then
+/// the parts deleted. Idempotent, as [`apply_commit`]; it assumes the run is the only
+/// writer of the partitions while it commits.
+pub(crate) fn apply_topic_commit(c: &SinkCommit, topic: &crate::log::Topic, parts_dir: &Path) -> Result<(), String> {
+    let present = c.parts.iter().all(|p| parts_dir.join(&p.name).exists());
+    let end = |p: u32| topic.partition(p).map(|x| x.end_offset()).map_err(|e| e.to_string());
+    if !present {
+        for (&p, &want) in &c.after {
+            let e = end(p)?;
+            if e < want {
+                return Err(format!(
+                    "topic {} partition {p} ends at offset {e} but its commit needs {want} and its parts are gone",
+                    topic.name()
+                ));
+            }
+        }
+        return Ok(());
+    }
+    // Frames per partition, in part order.
+    let mut frames: BTreeMap<u32, Vec<(u64, Bytes)>> = BTreeMap::new();
+    for part in &c.parts {
+        let bytes = Bytes::from(crate::checkpoint::read_checked(&parts_dir.join(&part.name), part)?);
+        let mut at = 0usize;
+        let u32_at = |i: usize| -> Result<u32, String> {
+            bytes
+                .get(i..i + 4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .ok_or_else(|| format!("part {} is truncated", part.name))
+        };
+        while at < bytes.len() {
+            let (p, n, len) = (u32_at(at)?, u32_at(at + 4)?, u32_at(at + 8)? as usize);
+            let body = bytes.get(at + 12..at + 12 + len).ok_or_else(|| format!("part {} is truncated", part.name))?;
+            frames.entry(p).or_default().push((u64::from(n), bytes.slice_ref(body)));
+            at += 12 + len;
+        }
+    }
+    for (p, list) in frames {
+        let before = c.before.get(&p).copied().unwrap_or(0);
+        let e = end(p)?;
+        let mut done = e.checked_sub(before).ok_or_else(|| {
+            format!("topic {} partition {p} ends at offset {e}, before its commit's start {before}", topic.name())
+        })?;
+        let partition = topic.partition(p).map_err(|e| e.to_string())?;
+        let mut last = None;
+        for (n, batch) in list {
+            if done >= n {
+                done -= n;
+                continue;
+            }
+            if done > 0 {
+                return Err(format!(
+                    "topic {} partition {p} holds part of a committed batch (another writer?)",
+                    topic.name()
+                ));
+            }
+            let a = partition.append_batch(&batch, crate::log::Acks::Os).map_err(|e| e.to_string())?;
+            last = Some(a.last_offset);
+            fault("mid-commit");
+        }
+        if let Some(l) = last {
+            partition.sync_through(l).map_err(|e| e.to_string())?;
+        }
+    }
+    for p in &c.parts {
+        let _ = fs::remove_file(parts_dir.join(&p.name));
+    }
+    Ok(())
 }
 
 /// Makes `c`'s file hold its committed output: cut back to `len_before`, the header and
@@ -643,6 +860,9 @@ mod tests {
             len_after: 15,
             parts: files,
             header: None,
+            topic: None,
+            before: BTreeMap::new(),
+            after: BTreeMap::new(),
         };
         // Cut short after the file was written but before the parts were deleted.
         apply_commit(&c, &parts).unwrap();

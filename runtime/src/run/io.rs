@@ -34,6 +34,13 @@ pub(crate) enum Output {
         sink: Arc<super::kafka::KafkaSink>,
         time: Option<ir::EventTime>,
     },
+    /// A topic written with checkpoints: each writer stages its own part; the records
+    /// enter the log when the checkpoint covering them completes.
+    TxTopic {
+        sink: Arc<super::checkpoint::TxTopicSink>,
+        key: Option<usize>,
+        time: Option<ir::EventTime>,
+    },
     /// A file sink committed with checkpoints: each writer stages its own part.
     TxFile {
         sink: Arc<super::checkpoint::TxFileSink>,
@@ -118,28 +125,9 @@ impl Output {
         }
         match self {
             Output::TxFile { sink, coord } => sink.write(writer, coord.next_id(), batch),
+            Output::TxTopic { sink, key, time } => sink.write(writer, topic_records(batch, *key, time)),
             Output::Topic { topic, key, time } => {
-                let now = wall_clock_ms();
-                // Every value is encoded into one buffer; records hold slices of it
-                // (one allocation per batch, not per record).
-                let mut text = String::with_capacity(batch.len * 96);
-                let mut ends = Vec::with_capacity(batch.len);
-                for i in 0..batch.len {
-                    format::encode_json_row(&batch.row(i), &mut text);
-                    ends.push(text.len());
-                }
-                let all = Bytes::from(text.into_bytes());
-                let mut records = Vec::with_capacity(batch.len);
-                let mut start = 0;
-                for (i, &end) in ends.iter().enumerate() {
-                    let row = batch.row(i);
-                    let ts = match time {
-                        Some(et) if !row.is_null(et.field) => row.i64(et.field).saturating_add(et.offset_ms),
-                        _ => now,
-                    };
-                    records.push(NewRecord::new(ts, key.and_then(|k| key_bytes(&row, k)), all.slice(start..end)));
-                    start = end;
-                }
+                let records = topic_records(batch, *key, time);
                 topic.append(records, Acks::Os)?;
                 Ok(())
             }
@@ -150,6 +138,33 @@ impl Output {
             Output::Kafka { sink, time } => sink.write(batch, time),
         }
     }
+}
+
+/// `batch`'s rows as records of a topic: JSON values, the declared key, event time (or
+/// now) as the timestamp.
+fn topic_records(batch: &Batch, key: Option<usize>, time: &Option<ir::EventTime>) -> Vec<NewRecord> {
+    let now = wall_clock_ms();
+    // Every value is encoded into one buffer; records hold slices of it (one
+    // allocation per batch, not per record).
+    let mut text = String::with_capacity(batch.len * 96);
+    let mut ends = Vec::with_capacity(batch.len);
+    for i in 0..batch.len {
+        format::encode_json_row(&batch.row(i), &mut text);
+        ends.push(text.len());
+    }
+    let all = Bytes::from(text.into_bytes());
+    let mut records = Vec::with_capacity(batch.len);
+    let mut start = 0;
+    for (i, &end) in ends.iter().enumerate() {
+        let row = batch.row(i);
+        let ts = match time {
+            Some(et) if !row.is_null(et.field) => row.i64(et.field).saturating_add(et.offset_ms),
+            _ => now,
+        };
+        records.push(NewRecord::new(ts, key.and_then(|k| key_bytes(&row, k)), all.slice(start..end)));
+        start = end;
+    }
+    records
 }
 
 /// Ingestion time for records without event time (the runtime's clock, never an operator's).

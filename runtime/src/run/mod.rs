@@ -278,8 +278,9 @@ struct Shared {
     writers_left: HashMap<String, Arc<AtomicU64>>,
     /// Commit trackers of topic inputs (their errors are reported at the end).
     trackers: Mutex<Vec<Arc<CommitTracker>>>,
-    /// File sinks committed with checkpoints.
+    /// File sinks and topics committed with checkpoints.
     tx_sinks: HashMap<String, Arc<checkpoint::TxFileSink>>,
+    tx_topics: HashMap<String, Arc<checkpoint::TxTopicSink>>,
     coord: Arc<checkpoint::Coordinator>,
 }
 
@@ -291,6 +292,10 @@ impl Shared {
         time: Option<ir::EventTime>,
     ) -> Result<Output, RunError> {
         Ok(match target {
+            ir::Target::Topic(t) if self.tx_topics.contains_key(t) => {
+                let decl = program.topics.iter().find(|x| x.name == *t);
+                Output::TxTopic { sink: self.tx_topics[t].clone(), key: decl.and_then(|d| d.key), time }
+            }
             ir::Target::Topic(t) => {
                 let decl = program.topics.iter().find(|x| x.name == *t);
                 Output::Topic {
@@ -413,7 +418,7 @@ pub fn run(program: &ir::Program, opts: &RunOptions) -> Result<Summary, RunError
     let failed = Arc::new(AtomicBool::new(false));
     let store = crate::checkpoint::CheckpointStore::new(&opts.data_dir);
     let fingerprint = fingerprint(program, &runnable, opts);
-    let restored = restore_point(&store, &fingerprint, opts, &mut summary)?;
+    let restored = restore_point(&store, &fingerprint, opts, &mut summary, &topics)?;
     summary.restored_from = restored.as_ref().map(|m| m.id);
     let committed =
         |sink: &str| restored.as_ref().and_then(|m| m.sinks.iter().find(|c| c.sink == sink)).map_or(0, |c| c.len_after);
@@ -443,6 +448,23 @@ pub fn run(program: &ir::Program, opts: &RunOptions) -> Result<Summary, RunError
             _ => {}
         }
     }
+    // Topics written only as pipeline outputs take part in checkpoints too.
+    let mut tx_topics = HashMap::new();
+    for (name, topic) in &topics {
+        let target = ir::Target::Topic(name.clone());
+        let output = runnable.iter().any(|p| p.outputs.iter().any(|o| o.target == target));
+        let side =
+            runnable.iter().any(|p| targets(p).any(|t| *t == target) && !p.outputs.iter().any(|o| o.target == target))
+                || program.sources.iter().any(|src| src.dead_letter.as_ref() == Some(&target));
+        if output && !side {
+            let sink =
+                checkpoint::TxTopicSink::new(name, topic.clone(), &store.parts_dir()).map_err(RunError::Setup)?;
+            tx_topics.insert(name.clone(), Arc::new(sink));
+        }
+    }
+    let mut staged: Vec<Arc<dyn checkpoint::Staged>> = Vec::new();
+    staged.extend(tx_sinks.values().map(|s| s.clone() as Arc<dyn checkpoint::Staged>));
+    staged.extend(tx_topics.values().map(|s| s.clone() as Arc<dyn checkpoint::Staged>));
     let interval = opts.checkpoint_interval_ms.unwrap_or(program.config.checkpoint_interval_ms).max(1);
     let coord = Arc::new(checkpoint::Coordinator::new(
         store,
@@ -450,7 +472,7 @@ pub fn run(program: &ir::Program, opts: &RunOptions) -> Result<Summary, RunError
         opts.checkpoints_keep,
         fingerprint,
         restored,
-        tx_sinks.values().cloned().collect(),
+        staged,
         failed.clone(),
     ));
     let mut writers_left: HashMap<String, Arc<AtomicU64>> = HashMap::new();
@@ -472,6 +494,7 @@ pub fn run(program: &ir::Program, opts: &RunOptions) -> Result<Summary, RunError
         writers_left,
         trackers: Mutex::new(Vec::new()),
         tx_sinks,
+        tx_topics,
         coord: coord.clone(),
     });
 
@@ -584,6 +607,7 @@ fn restore_point(
     fingerprint: &str,
     opts: &RunOptions,
     summary: &mut Summary,
+    topics: &HashMap<String, Arc<Topic>>,
 ) -> Result<Option<crate::checkpoint::Metadata>, RunError> {
     use crate::checkpoint::Position;
     // Reading topics from a position given by hand starts a new run too.
@@ -612,8 +636,14 @@ fn restore_point(
         )));
     }
     for c in &m.sinks {
-        checkpoint::apply_commit(c, &parts)
-            .map_err(|e| RunError::Setup(format!("re-committing checkpoint {}: {e}", m.id)))?;
+        let r = match &c.topic {
+            Some(t) => match topics.get(t) {
+                Some(topic) => checkpoint::apply_topic_commit(c, topic, &parts),
+                None => Err(format!("topic `{t}` is not open")),
+            },
+            None => checkpoint::apply_commit(c, &parts),
+        };
+        r.map_err(|e| RunError::Setup(format!("re-committing checkpoint {}: {e}", m.id)))?;
     }
     if let Ok(entries) = std::fs::read_dir(&parts) {
         for e in entries.flatten() {
@@ -831,6 +861,14 @@ async fn run_pipeline(
         }
     }
     let read = reader.await.map_err(|e| RunError::Setup(format!("input task failed: {e}")))?;
+    // Its staged topic output is committed before the topics' readers in this run are
+    // told it is done (they see committed records only).
+    if targets(&p).any(|t| matches!(t, ir::Target::Topic(t) if shared.tx_topics.contains_key(t))) {
+        let coord = shared.coord.clone();
+        tokio::task::spawn_blocking(move || coord.commit_now())
+            .await
+            .map_err(|e| RunError::Setup(format!("committing: {e}")))?;
+    }
     // This pipeline no longer writes its topics: their readers may finish.
     for t in targets(&p) {
         if let ir::Target::Topic(t) = t {
