@@ -213,3 +213,56 @@ pipeline w = from txns | key_by account | window tumbling(5s)
     crash_and_finish(dir.path(), &[], 5, &mut rng);
     assert!(topic_records(dir.path(), "txns") == want, "the topic's records differ after kills");
 }
+
+#[test]
+fn ctrl_c_keeps_open_windows_and_damaged_checkpoints_are_skipped() {
+    let flow = r#"
+sink out = file("out.jsonl")
+pipeline w = from bank | key_by account | window tumbling(5s)
+    | aggregate { n: count(), total: sum(amount) } -> out
+"#;
+    let reference = setup(flow, 100_000);
+    run_to_end(reference.path(), &[]);
+    let want = lines(&reference.path().join("out.jsonl"));
+
+    let dir = setup(flow, 100_000);
+    // Ctrl-C mid-run: the run stops where it could resume from and keeps its open
+    // windows in a last checkpoint.
+    let child = flowc(dir.path()).args(run_args(&[])).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(900));
+    let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+    let o = child.wait_with_output().unwrap();
+    let stopped = o.status.code() == Some(130);
+    let list = flowc(dir.path()).args(["checkpoints", "list", "--data-dir", "data"]).output().unwrap();
+    assert!(list.status.success());
+    let listed = text(&list.stdout);
+    let ids: Vec<u64> = listed.lines().skip(1).filter_map(|l| l.split_whitespace().next()?.parse().ok()).collect();
+    assert!(!ids.is_empty(), "{listed}");
+    let d = flowc(dir.path()).args(["checkpoints", "describe", "--data-dir", "data"]).output().unwrap();
+    let described = text(&d.stdout);
+    assert!(d.status.success() && described.contains("inputs:"), "{described}");
+    if stopped {
+        assert!(described.contains("op1"), "the stopped run's windows are in its last checkpoint:\n{described}");
+    }
+    // Damage the newest checkpoint: the next run names it, falls back, and still writes
+    // every record once.
+    let newest = *ids.iter().max().unwrap();
+    let chk = dir.path().join(format!("data/checkpoints/chk-{newest:010}"));
+    let state = std::fs::read_dir(&chk)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "state"));
+    if let Some(state) = state {
+        let mut b = std::fs::read(&state).unwrap();
+        let last = b.len() - 1;
+        b[last] ^= 0x55;
+        std::fs::write(&state, b).unwrap();
+        let o = run_to_end(dir.path(), &[]);
+        let err = text(&o.stderr);
+        assert!(err.contains(&format!("warning: checkpoint {newest}")) && err.contains("unusable"), "{err}");
+    } else {
+        run_to_end(dir.path(), &[]);
+    }
+    assert!(lines(&dir.path().join("out.jsonl")) == want, "records differ after Ctrl-C and a damaged checkpoint");
+}

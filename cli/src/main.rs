@@ -3,6 +3,7 @@
 //! This crate owns argument parsing (clap), rendering diagnostics for terminals and
 //! as JSON, and exit codes. It holds no compiler or runtime logic of its own.
 
+mod checkpoints_cmd;
 mod front;
 mod log_cmd;
 mod lsp;
@@ -117,8 +118,12 @@ enum Command {
         #[arg(long, value_parser = parse_duration_ms, value_name = "DURATION")]
         checkpoint_interval: Option<i64>,
         /// Ignore and delete the checkpoints of earlier runs: start from nothing.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "from_checkpoint")]
         fresh: bool,
+        /// Resume from this checkpoint (see `flowc checkpoints list`) instead of the
+        /// newest one.
+        #[arg(long, value_name = "ID")]
+        from_checkpoint: Option<u64>,
         #[arg(long, default_value_t = 100)]
         width: usize,
     },
@@ -136,6 +141,8 @@ enum Command {
     Lsp,
     /// Serve the data directory's topics over the Kafka wire protocol (see docs/kafka.md).
     Serve(serve_cmd::ServeArgs),
+    /// The checkpoints a data directory holds (see docs/checkpoints.md).
+    Checkpoints(checkpoints_cmd::CheckpointsArgs),
     #[command(flatten)]
     Log(log_cmd::LogCommand),
 }
@@ -200,6 +207,7 @@ fn main() -> ExitCode {
             state_memory,
             checkpoint_interval,
             fresh,
+            from_checkpoint,
             width,
         } => run_cmd::run(run_cmd::RunArgs {
             file,
@@ -217,6 +225,7 @@ fn main() -> ExitCode {
             state_memory,
             checkpoint_interval,
             fresh,
+            from_checkpoint,
             width,
         }),
         Command::Completions { shell } => {
@@ -225,6 +234,7 @@ fn main() -> ExitCode {
         }
         Command::Lsp => lsp::run(),
         Command::Serve(args) => serve_cmd::run(args),
+        Command::Checkpoints(a) => checkpoints_cmd::run(a),
         Command::Log(cmd) => match log_cmd::run(cmd) {
             Ok(code) => code,
             Err(report) => {

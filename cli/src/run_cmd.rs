@@ -22,6 +22,7 @@ pub struct RunArgs {
     pub state_memory: u64,
     pub checkpoint_interval: Option<i64>,
     pub fresh: bool,
+    pub from_checkpoint: Option<u64>,
     pub width: usize,
 }
 
@@ -58,6 +59,7 @@ pub fn run(args: RunArgs) -> ExitCode {
     opts.state_memory = args.state_memory;
     opts.checkpoint_interval_ms = args.checkpoint_interval;
     opts.fresh = args.fresh;
+    opts.from_checkpoint = args.from_checkpoint;
     opts.handle_ctrl_c = true;
     let progress = (!args.no_progress && std::io::stderr().is_terminal()).then(|| Progress::start(opts.live.clone()));
     let result = run::run(program, &opts);

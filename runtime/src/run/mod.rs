@@ -99,6 +99,8 @@ pub struct RunOptions {
     pub fresh: bool,
     /// Completed checkpoints kept.
     pub checkpoints_keep: usize,
+    /// Resume from this checkpoint instead of the newest one.
+    pub from_checkpoint: Option<u64>,
 }
 
 /// The default memory budget of a stage instance's window state (RocksDB backend).
@@ -157,6 +159,7 @@ impl RunOptions {
             checkpoint_interval_ms: None,
             fresh: false,
             checkpoints_keep: 3,
+            from_checkpoint: None,
         }
     }
 }
@@ -615,7 +618,15 @@ fn restore_point(
         store.clear().map_err(RunError::Setup)?;
         return Ok(None);
     }
-    let (latest, warnings) = store.latest();
+    let (latest, warnings) = match opts.from_checkpoint {
+        Some(id) => (
+            Some(store.load(id).map_err(|e| {
+                RunError::Setup(format!("checkpoint {id} in {} cannot be used: {e}", store.root().display()))
+            })?),
+            Vec::new(),
+        ),
+        None => store.latest(),
+    };
     summary.warnings.extend(warnings);
     let parts = store.parts_dir();
     let Some(m) = latest else {

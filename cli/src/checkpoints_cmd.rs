@@ -1,0 +1,140 @@
+//! `flowc checkpoints list|describe`: the checkpoints a data directory holds.
+
+use clap::{Args, Subcommand};
+use flow_runtime::checkpoint::{CheckpointStore, Metadata, Position};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Args, Debug)]
+pub struct CheckpointsArgs {
+    #[command(subcommand)]
+    pub command: CheckpointsCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CheckpointsCommand {
+    /// Every checkpoint: id, when, how long it took, its size; damaged or incomplete
+    /// ones with why.
+    List {
+        /// The data directory.
+        #[arg(long, env = "FLOW_DATA_DIR", default_value = "./.flow/data")]
+        data_dir: PathBuf,
+    },
+    /// One checkpoint (the newest usable one by default): input positions, every
+    /// operator instance's state size, the sink output it commits.
+    Describe {
+        /// The checkpoint's id.
+        id: Option<u64>,
+        #[arg(long, env = "FLOW_DATA_DIR", default_value = "./.flow/data")]
+        data_dir: PathBuf,
+    },
+}
+
+fn when(ms: i64) -> String {
+    flow_types::time::format_timestamp(ms)
+}
+
+fn size(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} B"),
+    }
+}
+
+fn position(p: &Position) -> String {
+    match p {
+        Position::File { file, byte, line } if *line > 0 => format!("file #{file}, byte {byte} (line {line})"),
+        Position::File { file, byte, .. } => format!("file #{file}, byte {byte} (its end)"),
+        Position::Topic { next } => {
+            let parts: Vec<String> = next.iter().map(|(p, o)| format!("{p}:{o}")).collect();
+            format!("next offsets {}", if parts.is_empty() { "(none read)".into() } else { parts.join(" ") })
+        }
+        Position::Generator { records } => format!("{records} records generated"),
+        Position::Ended => "ended".into(),
+    }
+}
+
+pub fn run(a: CheckpointsArgs) -> ExitCode {
+    match a.command {
+        CheckpointsCommand::List { data_dir } => {
+            let store = CheckpointStore::new(&data_dir);
+            let all = store.list();
+            if all.is_empty() {
+                println!("no checkpoints in {}", store.root().display());
+                return ExitCode::SUCCESS;
+            }
+            println!("{:>6}  {:<24} {:>9} {:>10}  state", "id", "taken", "duration", "size");
+            for l in &all {
+                match &l.meta {
+                    Ok(m) => println!(
+                        "{:>6}  {:<24} {:>7}ms {:>10}  {} operator instance{}",
+                        l.id,
+                        when(m.triggered_ms),
+                        m.duration_ms,
+                        size(l.bytes),
+                        m.operators.len(),
+                        if m.operators.len() == 1 { "" } else { "s" }
+                    ),
+                    Err(e) => println!("{:>6}  unusable: {e}", l.id),
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        CheckpointsCommand::Describe { id, data_dir } => {
+            let store = CheckpointStore::new(&data_dir);
+            let meta: Result<Metadata, String> = match id {
+                Some(id) => store.load(id),
+                None => store.latest().0.ok_or_else(|| format!("no usable checkpoint in {}", store.root().display())),
+            };
+            let m = match meta {
+                Ok(m) => m,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            println!("checkpoint {} in {}", m.id, store.dir(m.id).display());
+            println!("  taken {} in {} ms; program {}", when(m.triggered_ms), m.duration_ms, m.program);
+            println!("  inputs:");
+            for (p, pos) in &m.positions {
+                println!("    {p:<20} {}", position(pos));
+            }
+            println!("  operator state:");
+            if m.operators.is_empty() {
+                println!("    (none)");
+            }
+            for o in &m.operators {
+                println!(
+                    "    {:<20} {:<8} instance {:<3} {:>10}  {}",
+                    o.pipeline,
+                    o.operator,
+                    o.instance,
+                    size(o.file.bytes),
+                    o.file.name
+                );
+            }
+            println!("  sink output committed:");
+            for s in &m.sinks {
+                let parts: u64 = s.parts.iter().map(|p| p.bytes).sum();
+                match &s.topic {
+                    Some(t) => {
+                        let n: u64 = s.after.iter().map(|(p, a)| a - s.before.get(p).copied().unwrap_or(0)).sum();
+                        println!("    {:<20} topic {t}: {n} records in {} part(s)", s.sink, s.parts.len());
+                    }
+                    None => println!(
+                        "    {:<20} {}: {} in {} part(s), {} -> {} bytes",
+                        s.sink,
+                        s.path.display(),
+                        size(parts),
+                        s.parts.len(),
+                        s.len_before,
+                        s.len_after
+                    ),
+                }
+            }
+            ExitCode::SUCCESS
+        }
+    }
+}
