@@ -167,6 +167,31 @@ pub enum BenchCommand {
     Windows(BenchWindowsArgs),
     /// JSON-lines decoding into rows (the file source's work), on one core
     Ingest(BenchIngestArgs),
+    /// Checkpoint costs: the windowed benchmark with and without a snapshot every
+    /// interval, and the time and size of a full snapshot of many keys and its restore
+    Checkpoints(BenchCheckpointsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchCheckpointsArgs {
+    /// Keys of the windowed throughput case
+    #[arg(long, default_value_t = 100_000)]
+    pub keys: u64,
+    /// Events of the windowed throughput case
+    #[arg(long, default_value_t = 8_000_000)]
+    pub events: u64,
+    /// Milliseconds between snapshots in the throughput case
+    #[arg(long, default_value_t = 1000)]
+    pub interval_ms: u64,
+    /// Keys of the state-size case (each with one open window)
+    #[arg(long, default_value_t = 1_000_000)]
+    pub state_keys: u64,
+    /// Runs per case (the median is reported)
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Scratch directory for the snapshots (removed afterwards)
+    #[arg(long, default_value = "./.flow/bench-checkpoints")]
+    pub dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -238,6 +263,7 @@ pub fn run(cmd: LogCommand) -> miette::Result<ExitCode> {
         LogCommand::Bench(BenchCommand::Nexmark(a)) => bench_nexmark(a),
         LogCommand::Bench(BenchCommand::Windows(a)) => bench_windows(a),
         LogCommand::Bench(BenchCommand::Ingest(a)) => bench_ingest(a),
+        LogCommand::Bench(BenchCommand::Checkpoints(a)) => bench_checkpoints(a),
     }
 }
 
@@ -654,6 +680,53 @@ fn median_run(
     }
     all.sort_by_key(|m| m.elapsed);
     Ok(all.swap_remove(all.len() / 2))
+}
+
+fn bench_checkpoints(a: BenchCheckpointsArgs) -> miette::Result<ExitCode> {
+    use flow_runtime::bench::WindowBench;
+    let err = |e: String| miette!(code = "flow::bench", "{e}");
+    let b = WindowBench::new("tumbling(60s)", a.keys, a.events, true).map_err(err)?;
+    println!(
+        "tumbling(60s) by key over {} keys, {} events, in memory, one core, median of {}",
+        a.keys,
+        a.events,
+        a.runs.max(1)
+    );
+    let plain = median_run(a.runs, || b.run(None))?;
+    let mut taken = Vec::new();
+    let with = median_run(a.runs, || {
+        let (m, n) = b.run_checkpointed(std::time::Duration::from_millis(a.interval_ms), &a.dir)?;
+        taken.push(n);
+        Ok(m)
+    })?;
+    let _ = std::fs::remove_dir_all(&a.dir);
+    let rate = |m: &flow_runtime::bench::Measured| m.events as f64 / m.elapsed.as_secs_f64().max(1e-9);
+    println!("{:<40} {:>14.0} events/s", "no checkpoints", rate(&plain));
+    println!(
+        "{:<40} {:>14.0} events/s ({:.1}% of the above; {} snapshots per run)",
+        format!("a snapshot every {} ms", a.interval_ms),
+        rate(&with),
+        100.0 * rate(&with) / rate(&plain),
+        taken.iter().max().copied().unwrap_or(0)
+    );
+    // One open window per key: a tumbling hour over 4 events per key.
+    let big = WindowBench::new("tumbling(1h)", a.state_keys, a.state_keys * 4, true).map_err(err)?;
+    let mut runs = Vec::new();
+    for _ in 0..a.runs.max(1) {
+        runs.push(big.snapshot_cost().map_err(err)?);
+    }
+    runs.sort_by_key(|r| r.1);
+    let (windows, snap, bytes, _) = runs[runs.len() / 2];
+    runs.sort_by_key(|r| r.3);
+    let restore = runs[runs.len() / 2].3;
+    println!(
+        "state of {windows} windows: full snapshot {:.1} ms, {:.1} MiB ({:.0} bytes per window); restore {:.1} ms",
+        snap.as_secs_f64() * 1e3,
+        bytes as f64 / (1u64 << 20) as f64,
+        bytes as f64 / windows.max(1) as f64,
+        restore.as_secs_f64() * 1e3
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn bench_nexmark(a: BenchNexmarkArgs) -> miette::Result<ExitCode> {

@@ -139,6 +139,16 @@ impl Windowed {
     /// The window operator fed with `feed`'s batches (unstamped, as decoded); returns
     /// the rows out.
     fn run(&self, op: &mut WindowOp, feed: &mut Feed<'_>) -> Result<u64, String> {
+        self.run_hooked(op, feed, &mut |_| Ok(()))
+    }
+
+    /// [`Windowed::run`], calling `after` after every batch (a checkpoint's snapshot).
+    fn run_hooked(
+        &self,
+        op: &mut WindowOp,
+        feed: &mut Feed<'_>,
+        after: &mut dyn FnMut(&mut WindowOp) -> Result<(), String>,
+    ) -> Result<u64, String> {
         let mut stamper = Stamper::new(&self.stamped, &self.time, self.delay, None, &[0]);
         let mut rows_out = 0u64;
         let mut error = None;
@@ -159,7 +169,7 @@ impl Windowed {
             if let Some(r) = op.take_results() {
                 rows_out += std::hint::black_box(run_stage(self.head.finish.as_ref(), &r)?).len as u64;
             }
-            Ok(())
+            after(op)
         };
         feed(&mut |batch| match step(batch, op) {
             Ok(()) => true,
@@ -324,6 +334,64 @@ pipeline p = from s | key_by account | window {window} | aggregate {{ n: count()
             Ok(())
         })?;
         Ok(Measured { events: self.events, rows_out, bytes: 0, elapsed: started.elapsed() })
+    }
+
+    /// [`WindowBench::run`] in memory, taking a checkpoint's snapshot of the operator
+    /// every `interval` (encoded, written to `dir` and fsynced, as `flowc run` does);
+    /// returns the run and the snapshots taken.
+    pub fn run_checkpointed(&self, interval: Duration, dir: &std::path::Path) -> Result<(Measured, u64), String> {
+        let h = &self.windowed.head;
+        let mut op = WindowOp::new(h.spec.clone(), &h.op_input, 1);
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        let started = Instant::now();
+        let mut last = Instant::now();
+        let mut taken = 0u64;
+        let mut after = |op: &mut WindowOp| -> Result<(), String> {
+            if last.elapsed() >= interval {
+                let bytes = op.snapshot()?;
+                crate::checkpoint::write_synced(&dir.join("op.state"), &bytes)?;
+                taken += 1;
+                last = Instant::now();
+            }
+            Ok(())
+        };
+        let rows_out = self.windowed.run_hooked(
+            &mut op,
+            &mut |f| {
+                for b in &self.batches {
+                    if !f(b.clone()) {
+                        break;
+                    }
+                }
+                Ok(())
+            },
+            &mut after,
+        )?;
+        Ok((Measured { events: self.events, rows_out, bytes: 0, elapsed: started.elapsed() }, taken))
+    }
+
+    /// Feeds every batch (no watermark past the first window: nothing fires), then
+    /// times a full snapshot of the state, its size, and restoring it into a fresh
+    /// operator. Returns (windows, snapshot time, bytes, restore time).
+    pub fn snapshot_cost(&self) -> Result<(usize, Duration, usize, Duration), String> {
+        let h = &self.windowed.head;
+        let w = &self.windowed;
+        let mut op = WindowOp::new(h.spec.clone(), &h.op_input, 1);
+        let mut stamper = Stamper::new(&w.stamped, &w.time, w.delay, None, &[0]);
+        for b in &self.batches {
+            let b = stamper.stamp(b, &w.stamped, 0);
+            op.process(&b, 0)?;
+            let _ = op.take_results();
+        }
+        let (windows, _, _) = op.state_size();
+        let t = Instant::now();
+        let bytes = op.snapshot()?;
+        let snap = t.elapsed();
+        let mut fresh = WindowOp::new(h.spec.clone(), &h.op_input, 1);
+        let t = Instant::now();
+        fresh.restore(&bytes)?;
+        let restore = t.elapsed();
+        Ok((windows, snap, bytes.len(), restore))
     }
 
     /// The largest in-memory state over a run (sampled every 16 batches).
