@@ -266,3 +266,48 @@ pipeline w = from bank | key_by account | window tumbling(5s)
     }
     assert!(lines(&dir.path().join("out.jsonl")) == want, "records differ after Ctrl-C and a damaged checkpoint");
 }
+
+#[test]
+fn a_savepoint_carries_state_over_an_unrelated_change() {
+    let flow = r#"
+sink out = file("out.jsonl")
+sink other = file("other.jsonl")
+pipeline w = from bank | key_by account | window tumbling(5s)
+    | aggregate { n: count(), total: sum(amount) } -> out
+pipeline big = from bank | where amount > 1000.00 | select { id } -> other
+"#;
+    let reference = setup(flow, 100_000);
+    run_to_end(reference.path(), &[]);
+    let want = lines(&reference.path().join("out.jsonl"));
+
+    let dir = setup(flow, 100_000);
+    let args = ["run", "p.flow", "--data-dir", "data", "--no-progress", "--checkpoint-interval", "1h"];
+    let mut child = flowc(dir.path()).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    let sp = flowc(dir.path()).args(["savepoint", "create", "sp", "--data-dir", "data", "--timeout", "30"]).output();
+    let sp = sp.unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(sp.status.success(), "savepoint create: {}", text(&sp.stderr));
+    assert!(text(&sp.stdout).contains("savepoint"), "{}", text(&sp.stdout));
+
+    // An unrelated pipeline changes: the window's state is restored.
+    let changed = flow.replace("amount > 1000.00", "amount > 1500.00");
+    std::fs::write(dir.path().join("p.flow"), format!("{SCHEMA}\n{changed}")).unwrap();
+    let c = flowc(dir.path()).args(["check", "p.flow", "--savepoint", "sp"]).output().unwrap();
+    let report = text(&c.stdout);
+    assert!(c.status.success(), "{report}{}", text(&c.stderr));
+    assert!(report.contains("restored      w.window-"), "{report}");
+    assert!(report.contains("starts empty") || !report.contains("big."), "{report}");
+    let o = flowc(dir.path()).args(["run", "p.flow", "--data-dir", "data", "--from-savepoint", "sp"]).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(lines(&dir.path().join("out.jsonl")) == want, "the windows' output differs after the savepoint");
+
+    // A changed window cannot take the old state: `check --savepoint` says so.
+    let incompatible = flow.replace("tumbling(5s)", "tumbling(10s)");
+    std::fs::write(dir.path().join("p.flow"), format!("{SCHEMA}\n{incompatible}")).unwrap();
+    let c = flowc(dir.path()).args(["check", "p.flow", "--savepoint", "sp"]).output().unwrap();
+    let report = text(&c.stdout);
+    assert_eq!(c.status.code(), Some(1), "{report}");
+    assert!(report.contains("incompatible  w.window-"), "{report}");
+}

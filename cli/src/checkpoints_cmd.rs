@@ -138,3 +138,139 @@ pub fn run(a: CheckpointsArgs) -> ExitCode {
         }
     }
 }
+
+#[derive(Args, Debug)]
+pub struct SavepointArgs {
+    #[command(subcommand)]
+    pub command: SavepointCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SavepointCommand {
+    /// Asks the `flowc run` on a data directory for a savepoint now and waits for it:
+    /// a checkpoint copied to PATH (state and input positions), to resume from with
+    /// `flowc run --from-savepoint PATH`, even after changing the .flow file.
+    Create {
+        /// Where the savepoint goes (a new directory).
+        path: PathBuf,
+        #[arg(long, env = "FLOW_DATA_DIR", default_value = "./.flow/data")]
+        data_dir: PathBuf,
+        /// Seconds to wait for the run to take it.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+}
+
+pub fn savepoint(a: SavepointArgs) -> ExitCode {
+    let SavepointCommand::Create { path, data_dir, timeout } = a.command;
+    let path = match std::path::absolute(&path) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    };
+    if path.join("_metadata").exists() {
+        eprintln!("error: {} already holds a savepoint", path.display());
+        return ExitCode::from(2);
+    }
+    let request = flow_runtime::checkpoint::savepoint_request(&data_dir);
+    let failed = path.with_extension("failed");
+    let _ = std::fs::remove_file(&failed);
+    if let Some(dir) = request.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    if let Err(e) = std::fs::write(&request, path.to_string_lossy().as_bytes()) {
+        eprintln!("error: writing {}: {e}", request.display());
+        return ExitCode::from(1);
+    }
+    let started = std::time::Instant::now();
+    loop {
+        if let Ok(m) = flow_runtime::checkpoint::load_dir(&path) {
+            println!(
+                "savepoint {} from checkpoint {}: {} operator instance{}, inputs at {}",
+                path.display(),
+                m.id,
+                m.operators.len(),
+                if m.operators.len() == 1 { "" } else { "s" },
+                m.positions.iter().map(|(p, pos)| format!("{p}: {}", position(pos))).collect::<Vec<_>>().join("; ")
+            );
+            return ExitCode::SUCCESS;
+        }
+        if let Ok(why) = std::fs::read_to_string(&failed) {
+            eprintln!("error: the savepoint failed: {why}");
+            return ExitCode::from(1);
+        }
+        if started.elapsed().as_secs() >= timeout {
+            let _ = std::fs::remove_file(&request);
+            eprintln!(
+                "error: no run took the savepoint within {timeout} s (is `flowc run` running on {}?)",
+                data_dir.display()
+            );
+            return ExitCode::from(1);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// `flowc check --savepoint PATH FILE`: which operators of FILE get their state back.
+pub fn check_savepoint(file: &std::path::Path, sp: &std::path::Path) -> ExitCode {
+    let c = crate::front::run_front_end(file);
+    let Some(program) = &c.program else { return ExitCode::from(1) };
+    let m = match flow_runtime::checkpoint::load_dir(sp) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("error: savepoint {}: {e}", sp.display());
+            return ExitCode::from(1);
+        }
+    };
+    let ops = flow_runtime::run::stateful_ops(program);
+    let mut incompatible = 0;
+    println!("savepoint {} (checkpoint {}) against {}:", sp.display(), m.id, file.display());
+    for op in &ops {
+        let states: Vec<_> = m.operators.iter().filter(|o| o.pipeline == op.pipeline && o.operator == op.id).collect();
+        if !states.is_empty() {
+            let bytes: u64 = states.iter().map(|s| s.file.bytes).sum();
+            println!(
+                "  restored      {} ({}): {} instance{}, {}",
+                op.id,
+                op.text,
+                states.len(),
+                if states.len() == 1 { "" } else { "s" },
+                size(bytes)
+            );
+            continue;
+        }
+        let same_pipeline: Vec<&str> = m
+            .operators
+            .iter()
+            .filter(|o| o.pipeline == op.pipeline && !ops.iter().any(|x| x.id == o.operator))
+            .map(|o| o.operator.as_str())
+            .collect();
+        match same_pipeline.first() {
+            Some(old) => {
+                incompatible += 1;
+                println!(
+                    "  incompatible  {} ({}): the savepoint's state {old} is of this pipeline's operator as it was; its definition or input changed, so it starts empty",
+                    op.id, op.text
+                );
+            }
+            None => println!("  starts empty  {} ({}): the savepoint has no state for it", op.id, op.text),
+        }
+    }
+    let mut dropped: Vec<&str> = m
+        .operators
+        .iter()
+        .filter(|o| !ops.iter().any(|x| x.pipeline == o.pipeline && x.id == o.operator))
+        .map(|o| o.operator.as_str())
+        .collect();
+    dropped.dedup();
+    for d in dropped {
+        println!("  dropped       {d}: no operator of {} has this definition", file.display());
+    }
+    if incompatible > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}

@@ -65,6 +65,10 @@ enum Command {
         /// Width of rendered diagnostics.
         #[arg(long, default_value_t = 100)]
         width: usize,
+        /// Also say, operator by operator, which state of this savepoint `flowc run
+        /// --from-savepoint` would restore, drop, or refuse (one file only).
+        #[arg(long, value_name = "PATH")]
+        savepoint: Option<PathBuf>,
     },
     /// Compile a .flow file and print one of its stages.
     Compile {
@@ -122,8 +126,12 @@ enum Command {
         fresh: bool,
         /// Resume from this checkpoint (see `flowc checkpoints list`) instead of the
         /// newest one.
-        #[arg(long, value_name = "ID")]
+        #[arg(long, value_name = "ID", conflicts_with = "from_savepoint")]
         from_checkpoint: Option<u64>,
+        /// Resume from a savepoint (`flowc savepoint create`): operators whose definition
+        /// did not change get their state back (see `flowc check --savepoint`).
+        #[arg(long, value_name = "PATH", conflicts_with = "fresh")]
+        from_savepoint: Option<PathBuf>,
         #[arg(long, default_value_t = 100)]
         width: usize,
     },
@@ -143,6 +151,8 @@ enum Command {
     Serve(serve_cmd::ServeArgs),
     /// The checkpoints a data directory holds (see docs/checkpoints.md).
     Checkpoints(checkpoints_cmd::CheckpointsArgs),
+    /// Savepoints: a checkpoint of a running `flowc run`, kept until you delete it.
+    Savepoint(checkpoints_cmd::SavepointArgs),
     #[command(flatten)]
     Log(log_cmd::LogCommand),
 }
@@ -189,8 +199,17 @@ fn parse_size(s: &str) -> Result<u64, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { files, format, deny_warnings, width } => {
-            front::check(&files, format == DiagFormat::Json, deny_warnings, width)
+        Command::Check { files, format, deny_warnings, width, savepoint } => {
+            let code = front::check(&files, format == DiagFormat::Json, deny_warnings, width);
+            match (&savepoint, files.as_slice()) {
+                (Some(sp), [file]) if code == ExitCode::SUCCESS => checkpoints_cmd::check_savepoint(file, sp),
+                (Some(_), [_]) => code,
+                (Some(_), _) => {
+                    eprintln!("error: --savepoint checks one file");
+                    ExitCode::from(2)
+                }
+                (None, _) => code,
+            }
         }
         Command::Compile { file, emit, parallelism, width } => front::compile(&file, emit, parallelism, width),
         Command::Explain { code } => front::explain(code.as_deref()),
@@ -208,6 +227,7 @@ fn main() -> ExitCode {
             checkpoint_interval,
             fresh,
             from_checkpoint,
+            from_savepoint,
             width,
         } => run_cmd::run(run_cmd::RunArgs {
             file,
@@ -226,6 +246,7 @@ fn main() -> ExitCode {
             checkpoint_interval,
             fresh,
             from_checkpoint,
+            from_savepoint,
             width,
         }),
         Command::Completions { shell } => {
@@ -235,6 +256,7 @@ fn main() -> ExitCode {
         Command::Lsp => lsp::run(),
         Command::Serve(args) => serve_cmd::run(args),
         Command::Checkpoints(a) => checkpoints_cmd::run(a),
+        Command::Savepoint(a) => checkpoints_cmd::savepoint(a),
         Command::Log(cmd) => match log_cmd::run(cmd) {
             Ok(code) => code,
             Err(report) => {

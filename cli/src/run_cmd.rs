@@ -23,6 +23,7 @@ pub struct RunArgs {
     pub checkpoint_interval: Option<i64>,
     pub fresh: bool,
     pub from_checkpoint: Option<u64>,
+    pub from_savepoint: Option<PathBuf>,
     pub width: usize,
 }
 
@@ -60,6 +61,7 @@ pub fn run(args: RunArgs) -> ExitCode {
     opts.checkpoint_interval_ms = args.checkpoint_interval;
     opts.fresh = args.fresh;
     opts.from_checkpoint = args.from_checkpoint;
+    opts.from_savepoint = args.from_savepoint;
     opts.handle_ctrl_c = true;
     let progress = (!args.no_progress && std::io::stderr().is_terminal()).then(|| Progress::start(opts.live.clone()));
     let result = run::run(program, &opts);

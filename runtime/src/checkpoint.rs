@@ -154,16 +154,21 @@ impl CheckpointStore {
 
     /// Makes checkpoint `meta.id` complete: its metadata, written atomically.
     pub fn complete(&self, meta: &Metadata) -> Result<(), String> {
-        let dir = self.dir(meta.id);
-        fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-        let mut text = serde_json::to_string_pretty(meta).map_err(|e| e.to_string())?;
-        let crc = crc32c::crc32c(text.as_bytes());
-        text.push_str(&format!("\ncrc32c {crc:08x}\n"));
-        let tmp = dir.join(format!("{METADATA}.tmp"));
-        write_synced(&tmp, text.as_bytes())?;
-        fs::rename(&tmp, dir.join(METADATA)).map_err(|e| format!("renaming {}: {e}", tmp.display()))?;
-        sync_dir(&dir)?;
+        write_metadata(&self.dir(meta.id), meta)?;
         sync_dir(&self.root)
+    }
+
+    /// Copies checkpoint `id` (its state files, then its metadata) to `to`: a savepoint,
+    /// which outlives the checkpoints it was made from.
+    pub fn copy_to(&self, id: u64, to: &Path) -> Result<Metadata, String> {
+        let meta = self.load(id)?;
+        fs::create_dir_all(to).map_err(|e| format!("creating {}: {e}", to.display()))?;
+        for op in &meta.operators {
+            let bytes = self.read_state(id, &op.file)?;
+            write_synced(&to.join(&op.file.name), &bytes)?;
+        }
+        write_metadata(to, &meta)?;
+        Ok(meta)
     }
 
     /// Reads and checks checkpoint `id`'s metadata and state files.
@@ -264,6 +269,34 @@ impl CheckpointStore {
             Err(e) => Err(format!("deleting {}: {e}", self.root.display())),
         }
     }
+}
+
+/// Writes `meta` as `dir`'s `_metadata`, atomically (temporary file, fsync, rename,
+/// directory fsync).
+fn write_metadata(dir: &Path, meta: &Metadata) -> Result<(), String> {
+    fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let mut text = serde_json::to_string_pretty(meta).map_err(|e| e.to_string())?;
+    let crc = crc32c::crc32c(text.as_bytes());
+    text.push_str(&format!("\ncrc32c {crc:08x}\n"));
+    let tmp = dir.join(format!("{METADATA}.tmp"));
+    write_synced(&tmp, text.as_bytes())?;
+    fs::rename(&tmp, dir.join(METADATA)).map_err(|e| format!("renaming {}: {e}", tmp.display()))?;
+    sync_dir(dir)
+}
+
+/// Reads and checks a savepoint (or any checkpoint directory): its metadata and every
+/// state file it names.
+pub fn load_dir(dir: &Path) -> Result<Metadata, String> {
+    let meta = read_metadata(&dir.join(METADATA))?;
+    for op in &meta.operators {
+        read_checked(&dir.join(&op.file.name), &op.file)?;
+    }
+    Ok(meta)
+}
+
+/// Where `flowc savepoint create` leaves its request for the run on a data directory.
+pub fn savepoint_request(data_dir: &Path) -> PathBuf {
+    data_dir.join("checkpoints").join("savepoint-request")
 }
 
 fn read_metadata(path: &Path) -> Result<Metadata, String> {

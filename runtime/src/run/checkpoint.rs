@@ -106,6 +106,49 @@ impl Aligner {
     }
 }
 
+/// A stateful operator of a program, as checkpoints and savepoints know it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatefulOp {
+    pub pipeline: String,
+    /// Its index in the pipeline's operators.
+    pub index: usize,
+    /// Stable across edits elsewhere in the .flow: the pipeline's name, the operator's
+    /// kind and a hash of its definition and input record (spans and comments play no
+    /// part), e.g. `fraud.window-3f2a19c0`.
+    pub id: String,
+    /// The operator as text, for reports.
+    pub text: String,
+}
+
+/// Every stateful operator (window, keyed aggregate) of `program`'s pipelines.
+pub fn stateful_ops(program: &flow_compiler::ir::Program) -> Vec<StatefulOp> {
+    use flow_compiler::ir::OpKind;
+    let mut out = Vec::new();
+    for p in &program.pipelines {
+        let mut input = p.input_schema.clone();
+        for (i, op) in p.ops.iter().enumerate() {
+            let kind = match op.kind {
+                OpKind::WindowAggregate { .. } => Some("window"),
+                OpKind::Aggregate { .. } => Some("aggregate"),
+                _ => None,
+            };
+            if let Some(kind) = kind {
+                let text = program.op_text(op, &input);
+                let fields: Vec<String> = input.fields.iter().map(|f| format!("{}: {}", f.name, f.ty)).collect();
+                let hash = crc32c::crc32c(format!("{text}\n{}", fields.join(", ")).as_bytes());
+                out.push(StatefulOp {
+                    pipeline: p.name.clone(),
+                    index: i,
+                    id: format!("{}.{kind}-{hash:08x}", p.name),
+                    text,
+                });
+            }
+            input = op.output.clone();
+        }
+    }
+    out
+}
+
 /// What a participant hands the coordinator for one checkpoint.
 #[derive(Default)]
 pub(crate) struct AckData {
@@ -157,8 +200,12 @@ pub(crate) struct Coordinator {
     participants: AtomicU64,
     st: Mutex<CoordState>,
     sinks: Vec<Arc<dyn Staged>>,
-    /// The checkpoint this run resumed from.
+    /// The checkpoint (or savepoint) this run resumed from, and its directory.
     pub restored: Option<Metadata>,
+    pub restored_dir: Option<PathBuf>,
+    /// A savepoint asked for: where, and the first checkpoint that may make it.
+    savepoint: Mutex<Option<(PathBuf, u64)>>,
+    request: PathBuf,
     failed: Arc<AtomicBool>,
 }
 
@@ -168,12 +215,20 @@ impl Coordinator {
         interval: Duration,
         keep: usize,
         program: String,
-        restored: Option<Metadata>,
+        restored: Option<(Metadata, PathBuf)>,
         sinks: Vec<Arc<dyn Staged>>,
         failed: Arc<AtomicBool>,
     ) -> Coordinator {
         let next_id = store.highest_id() + 1;
+        let request = store.root().join("savepoint-request");
+        let (restored, restored_dir) = match restored {
+            Some((m, d)) => (Some(m), Some(d)),
+            None => (None, None),
+        };
         Coordinator {
+            restored_dir,
+            savepoint: Mutex::new(None),
+            request,
             store,
             interval,
             keep,
@@ -229,8 +284,19 @@ impl Coordinator {
         self.lock().error.clone()
     }
 
-    /// Starts a checkpoint if the interval has passed and none is in flight.
+    /// Starts a checkpoint if the interval has passed and none is in flight, or at once
+    /// when a savepoint was asked for (`flowc savepoint create` leaves a request file).
     pub fn tick(&self) {
+        if self.request.exists() {
+            let to = fs::read_to_string(&self.request).unwrap_or_default();
+            let _ = fs::remove_file(&self.request);
+            let to = PathBuf::from(to.trim());
+            if !to.as_os_str().is_empty() {
+                let first = self.lock().next_id;
+                *self.savepoint.lock().unwrap_or_else(|e| e.into_inner()) = Some((to, first));
+                self.trigger();
+            }
+        }
         let due = {
             let st = self.lock();
             st.in_flight.is_none() && st.last_done.is_none_or(|t| t.elapsed() >= self.interval)
@@ -401,6 +467,20 @@ impl Coordinator {
             s.apply(c, &self.store.parts_dir())?;
         }
         fault("after-commit");
+        let wanted = self.savepoint.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some((to, first)) = wanted {
+            if p.id >= first {
+                // A savepoint that cannot be written fails it, not the run.
+                match self.store.copy_to(p.id, &to) {
+                    Ok(_) => {}
+                    Err(e) => {
+                        let _ = fs::write(to.with_extension("failed"), e);
+                    }
+                }
+            } else {
+                *self.savepoint.lock().unwrap_or_else(|e| e.into_inner()) = Some((to, first));
+            }
+        }
         self.store.prune(self.keep)
     }
 }

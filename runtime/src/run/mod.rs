@@ -24,6 +24,7 @@
 pub(crate) mod agg;
 mod aggregate;
 pub(crate) mod checkpoint;
+pub use checkpoint::{stateful_ops, StatefulOp};
 mod exchange;
 pub(crate) mod head;
 mod io;
@@ -101,6 +102,9 @@ pub struct RunOptions {
     pub checkpoints_keep: usize,
     /// Resume from this checkpoint instead of the newest one.
     pub from_checkpoint: Option<u64>,
+    /// Resume from this savepoint (a changed program restores the operators that did
+    /// not change).
+    pub from_savepoint: Option<PathBuf>,
 }
 
 /// The default memory budget of a stage instance's window state (RocksDB backend).
@@ -160,6 +164,7 @@ impl RunOptions {
             fresh: false,
             checkpoints_keep: 3,
             from_checkpoint: None,
+            from_savepoint: None,
         }
     }
 }
@@ -285,6 +290,8 @@ struct Shared {
     tx_sinks: HashMap<String, Arc<checkpoint::TxFileSink>>,
     tx_topics: HashMap<String, Arc<checkpoint::TxTopicSink>>,
     coord: Arc<checkpoint::Coordinator>,
+    /// Stable ids of the stateful operators, by pipeline and operator index.
+    op_ids: HashMap<(String, usize), String>,
 }
 
 impl Shared {
@@ -421,10 +428,17 @@ pub fn run(program: &ir::Program, opts: &RunOptions) -> Result<Summary, RunError
     let failed = Arc::new(AtomicBool::new(false));
     let store = crate::checkpoint::CheckpointStore::new(&opts.data_dir);
     let fingerprint = fingerprint(program, &runnable, opts);
-    let restored = restore_point(&store, &fingerprint, opts, &mut summary, &topics)?;
-    summary.restored_from = restored.as_ref().map(|m| m.id);
-    let committed =
-        |sink: &str| restored.as_ref().and_then(|m| m.sinks.iter().find(|c| c.sink == sink)).map_or(0, |c| c.len_after);
+    let file_sinks: HashSet<String> = program
+        .sinks
+        .iter()
+        .filter(|s| matches!(s.connector, Connector::File { .. }))
+        .map(|s| s.name.clone())
+        .collect();
+    let restored = restore_point(&store, &fingerprint, opts, &mut summary, &topics, &file_sinks)?;
+    summary.restored_from = restored.as_ref().map(|(m, _)| m.id);
+    let committed = |sink: &str| {
+        restored.as_ref().and_then(|(m, _)| m.sinks.iter().find(|c| c.sink == sink)).map_or(0, |c| c.len_after)
+    };
     let (mut sinks, mut kafka_sinks, mut tx_sinks) = (HashMap::new(), HashMap::new(), HashMap::new());
     for s in &program.sinks {
         let target = ir::Target::Sink(s.name.clone());
@@ -499,6 +513,7 @@ pub fn run(program: &ir::Program, opts: &RunOptions) -> Result<Summary, RunError
         tx_sinks,
         tx_topics,
         coord: coord.clone(),
+        op_ids: checkpoint::stateful_ops(program).into_iter().map(|o| ((o.pipeline, o.index), o.id)).collect(),
     });
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -611,8 +626,23 @@ fn restore_point(
     opts: &RunOptions,
     summary: &mut Summary,
     topics: &HashMap<String, Arc<Topic>>,
-) -> Result<Option<crate::checkpoint::Metadata>, RunError> {
+    file_sinks: &HashSet<String>,
+) -> Result<Option<(crate::checkpoint::Metadata, PathBuf)>, RunError> {
     use crate::checkpoint::Position;
+    if let Some(sp) = &opts.from_savepoint {
+        // A savepoint: the program may have changed; operators are matched by their
+        // stable ids when they start. The checkpoints of earlier runs are dropped.
+        let mut m = crate::checkpoint::load_dir(sp)
+            .map_err(|e| RunError::Setup(format!("savepoint {} cannot be used: {e}", sp.display())))?;
+        store.clear().map_err(RunError::Setup)?;
+        // Files this program still writes are cut back to what the savepoint committed.
+        m.sinks.retain(|c| c.topic.is_none() && file_sinks.contains(&c.sink));
+        for c in &m.sinks {
+            checkpoint::apply_commit(c, &store.parts_dir())
+                .map_err(|e| RunError::Setup(format!("savepoint {}: {e}", sp.display())))?;
+        }
+        return Ok(Some((m, sp.clone())));
+    }
     // Reading topics from a position given by hand starts a new run too.
     if opts.fresh || opts.start_from != StartFrom::Committed {
         store.clear().map_err(RunError::Setup)?;
@@ -661,7 +691,8 @@ fn restore_point(
             let _ = std::fs::remove_file(e.path());
         }
     }
-    Ok(Some(m))
+    let dir = store.dir(m.id);
+    Ok(Some((m, dir)))
 }
 
 /// What every instance of one stage shares.
@@ -803,7 +834,9 @@ async fn run_pipeline(
                 _ => None,
             };
             let op_id = match &pp.stages[si].kind {
-                StageKind::Ops { head: Some(hi), .. } => Some(format!("op{hi}")),
+                StageKind::Ops { head: Some(hi), .. } => {
+                    Some(shared.op_ids.get(&(name.clone(), *hi)).cloned().unwrap_or_else(|| format!("op{hi}")))
+                }
                 _ => None,
             };
             let inst = Instance {
@@ -816,6 +849,7 @@ async fn run_pipeline(
                         instance: me,
                     }),
                     writer: format!("{name}.s{si}.i{me}"),
+                    instances: pp.stages[si].parallelism.max(1) as usize,
                 },
                 spill,
                 rt: rts[si].clone(),
@@ -939,6 +973,8 @@ struct InstanceCkpt {
     operator: Option<checkpoint::OperatorId>,
     /// Its name as a writer of staged sink output.
     writer: String,
+    /// Instances of its stage.
+    instances: usize,
 }
 
 /// One instance of a stage.
@@ -991,9 +1027,19 @@ impl Instance {
                 .operators
                 .iter()
                 .find(|o| o.pipeline == id.pipeline && o.operator == id.operator && o.instance == id.instance);
+            // State is split by key over the instances: it restores only at the
+            // parallelism it was taken at.
+            let taken = m.operators.iter().filter(|o| o.pipeline == id.pipeline && o.operator == id.operator).count();
+            if taken > 0 && taken != self.ckpt.instances {
+                return self.check(Err(RunError::Setup(format!(
+                    "the state of {} was taken at parallelism {taken}; run with --parallelism {taken} to restore it",
+                    id.operator
+                ))));
+            }
+            let dir = self.ckpt.coord.restored_dir.clone().unwrap_or_default();
             if let Some(o) = found {
                 let r = tokio::task::block_in_place(|| {
-                    let bytes = self.ckpt.coord.store.read_state(m.id, &o.file)?;
+                    let bytes = crate::checkpoint::read_checked(&dir.join(&o.file.name), &o.file)?;
                     op.restore(&bytes)
                 });
                 self.check(
