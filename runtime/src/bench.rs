@@ -337,8 +337,8 @@ pipeline p = from s | key_by account | window {window} | aggregate {{ n: count()
     }
 
     /// [`WindowBench::run`] in memory, taking a checkpoint's snapshot of the operator
-    /// every `interval` (encoded, written to `dir` and fsynced, as `flowc run` does);
-    /// returns the run and the snapshots taken.
+    /// every `interval` as `flowc run` does: encoded on the operator's thread, written
+    /// to `dir` and fsynced on another; returns the run and the snapshots taken.
     pub fn run_checkpointed(&self, interval: Duration, dir: &std::path::Path) -> Result<(Measured, u64), String> {
         let h = &self.windowed.head;
         let mut op = WindowOp::new(h.spec.clone(), &h.op_input, 1);
@@ -346,10 +346,16 @@ pipeline p = from s | key_by account | window {window} | aggregate {{ n: count()
         let started = Instant::now();
         let mut last = Instant::now();
         let mut taken = 0u64;
+        let mut writing: Option<std::thread::JoinHandle<Result<(), String>>> = None;
+        let path = dir.join("op.state");
         let mut after = |op: &mut WindowOp| -> Result<(), String> {
             if last.elapsed() >= interval {
                 let bytes = op.snapshot()?;
-                crate::checkpoint::write_synced(&dir.join("op.state"), &bytes)?;
+                if let Some(h) = writing.take() {
+                    h.join().map_err(|_| "the writer panicked".to_string())??;
+                }
+                let path = path.clone();
+                writing = Some(std::thread::spawn(move || crate::checkpoint::write_synced(&path, &bytes)));
                 taken += 1;
                 last = Instant::now();
             }
@@ -367,6 +373,9 @@ pipeline p = from s | key_by account | window {window} | aggregate {{ n: count()
             },
             &mut after,
         )?;
+        if let Some(h) = writing.take() {
+            h.join().map_err(|_| "the writer panicked".to_string())??;
+        }
         Ok((Measured { events: self.events, rows_out, bytes: 0, elapsed: started.elapsed() }, taken))
     }
 

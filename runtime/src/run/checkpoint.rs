@@ -156,6 +156,8 @@ pub(crate) struct AckData {
     pub position: Option<(String, Option<Position>)>,
     /// An operator instance's state (encoded by the operator).
     pub state: Option<(OperatorId, Vec<u8>)>,
+    /// An operator instance's state, already written.
+    pub written: Option<OperatorState>,
     /// Sealed sink parts: (sink, part).
     pub parts: Vec<(String, StateFile)>,
 }
@@ -266,13 +268,25 @@ impl Coordinator {
 
     /// Seals writer `writer`'s staged parts of every checkpointed file sink.
     pub fn seal_all(&self, writer: &str) -> Result<Vec<(String, StateFile)>, String> {
-        let mut out = Vec::new();
-        for s in &self.sinks {
-            if let Some(f) = s.seal(writer)? {
-                out.push((s.name().to_string(), f));
-            }
-        }
-        Ok(out)
+        self.detach_all(writer).into_iter().map(Detached::seal).collect()
+    }
+
+    /// Takes writer `writer`'s open parts of every staged sink (to seal off its path).
+    pub fn detach_all(&self, writer: &str) -> Vec<Detached> {
+        self.sinks.iter().filter_map(|s| s.detach(writer)).collect()
+    }
+
+    /// Writes operator `op`'s state for checkpoint `id` (fsynced).
+    pub fn write_state(&self, id: u64, op: OperatorId, bytes: &[u8]) -> Result<OperatorState, String> {
+        let name = format!("{}-{}-{}.state", op.pipeline, op.operator, op.instance);
+        let file = self.store.write_state(id, &name, bytes)?;
+        Ok(OperatorState { pipeline: op.pipeline, operator: op.operator, instance: op.instance, file })
+    }
+
+    /// A checkpoint's part failed (writing state or sealing output): the run fails.
+    pub fn fail(&self, e: String) {
+        self.lock().error.get_or_insert(e);
+        self.failed.store(true, Ordering::SeqCst);
     }
 
     /// Checkpoints completed in this run.
@@ -415,6 +429,7 @@ impl Coordinator {
             }
         }
         if let Some(pending) = st.in_flight.as_mut() {
+            pending.operators.extend(data.written);
             pending.parts.extend(data.parts);
         }
     }
@@ -496,8 +511,8 @@ fn fault(point: &str) {
 /// A sink whose writers stage output until the checkpoint covering it completes.
 pub(crate) trait Staged: Send + Sync {
     fn name(&self) -> &str;
-    /// Seals writer `writer`'s open part (fsynced), if it has one.
-    fn seal(&self, writer: &str) -> Result<Option<StateFile>, String>;
+    /// Takes writer `writer`'s open part, if it has one (its next write opens another).
+    fn detach(&self, writer: &str) -> Option<Detached>;
     /// The commit of `parts` (written into the checkpoint's metadata before it is applied).
     fn prepare(&self, parts: Vec<StateFile>) -> Result<SinkCommit, String>;
     /// Applies a commit (again, harmlessly, if it was applied before).
@@ -505,10 +520,12 @@ pub(crate) trait Staged: Send + Sync {
 }
 
 /// A writer's open part file.
-struct PartWriter {
+pub(crate) struct PartWriter {
     name: String,
     file: fs::File,
     bytes: u64,
+    /// CRC32C of what was written so far.
+    crc: u32,
     /// Records per partition (topic sinks).
     counts: BTreeMap<u32, u64>,
 }
@@ -520,15 +537,27 @@ fn open_part(dir: &Path, sink: &str, writer: &str, epoch: u64, opened: &AtomicU6
     let path = dir.join(&name);
     let file = fs::File::create(&path)
         .map_err(|e| RunError::Io { what: format!("creating {}", path.display()), source: e })?;
-    Ok(PartWriter { name, file, bytes: 0, counts: BTreeMap::new() })
+    Ok(PartWriter { name, file, bytes: 0, crc: 0, counts: BTreeMap::new() })
 }
 
-/// Seals `w`: fsynced, its CRC computed.
-fn seal_part(w: PartWriter, dir: &Path) -> Result<StateFile, String> {
+/// Seals `w`: fsynced.
+fn seal_part(w: PartWriter) -> Result<StateFile, String> {
     w.file.sync_all().map_err(|e| format!("syncing part {}: {e}", w.name))?;
-    drop(w.file);
-    let bytes = fs::read(dir.join(&w.name)).map_err(|e| format!("reading part {}: {e}", w.name))?;
-    Ok(StateFile { name: w.name, bytes: w.bytes, crc32c: crc32c::crc32c(&bytes) })
+    Ok(StateFile { name: w.name, bytes: w.bytes, crc32c: w.crc })
+}
+
+/// A writer's part taken out of its sink at a barrier (later writes go to a new one),
+/// to be sealed off the writer's path.
+pub(crate) struct Detached {
+    sink: String,
+    part: PartWriter,
+}
+
+impl Detached {
+    /// Fsyncs the part: it can then be named in a checkpoint.
+    pub fn seal(self) -> Result<(String, StateFile), String> {
+        Ok((self.sink, seal_part(self.part)?))
+    }
 }
 
 /// A file sink whose output becomes visible only when the checkpoint covering it
@@ -592,6 +621,7 @@ impl TxFileSink {
         };
         w.file.write_all(&bytes).map_err(|e| RunError::Io { what: format!("writing part {}", w.name), source: e })?;
         w.bytes += bytes.len() as u64;
+        w.crc = crc32c::crc32c_append(w.crc, &bytes);
         Ok(())
     }
 }
@@ -601,9 +631,9 @@ impl Staged for TxFileSink {
         &self.name
     }
 
-    fn seal(&self, writer: &str) -> Result<Option<StateFile>, String> {
-        let w = self.writers.lock().unwrap_or_else(|e| e.into_inner()).remove(writer);
-        w.map(|w| seal_part(w, &self.parts_dir)).transpose()
+    fn detach(&self, writer: &str) -> Option<Detached> {
+        let part = self.writers.lock().unwrap_or_else(|e| e.into_inner()).remove(writer)?;
+        Some(Detached { sink: self.name.clone(), part })
     }
 
     /// The commit of `parts`, from the committed length on.
@@ -693,6 +723,7 @@ impl TxTopicSink {
         };
         w.file.write_all(&frames).map_err(|e| RunError::Io { what: format!("writing part {}", w.name), source: e })?;
         w.bytes += frames.len() as u64;
+        w.crc = crc32c::crc32c_append(w.crc, &frames);
         for (p, n) in counts {
             *w.counts.entry(p).or_default() += n;
         }
@@ -705,12 +736,10 @@ impl Staged for TxTopicSink {
         &self.name
     }
 
-    fn seal(&self, writer: &str) -> Result<Option<StateFile>, String> {
-        let Some(w) = self.writers.lock().unwrap_or_else(|e| e.into_inner()).remove(writer) else { return Ok(None) };
-        let counts = w.counts.clone();
-        let f = seal_part(w, &self.parts_dir)?;
-        self.sealed.lock().unwrap_or_else(|e| e.into_inner()).insert(f.name.clone(), counts);
-        Ok(Some(f))
+    fn detach(&self, writer: &str) -> Option<Detached> {
+        let part = self.writers.lock().unwrap_or_else(|e| e.into_inner()).remove(writer)?;
+        self.sealed.lock().unwrap_or_else(|e| e.into_inner()).insert(part.name.clone(), part.counts.clone());
+        Some(Detached { sink: self.name.clone(), part })
     }
 
     fn prepare(&self, parts: Vec<StateFile>) -> Result<SinkCommit, String> {

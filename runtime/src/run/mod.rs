@@ -1048,6 +1048,8 @@ impl Instance {
             }
         }
         let mut aligner = checkpoint::Aligner::new(upstream);
+        // The write of this instance's part of the last checkpoint, if still going.
+        let mut pending: Option<tokio::task::JoinHandle<()>> = None;
         let windowed = self.rt.head.as_ref().is_some_and(|h| h.windowed);
         // Acks of batches whose records may sit in window state: committed only once
         // every window has fired (checkpoints will commit them sooner).
@@ -1056,7 +1058,7 @@ impl Instance {
             let msg = match aligner.next() {
                 Some(checkpoint::Step::Msg(m)) => m,
                 Some(checkpoint::Step::Aligned(id)) => {
-                    if !self.checkpoint(id, &mut window, &mut down).await? {
+                    if !self.checkpoint(id, &mut window, &mut down, &mut pending).await? {
                         return Ok(());
                     }
                     continue;
@@ -1178,6 +1180,10 @@ impl Instance {
         if matches!(down, Down::Write(_)) {
             last.parts = self.check(self.ckpt.coord.seal_all(&self.ckpt.writer).map_err(RunError::Setup))?;
         }
+        // Its last acknowledgement first: what it leaves belongs to later checkpoints.
+        if let Some(h) = pending.take() {
+            let _ = h.await;
+        }
         self.ckpt.coord.ended(self.ckpt.me, last);
         if let Down::Next(router) = down {
             if !self.failed.load(Ordering::SeqCst) {
@@ -1190,17 +1196,45 @@ impl Instance {
     /// Checkpoint `id`'s barrier has come from every input: the operator's state and
     /// the staged sink output go into it, and the barrier goes on. False once the run
     /// stops.
-    async fn checkpoint(&self, id: u64, window: &mut Option<HeadOp>, down: &mut Down) -> Result<bool, RunError> {
-        let mut data = checkpoint::AckData::default();
+    ///
+    /// Only encoding the state and taking the staged parts out of the sinks happen
+    /// here; writing and fsyncing them run on a blocking thread (`pending`) that
+    /// acknowledges when they are durable, while this instance goes on.
+    async fn checkpoint(
+        &self,
+        id: u64,
+        window: &mut Option<HeadOp>,
+        down: &mut Down,
+        pending: &mut Option<tokio::task::JoinHandle<()>>,
+    ) -> Result<bool, RunError> {
+        let mut state = None;
         if let (Some(op), Some(op_id)) = (window.as_mut(), &self.ckpt.operator) {
             let bytes = tokio::task::block_in_place(|| op.snapshot());
-            data.state = Some((op_id.clone(), self.check(bytes.map_err(RunError::Setup))?));
+            state = Some((op_id.clone(), self.check(bytes.map_err(RunError::Setup))?));
         }
-        if matches!(down, Down::Write(_)) {
-            let parts = tokio::task::block_in_place(|| self.ckpt.coord.seal_all(&self.ckpt.writer));
-            data.parts = self.check(parts.map_err(RunError::Setup))?;
+        let detached =
+            if matches!(down, Down::Write(_)) { self.ckpt.coord.detach_all(&self.ckpt.writer) } else { Vec::new() };
+        // The previous checkpoint's writes are done before this one's start.
+        if let Some(h) = pending.take() {
+            let _ = h.await;
         }
-        self.ckpt.coord.ack(self.ckpt.me, id, data);
+        let (coord, me) = (self.ckpt.coord.clone(), self.ckpt.me);
+        *pending = Some(tokio::task::spawn_blocking(move || {
+            let mut data = checkpoint::AckData::default();
+            let r = (|| -> Result<(), String> {
+                if let Some((op_id, bytes)) = state {
+                    data.written = Some(coord.write_state(id, op_id, &bytes)?);
+                }
+                for d in detached {
+                    data.parts.push(d.seal()?);
+                }
+                Ok(())
+            })();
+            match r {
+                Ok(()) => coord.ack(me, id, data),
+                Err(e) => coord.fail(e),
+            }
+        }));
         match down {
             Down::Next(router) => Ok(router.barrier(id).await),
             Down::Write(_) => Ok(true),
