@@ -446,3 +446,76 @@ fn sasl_plain_lets_listed_users_in_and_keeps_others_out() {
     let anonymous = run(Command::new(&kcat).args(["-b", &b, "-L", "-m", "3"]), None);
     assert!(!anonymous.status.success(), "a client without SASL was let in");
 }
+
+/// A `kafka(...)` source takes part in checkpoints: runs killed with SIGKILL resume from
+/// the checkpoint's offsets (not the group's, which may be ahead), and the file output
+/// holds every selected record exactly once.
+#[test]
+fn a_kafka_source_resumes_from_checkpoints_after_kill_9() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("serve-data");
+    flowc(&data, &["topic", "create", "in", "--partitions", "2"], None);
+    let lines: String = (0..200_000).map(|i| format!("{{\"id\":{i},\"name\":\"n{}\"}}\n", i % 97)).collect();
+    flowc(&data, &["produce", "in", "--key-field", "name"], Some(&lines));
+    let s = Server::start(&data, &[]);
+    std::fs::write(
+        d.path().join("p.flow"),
+        format!(
+            r#"schema R {{ id: int, name: string }}
+source s: R = kafka("{b}", topic: "in", group: "g1", format: json)
+sink f: R = file("out.jsonl", format: json)
+pipeline p = from s | where id % 3 == 0 -> f
+"#,
+            b = s.bootstrap()
+        ),
+    )
+    .unwrap();
+    let start = || {
+        Command::new(env!("CARGO_BIN_EXE_flowc"))
+            .args(["run", "p.flow", "--data-dir", "run-data", "--checkpoint-interval", "30ms", "--no-progress"])
+            .current_dir(d.path())
+            .env_remove("FLOW_DATA_DIR")
+            .env("FLOW_KAFKA_IDLE_MS", "1500")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    // Each run is killed a while after its output has grown (it is reading then).
+    let out = d.path().join("out.jsonl");
+    let mut kills = 0;
+    for extra in [150u64, 400, 250] {
+        let before = std::fs::metadata(&out).map_or(0, |m| m.len());
+        let mut child = start();
+        let started = std::time::Instant::now();
+        while std::fs::metadata(&out).map_or(0, |m| m.len()) <= before && started.elapsed() < Duration::from_secs(30) {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(extra));
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        kills += 1;
+    }
+    let o = run(
+        Command::new(env!("CARGO_BIN_EXE_flowc"))
+            .args(["run", "p.flow", "--data-dir", "run-data", "--checkpoint-interval", "30ms", "--no-progress"])
+            .current_dir(d.path())
+            .env_remove("FLOW_DATA_DIR")
+            .env("FLOW_KAFKA_IDLE_MS", "1500"),
+        None,
+    );
+    let summary = ok(o, "flowc run after kills");
+    let got = sorted_lines(&std::fs::read_to_string(d.path().join("out.jsonl")).unwrap());
+    let mut want: Vec<String> =
+        (0..200_000).filter(|i| i % 3 == 0).map(|i| format!("{{\"id\":{i},\"name\":\"n{}\"}}", i % 97)).collect();
+    want.sort();
+    assert!(kills > 0, "no kill hit a running process: {summary}");
+    assert_eq!(got.len(), want.len(), "after {kills} kills: {summary}");
+    assert!(got == want, "records differ after {kills} kills");
+}

@@ -143,6 +143,11 @@ pub(super) struct SourceFeed<'a> {
     pub failed: &'a Arc<AtomicBool>,
     /// Called while no records come: idle partitions may move the watermark.
     pub tick: &'a dyn Fn() -> bool,
+    /// A point the input could resume from (the next offset per partition): injects a
+    /// checkpoint barrier when one is asked for; false to stop.
+    pub at: &'a dyn Fn(Option<crate::checkpoint::Position>) -> bool,
+    /// Where the checkpoint this run resumed from left each partition.
+    pub resume: Option<BTreeMap<u32, u64>>,
 }
 
 /// Consumes `topic` in `group` until the run stops (or the idle timeout), sending batches.
@@ -164,6 +169,9 @@ pub(super) fn read(
         .set("auto.commit.interval.ms", "1000")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
+        // A run killed mid-way leaves its member in the group until this passes: the
+        // smallest a Kafka broker allows by default, so a restart is not kept waiting.
+        .set("session.timeout.ms", "6000")
         .create_with_context(ctx)
         .map_err(|e| RunError::Setup(format!("kafka source (topic {topic}): {e}")))?;
     consumer.subscribe(&[topic]).map_err(|e| RunError::Setup(format!("kafka source (topic {topic}): {e}")))?;
@@ -193,7 +201,9 @@ pub(super) fn read(
         Format::Csv => Decoder::Csv(CsvColumns::by_position(&layout.record)),
         _ => Decoder::Json,
     };
-    let mut next: BTreeMap<u32, u64> = BTreeMap::new();
+    // Positions start where the resumed checkpoint left them: a partition this run has
+    // not read yet keeps its place in the next checkpoint.
+    let mut next: BTreeMap<u32, u64> = feed.resume.clone().unwrap_or_default();
     let mut b = BatchBuilder::new(layout.clone());
     let mut span = Span::default();
     let mut last_record = Instant::now();
@@ -206,8 +216,16 @@ pub(super) fn read(
         let origin = std::mem::take(span).origin(topic);
         let ok = (feed.send_acked)(full.finish(), origin, Some(tracker.ack(next.clone())), parts);
         parts.clear();
-        ok
+        ok && (feed.at)(Some(crate::checkpoint::Position::Topic { next: next.clone() }))
     };
+    // The offset each partition must go on from: the checkpoint's when resuming, then
+    // the one after the last record read. A record elsewhere (the group's committed
+    // offset lags or leads the checkpoint; a rebalance hands a partition back from its
+    // last commit) moves the partition there first; a gap that remains after that is
+    // real (compaction) and is accepted.
+    let mut expect: std::collections::HashMap<i32, i64> =
+        feed.resume.as_ref().map(|r| r.iter().map(|(&p, &o)| (p as i32, o as i64)).collect()).unwrap_or_default();
+    let mut sought: std::collections::HashMap<i32, i64> = std::collections::HashMap::new();
     loop {
         if (feed.stopping)() {
             return Ok(());
@@ -216,6 +234,23 @@ pub(super) fn read(
             Some(Ok(m)) => {
                 last_record = Instant::now();
                 let (p, o) = (m.partition(), m.offset());
+                if let Some(&want) = expect.get(&p) {
+                    if o != want && sought.get(&p) != Some(&want) {
+                        drop(m);
+                        consumer.seek(topic, p, Offset::Offset(want), Duration::from_secs(10)).map_err(|e| {
+                            RunError::Setup(format!(
+                                "kafka source (topic {topic}): seeking partition {p} to offset {want}: {e}"
+                            ))
+                        })?;
+                        sought.insert(p, want);
+                        continue;
+                    }
+                    if o < want {
+                        // Read before (delivered again after the seek): skipped.
+                        continue;
+                    }
+                }
+                expect.insert(p, o + 1);
                 let position = format!("topic {topic} partition {p} offset {o}");
                 match m.payload().map(std::str::from_utf8) {
                     None => (feed.bad)(position, "", DecodeError("the record has no value".into()))?,
@@ -240,7 +275,7 @@ pub(super) fn read(
                 if !span.0.is_empty() && !send(&mut b, &mut span, &next, &mut parts) {
                     return Ok(());
                 }
-                if !(feed.tick)() {
+                if !(feed.tick)() || !(feed.at)(Some(crate::checkpoint::Position::Topic { next: next.clone() })) {
                     return Ok(());
                 }
                 let Some(idle) = idle else { continue };

@@ -293,12 +293,12 @@ fn read(
                     .map_err(RunError::Setup)?;
                 }
                 Connector::Kafka { brokers, topic, group: named, format } => {
-                    // Not replayable from a checkpoint yet: barriers carry no position.
-                    let send_acked = |b: Batch, o: String, a: Option<Arc<super::exchange::Ack>>, p: &[u32]| {
-                        send_acked(b, o, a, p) && at(None)
+                    // Barriers carry the next offset per partition; a resumed run seeks there.
+                    let resume = match &resume {
+                        Some(Position::Topic { next }) => Some(next.clone()),
+                        _ => None,
                     };
-                    let send_acked: &super::exchange::SendAcked = &send_acked;
-                    let feed = super::kafka::SourceFeed { send_acked, bad, stopping, failed, tick };
+                    let feed = super::kafka::SourceFeed { send_acked, bad, stopping, failed, tick, at, resume };
                     super::kafka::read(brokers, topic, named.as_deref().unwrap_or(group), *format, &layout, &feed)?;
                 }
                 Connector::Stdout { .. } => return Err(RunError::Setup("stdout is not a source".into())),
