@@ -259,6 +259,9 @@ impl Nexmark {
 pub struct WindowBench {
     windowed: Windowed,
     batches: Vec<Batch>,
+    /// The rows' layout (before stamping), and the number of keys.
+    layout: Arc<Layout>,
+    keys: u64,
     pub events: u64,
 }
 
@@ -312,7 +315,7 @@ pipeline p = from s | key_by account | window {window} | aggregate {{ n: count()
             }
         }
         batches.push(b.finish());
-        Ok(WindowBench { windowed, batches, events })
+        Ok(WindowBench { windowed, batches, layout, keys, events })
     }
 
     /// Runs every batch through a fresh operator: in memory (`spill` None), or spilling
@@ -403,6 +406,46 @@ pipeline p = from s | key_by account | window {window} | aggregate {{ n: count()
         Ok((windows, snap, bytes.len(), restore))
     }
 
+    /// The cost of an incremental checkpoint: feeds every batch as
+    /// [`WindowBench::snapshot_cost`] does and takes a full snapshot, then feeds one
+    /// batch of one record for each of `fraction` of the keys (distinct keys spread
+    /// evenly, at the last event's time: the windows they are in) and times
+    /// [`WindowOp::snapshot_delta`]. Returns (full snapshot time, delta time, full
+    /// snapshot bytes, delta bytes).
+    pub fn delta_cost(&self, fraction: f64) -> Result<(Duration, Duration, usize, usize), String> {
+        let h = &self.windowed.head;
+        let w = &self.windowed;
+        let mut op = WindowOp::new(h.spec.clone(), &h.op_input, 1);
+        let mut stamper = Stamper::new(&w.stamped, &w.time, w.delay, None, &[0]);
+        for b in &self.batches {
+            let b = stamper.stamp(b, &w.stamped, 0);
+            op.process(&b, 0)?;
+            let _ = op.take_results();
+        }
+        let t = Instant::now();
+        let full = std::hint::black_box(op.snapshot()?);
+        let full_time = t.elapsed();
+        let n = ((self.keys as f64 * fraction).round() as u64).clamp(1, self.keys.max(1));
+        let ts = 1_700_000_000_000 + (self.events.saturating_sub(1) / 16) as i64;
+        let mut b = BatchBuilder::with_capacity(self.layout.clone(), n as usize, n as usize * 12);
+        let mut name = String::new();
+        for i in 0..n {
+            name.clear();
+            name.push_str(&format!("acct-{:07}", i * self.keys / n));
+            let r = b.push_row();
+            b.set_str(r, 0, &name).map_err(|e| format!("{e:?}"))?;
+            b.set_i64(r, 1, 100);
+            b.set_i64(r, 2, ts);
+        }
+        let b = stamper.stamp(&b.finish(), &w.stamped, 0);
+        op.process(&b, 0)?;
+        let _ = op.take_results();
+        let t = Instant::now();
+        let delta = std::hint::black_box(op.snapshot_delta()?);
+        let delta_time = t.elapsed();
+        Ok((full_time, delta_time, full.len(), delta.len()))
+    }
+
     /// The largest in-memory state over a run (sampled every 16 batches).
     pub fn state(&self) -> Result<StateSize, String> {
         let h = &self.windowed.head;
@@ -482,6 +525,35 @@ mod tests {
         assert!(q2.rows_out > 300 && q2.rows_out < 2_000, "{}", q2.rows_out);
         let q14 = Nexmark::new("q14", true).expect("q14").run(100_000).expect("runs");
         assert!(q14.rows_out > 10_000 && q14.rows_out < 60_000, "{}", q14.rows_out);
+    }
+
+    #[test]
+    fn a_delta_after_updating_a_few_keys_is_small() {
+        let b = WindowBench::new("tumbling(1h)", 5_000, 20_000, false).expect("bench");
+        let (_, _, full, delta) = b.delta_cost(0.01).expect("cost");
+        assert!(delta * 20 < full, "delta {delta} bytes, full snapshot {full}");
+    }
+
+    /// The figures of an incremental checkpoint of 1M windows: run with
+    /// `cargo test --release -p flow-runtime --lib delta_cost_of_a_million -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn delta_cost_of_a_million_windows_after_changing_one_percent() {
+        let b = WindowBench::new("tumbling(1h)", 1_000_000, 4_000_000, true).expect("bench");
+        let mut runs: Vec<_> = (0..5).map(|_| b.delta_cost(0.01).expect("cost")).collect();
+        for (full, delta, fb, db) in &runs {
+            println!(
+                "full {:.1} ms {:.1} MiB; delta {:.2} ms {:.2} MiB ({:.1}% of the time)",
+                full.as_secs_f64() * 1e3,
+                *fb as f64 / (1u64 << 20) as f64,
+                delta.as_secs_f64() * 1e3,
+                *db as f64 / (1u64 << 20) as f64,
+                100.0 * delta.as_secs_f64() / full.as_secs_f64()
+            );
+        }
+        runs.sort_by_key(|r| r.1);
+        let (full, delta, _, _) = runs[runs.len() / 2];
+        assert!(delta * 10 < full, "median delta {delta:?}, full {full:?}");
     }
 
     #[test]

@@ -726,6 +726,18 @@ impl AccStore {
         Ok((id, at))
     }
 
+    /// Swaps the accumulators (words and extras) of slots `a` and `b`, leaving their
+    /// headers: a delta replaces a window's accumulator in place this way.
+    pub fn swap_acc(&mut self, a: u32, b: u32) {
+        if a == b {
+            return;
+        }
+        let (w, ba, bb) = (self.layout.width, self.base(a), self.base(b));
+        for i in 0..w {
+            self.words.swap(ba + i, bb + i);
+        }
+    }
+
     /// Writes accumulator `id`'s results into fields `first..` of row `r` of `out`.
     pub fn write(&self, id: u32, out: &mut BatchBuilder, r: usize, first: usize) -> Result<(), String> {
         let (w, b) = (self.layout.width, self.base(id));

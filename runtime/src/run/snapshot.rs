@@ -8,11 +8,94 @@
 //! read is bounds-checked, and a list's length is checked against the bytes left before
 //! anything is allocated for it, so a corrupted length cannot ask for more memory than
 //! the input holds.
+//!
+//! A delta (`WindowOp::snapshot_delta`, `KeyedAggOp::snapshot_delta`) has the same
+//! frame, a kind byte of its own, and its [`Generation`]s first in the payload.
 
 /// The first bytes of every snapshot.
 pub(crate) const MAGIC: &[u8; 4] = b"FLSN";
-/// The format's version; a snapshot of another version is refused.
-pub(crate) const VERSION: u8 = 1;
+/// The format's version; a snapshot of another version is refused. (2: snapshots carry
+/// their [`Generation`], and there are deltas.)
+pub(crate) const VERSION: u8 = 2;
+
+/// Where an operator's state stands in its chain of snapshots: a full snapshot starts a
+/// new `chain` (a number drawn so that it is unlikely to repeat), and each snapshot or
+/// delta taken numbers the state it describes with the next `seq`. A delta names its
+/// chain, the `seq` it follows and its own, so that it is applied only on top of
+/// exactly the state it was taken after.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Generation {
+    pub chain: u64,
+    pub seq: u64,
+}
+
+impl Generation {
+    /// The generation of a full snapshot taken by an operator at `prev`.
+    pub fn full(prev: Option<Generation>) -> Generation {
+        static TAKEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = TAKEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        let chain =
+            super::slots::mix(t ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (u64::from(std::process::id()) << 40));
+        Generation { chain, seq: prev.map_or(1, |g| g.seq.wrapping_add(1)) }
+    }
+
+    /// The generation of the delta that follows this one.
+    pub fn next(self) -> Generation {
+        Generation { chain: self.chain, seq: self.seq.wrapping_add(1) }
+    }
+
+    /// A full snapshot's generation.
+    pub fn put(self, w: &mut Writer) {
+        w.u64(self.chain);
+        w.u64(self.seq);
+    }
+
+    pub fn get(r: &mut Reader<'_>) -> Result<Generation, String> {
+        Ok(Generation { chain: r.u64("snapshot chain")?, seq: r.u64("snapshot sequence number")? })
+    }
+
+    /// A delta's generations: its chain, the sequence number it follows, its own.
+    pub fn put_delta(self, w: &mut Writer) {
+        w.u64(self.chain);
+        w.u64(self.seq.wrapping_sub(1));
+        w.u64(self.seq);
+    }
+
+    /// Reads a delta's generations and checks that it follows `at` (the operator's
+    /// generation; `untouched` false if the operator changed since it): returns the
+    /// generation the operator is at once the delta is applied.
+    pub fn get_delta(r: &mut Reader<'_>, at: Option<Generation>, untouched: bool) -> Result<Generation, String> {
+        let chain = r.u64("delta chain")?;
+        let base = r.u64("delta base sequence number")?;
+        let seq = r.u64("delta sequence number")?;
+        if seq != base.wrapping_add(1) {
+            return Err(format!("delta numbered {seq} does not follow its base {base}"));
+        }
+        let Some(at) = at else {
+            return Err(
+                "a delta is applied only to an operator restored from a snapshot (or given earlier deltas)".into()
+            );
+        };
+        if !untouched {
+            return Err("a delta is applied only to an operator that has processed nothing since its restore".into());
+        }
+        if chain != at.chain {
+            return Err(format!(
+                "delta of another snapshot chain ({chain:016x}; the operator's is {:016x}): \
+                 it does not follow the snapshot the operator was restored from",
+                at.chain
+            ));
+        }
+        if base != at.seq {
+            return Err(format!(
+                "delta {seq} follows state {base}, but the operator is at {}: deltas apply in order, each once",
+                at.seq
+            ));
+        }
+        Ok(Generation { chain, seq })
+    }
+}
 
 /// Builds a snapshot: header first, payload through the `put_*` methods, then
 /// [`Writer::finish`] seals it with its checksum.
@@ -50,6 +133,24 @@ impl Writer {
     pub fn count(&mut self, n: usize, what: &str) -> Result<(), String> {
         let n = u32::try_from(n).map_err(|_| format!("too many {what} for a snapshot: {n}"))?;
         self.u32(n);
+        Ok(())
+    }
+
+    /// Bytes as they are (already encoded).
+    pub fn raw(&mut self, b: &[u8]) {
+        self.out.extend_from_slice(b);
+    }
+
+    /// Room for a count not known yet: [`Writer::patch_count`] fills it in.
+    pub fn count_later(&mut self) -> usize {
+        self.u32(0);
+        self.out.len() - 4
+    }
+
+    /// Fills in the count at `at` (from [`Writer::count_later`]).
+    pub fn patch_count(&mut self, at: usize, n: usize, what: &str) -> Result<(), String> {
+        let n = u32::try_from(n).map_err(|_| format!("too many {what} for a snapshot: {n}"))?;
+        self.out[at..at + 4].copy_from_slice(&n.to_le_bytes());
         Ok(())
     }
 

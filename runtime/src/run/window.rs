@@ -27,7 +27,7 @@
 
 use super::agg::{AccLayout, AccStore};
 use super::slots::{mix, SlotIndex};
-use super::snapshot::{Reader, Writer};
+use super::snapshot::{Generation, Reader, Writer};
 use super::spill::SpillStore;
 use super::stamp::{WM_MAX, WM_MIN};
 use flow_compiler::ir::{self, Window};
@@ -36,7 +36,7 @@ use hashbrown::HashTable;
 use rustc_hash::FxHasher;
 use smallvec::SmallVec;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::hash::Hasher;
 use std::sync::Arc;
 
@@ -103,6 +103,12 @@ impl KeyTable {
         let hashes = &self.hashes;
         self.table.insert_unique(h, id, |&i| hashes[i as usize]);
         id
+    }
+
+    /// The id of `key` if it is interned.
+    pub(crate) fn find(&self, key: &[u8]) -> Option<u32> {
+        let keys = &self.keys;
+        self.table.find(hash_bytes(key), |&id| &*keys[id as usize] == key).copied()
     }
 
     pub(crate) fn retain(&mut self, id: u32) {
@@ -388,13 +394,16 @@ struct Session {
 const H_END: usize = 0;
 /// one word of metadata: its key's length (bits 0..16; an out-of-line key's is in its
 /// box), when it was last updated (bits 16..32: the batch count, wrapping), results
-/// emitted (bits 32..62: the next one's revision), [`DIRTY`] and [`LONG`];
+/// emitted (bits 32..61: the next one's revision), [`CHANGED`], [`DIRTY`] and [`LONG`];
 const H_META: usize = 1;
 /// then its key bytes, zero-padded words (or, if [`LONG`], an index into `long_keys`).
 const H_KEY: usize = 2;
 const USED_SHIFT: u32 = 16;
 const REV_SHIFT: u32 = 32;
-const REV_MASK: u64 = (1 << 30) - 1;
+const REV_MASK: u64 = (1 << 29) - 1;
+/// Changed since the last snapshot or delta (set only while changes are tracked: see
+/// [`WindowOp::snapshot_delta`]).
+const CHANGED: u64 = 1 << 61;
 /// Changed since its last result.
 const DIRTY: u64 = 1 << 62;
 /// Its key did not fit in the header.
@@ -566,6 +575,64 @@ pub(crate) struct WindowOp {
     epoch: u32,
     /// Spilled sessions' next due times, by key bytes.
     spill_timers: BinaryHeap<Reverse<(i64, Box<[u8]>)>>,
+    /// Where the state stands in its chain of snapshots (None before the first
+    /// snapshot or restore, and after a failed delta).
+    gen: Option<Generation>,
+    /// Input processed since the last snapshot, delta or restore (a delta is applied
+    /// only to an operator that has processed nothing since).
+    touched: bool,
+    /// Changes since the last snapshot or delta (see [`WindowOp::snapshot_delta`]).
+    changes: Changes,
+}
+
+/// What changed since the last snapshot or delta: what [`WindowOp::snapshot_delta`]
+/// encodes. Tracked once there is a snapshot to be relative to.
+#[derive(Default)]
+struct Changes {
+    /// [`CHANGED`] while changes are tracked, else 0 (or'ed into a slot's metadata).
+    track: u64,
+    /// Aligned windows: slots whose [`CHANGED`] bit was set (each once while it is set;
+    /// a freed slot's bit is cleared, so stale ids are skipped).
+    slots: Vec<u32>,
+    /// Sessions: per key id, changed since; and the ids flagged.
+    keys: Vec<bool>,
+    key_ids: Vec<u32>,
+    /// Store keys of windows (or a key's sessions) changed since that left memory, or
+    /// were changed in the store: looked up in memory, then in the store, at delta time.
+    out: BTreeSet<Vec<u8>>,
+    /// Aligned windows: groups created or changed (fired, next early result), and
+    /// groups dropped with all their windows.
+    groups: BTreeSet<i64>,
+    dropped: Vec<i64>,
+    /// Sessions: keys whose last session was dropped, each as length-prefixed bytes.
+    removed: Vec<u8>,
+    removed_n: usize,
+}
+
+impl Changes {
+    fn on(&self) -> bool {
+        self.track != 0
+    }
+
+    /// Flags session key `key` as changed.
+    #[inline]
+    fn key(&mut self, key: u32) {
+        let k = key as usize;
+        if self.keys.len() <= k {
+            self.keys.resize(k + 1, false);
+        }
+        if !self.keys[k] {
+            self.keys[k] = true;
+            self.key_ids.push(key);
+        }
+    }
+
+    /// Records that session key `kb` has no sessions left.
+    fn removed(&mut self, kb: &[u8]) {
+        self.removed.extend_from_slice(&(kb.len() as u32).to_le_bytes());
+        self.removed.extend_from_slice(kb);
+        self.removed_n += 1;
+    }
 }
 
 /// `end - 1 + lateness`, saturating (the watermark at which a window is gone).
@@ -625,6 +692,9 @@ impl WindowOp {
             epoch: 0,
             spill_timers: BinaryHeap::new(),
             spilled: 0,
+            gen: None,
+            touched: false,
+            changes: Changes::default(),
             spec,
         }
     }
@@ -662,6 +732,7 @@ impl WindowOp {
     pub fn process(&mut self, batch: &Batch, from: usize) -> Result<Outcome, String> {
         let mut outcome = Outcome::default();
         let spec = self.spec.clone();
+        self.touched = true;
         self.epoch = self.epoch.wrapping_add(1);
         let (size, slide) = match spec.window {
             Window::Tumbling { size_ms } => (size_ms, size_ms),
@@ -742,6 +813,7 @@ impl WindowOp {
 
     /// A watermark from upstream instance `from`.
     pub fn watermark(&mut self, from: usize, wm: i64) -> Result<(), String> {
+        self.touched = true;
         if wm > self.channels[from] {
             self.channels[from] = wm;
             let m = self.channels.iter().copied().min().unwrap_or(wm);
@@ -754,6 +826,7 @@ impl WindowOp {
 
     /// End of input: every window fires and is gone.
     pub fn finish(&mut self) -> Result<(), String> {
+        self.touched = true;
         for c in &mut self.channels {
             *c = WM_MAX;
         }
@@ -793,7 +866,8 @@ impl WindowOp {
     }
 
     /// Makes slot `id` the current key's window ending at `end`: header, table, group.
-    fn register_cell(&mut self, id: u32, kh: u64, end: i64, emitted: u32, dirty: bool) {
+    /// `changed`: a new window (a change to track), not one read back or restored.
+    fn register_cell(&mut self, id: u32, kh: u64, end: i64, emitted: u32, dirty: bool, changed: bool) {
         let len = self.scratch.len();
         let long = len > self.key_words * 8;
         let lix = if long {
@@ -818,6 +892,7 @@ impl WindowOp {
             | (u64::from(epoch as u16) << USED_SHIFT)
             | ((u64::from(emitted) & REV_MASK) << REV_SHIFT)
             | if dirty { DIRTY } else { 0 }
+            | if changed { self.changes.track } else { 0 }
             | if long { LONG } else { 0 };
         if long {
             h[H_KEY] = u64::from(lix);
@@ -825,16 +900,24 @@ impl WindowOp {
             h[H_KEY..H_KEY + self.probe.len()].copy_from_slice(&self.probe);
         }
         self.cells.insert(cell_hash(kh, end), id);
+        if changed && self.changes.on() {
+            self.changes.slots.push(id);
+        }
         let every = self.spec.emit_every;
         let size = match self.spec.window {
             Window::Tumbling { size_ms } | Window::Sliding { size_ms, .. } => size_ms,
             Window::Session { .. } => 0,
         };
-        self.groups
-            .entry(end)
-            .or_insert_with(|| Group { next_early: every.map_or(WM_MAX, |d| end - size + d), ..Group::default() })
-            .order
-            .push(id);
+        let g = match self.groups.entry(end) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                if self.changes.on() {
+                    self.changes.groups.insert(end);
+                }
+                e.insert(Group { next_early: every.map_or(WM_MAX, |d| end - size + d), ..Group::default() })
+            }
+        };
+        g.order.push(id);
         self.hot += 1;
     }
 
@@ -843,7 +926,8 @@ impl WindowOp {
     fn free_cell(&mut self, id: u32) {
         let hash = slot_hash(&self.accs, &self.long_keys, id);
         self.cells.remove(hash, id);
-        let h = self.accs.header(id);
+        let h = self.accs.header_mut(id);
+        h[H_META] &= !CHANGED;
         if h[H_META] & LONG != 0 {
             let i = h[H_KEY] as u32;
             self.long_keys.keys[i as usize] = Box::default();
@@ -862,7 +946,7 @@ impl WindowOp {
         let skey = aligned_key(end, &self.scratch);
         let Some(bytes) = self.store()?.take(&skey)? else { return Ok(None) };
         let (w, _) = Win::decode(&mut self.accs, &bytes, self.epoch)?;
-        self.register_cell(w.acc, kh, end, w.emitted, w.dirty);
+        self.register_cell(w.acc, kh, end, w.emitted, w.dirty, false);
         if let Some(g) = self.groups.get_mut(&end) {
             g.spilled -= 1;
         }
@@ -887,7 +971,11 @@ impl WindowOp {
             w,
         )?;
         let next = u64::from(meta_rev(m).wrapping_add(1)) & REV_MASK;
-        self.accs.header_mut(id)[H_META] = (m & !(DIRTY | (REV_MASK << REV_SHIFT))) | (next << REV_SHIFT);
+        let track = self.changes.track;
+        self.accs.header_mut(id)[H_META] = (m & !(DIRTY | (REV_MASK << REV_SHIFT))) | (next << REV_SHIFT) | track;
+        if !m & track != 0 {
+            self.changes.slots.push(id);
+        }
         Ok(())
     }
 
@@ -935,7 +1023,7 @@ impl WindowOp {
                         outcome.failed.push((r, e));
                         return Ok(false);
                     }
-                    self.register_cell(id, kh, end, 0, true);
+                    self.register_cell(id, kh, end, 0, true, true);
                     let g = &self.groups[&end];
                     let due =
                         if g.fired { gone_at(end, lateness) } else { (end - 1).min(g.next_early.saturating_sub(1)) };
@@ -952,9 +1040,14 @@ impl WindowOp {
                 outcome.failed.push((r, e));
                 return Ok(false);
             }
-            let epoch = self.epoch;
+            let (epoch, track) = (self.epoch, self.changes.track);
             let h = self.accs.header_mut(id);
-            h[H_META] = (h[H_META] & !(0xFFFF << USED_SHIFT)) | (u64::from(epoch as u16) << USED_SHIFT) | DIRTY;
+            let m = h[H_META];
+            h[H_META] = (m & !(0xFFFF << USED_SHIFT)) | (u64::from(epoch as u16) << USED_SHIFT) | DIRTY | track;
+            if !m & track != 0 {
+                // Changed since the last snapshot: once per window and snapshot.
+                self.changes.slots.push(id);
+            }
             // Only a window the watermark has reached can have fired.
             if end - 1 <= self.wm && self.groups.get(&end).is_some_and(|g| g.fired) {
                 // Within allowed lateness: the window fires again, now.
@@ -1074,6 +1167,9 @@ impl WindowOp {
             self.timers.entry(due).or_default().push(key);
         }
         self.next_due = self.next_due.min(due);
+        if self.changes.on() {
+            self.changes.key(key);
+        }
         Ok(true)
     }
 
@@ -1130,6 +1226,9 @@ impl WindowOp {
                     let g = self.groups.get_mut(&end).expect("group");
                     if !g.fired {
                         g.fired = true;
+                        if self.changes.on() {
+                            self.changes.groups.insert(end);
+                        }
                         self.emit_group(end, size_ms, true, gone)?;
                     }
                     if gone {
@@ -1149,6 +1248,9 @@ impl WindowOp {
                         let g = self.groups.get_mut(&end).expect("group");
                         while g.next_early - 1 <= wm {
                             g.next_early = g.next_early.saturating_add(every);
+                        }
+                        if self.changes.on() {
+                            self.changes.groups.insert(end);
                         }
                     }
                 }
@@ -1183,7 +1285,8 @@ impl WindowOp {
         for (k, v) in spilled {
             let (mut w, _) = Win::decode(&mut self.accs, &v, 0)?;
             let kb = &k[prefix.len()..];
-            if final_ || w.dirty {
+            let emitted = final_ || w.dirty;
+            if emitted {
                 self.emit(kb, end - size, end, w)?;
                 w.emitted += 1;
                 w.dirty = false;
@@ -1192,6 +1295,10 @@ impl WindowOp {
                 back.clear();
                 w.encode(&self.accs, &mut back);
                 self.store()?.put(&k, &back)?;
+                if emitted && self.changes.on() {
+                    // Changed where it lies: in the store.
+                    self.changes.out.insert(k);
+                }
             }
             self.accs.free(w.acc);
         }
@@ -1202,6 +1309,18 @@ impl WindowOp {
         let Some(g) = self.groups.remove(&end) else { return Ok(()) };
         for id in g.order {
             self.free_cell(id);
+        }
+        if self.changes.on() {
+            self.changes.dropped.push(end);
+            // Its windows' changes that left memory go with it.
+            if !self.changes.out.is_empty() {
+                let prefix = aligned_key(end, &[]);
+                let gone: Vec<Vec<u8>> =
+                    self.changes.out.range(prefix.clone()..).take_while(|k| k.starts_with(&prefix)).cloned().collect();
+                for k in gone {
+                    self.changes.out.remove(&k);
+                }
+            }
         }
         if g.spilled > 0 {
             // Emitted already (emit_group read them): their state goes.
@@ -1218,10 +1337,12 @@ impl WindowOp {
         let every = self.spec.emit_every;
         let Some(list) = self.sessions.get_mut(&key) else { return Ok(()) };
         let mut list = std::mem::take(list);
+        let mut changed = false;
         let mut i = 0;
         while i < list.len() {
             let s = &mut list[i];
             if !s.fired && s.end - 1 <= wm {
+                changed = true;
                 s.fired = true;
                 let (st, en, w) = (s.start, s.end, s.win);
                 self.emit_id(key, st, en, w)?;
@@ -1229,6 +1350,7 @@ impl WindowOp {
                 s.win.emitted += 1;
                 s.win.dirty = false;
             } else if !s.fired && s.next_early - 1 <= wm {
+                changed = true;
                 if s.win.dirty {
                     let (st, en, w) = (s.start, s.end, s.win);
                     self.emit_id(key, st, en, w)?;
@@ -1243,6 +1365,15 @@ impl WindowOp {
             }
             let s = list[i];
             if s.fired && gone_at(s.end, lateness) <= wm {
+                changed = true;
+                if list.len() == 1 && self.changes.on() {
+                    // The key's last session: it goes (its bytes go with the last reference).
+                    self.changes.removed(self.keys.key(key));
+                    if let Some(f) = self.changes.keys.get_mut(key as usize) {
+                        *f = false;
+                    }
+                    changed = false;
+                }
                 self.accs.free(s.win.acc);
                 self.keys.release(key);
                 list.remove(i);
@@ -1255,6 +1386,9 @@ impl WindowOp {
             self.hot -= 1;
         } else {
             self.sessions.insert(key, list);
+            if changed && self.changes.on() {
+                self.changes.key(key);
+            }
         }
         Ok(())
     }
@@ -1262,6 +1396,9 @@ impl WindowOp {
     /// Moves the least recently updated windows to the store while more than the
     /// budget are in memory (down to 3/4 of it, so spills come in rounds).
     fn spill_if_over(&mut self) -> Result<(), String> {
+        if self.changes.slots.len() + self.changes.key_ids.len() > 2 * self.hot + 64 {
+            self.compact_changes();
+        }
         if self.hot <= self.budget || self.store.is_none() {
             return Ok(());
         }
@@ -1279,7 +1416,13 @@ impl WindowOp {
                     encode_sessions(&self.accs, &list, &mut buf);
                     let kb: Box<[u8]> = self.keys.key(key).into();
                     let due = list.iter().map(|s| s.due(self.spec.lateness)).min().unwrap_or(WM_MAX);
-                    self.store()?.put(&session_key(&kb), &buf)?;
+                    let skey = session_key(&kb);
+                    self.store()?.put(&skey, &buf)?;
+                    if let Some(f) = self.changes.keys.get_mut(key as usize).filter(|f| **f) {
+                        // Changed, and leaving memory: remembered by its store key.
+                        *f = false;
+                        self.changes.out.insert(skey);
+                    }
                     self.spill_timers.push(Reverse((due, kb)));
                     self.next_due = self.next_due.min(due);
                     for s in &list {
@@ -1310,6 +1453,10 @@ impl WindowOp {
                     slot_key(&self.accs, &self.long_keys, id, &mut skey);
                     let k = aligned_key(end, &skey);
                     self.store()?.put(&k, &buf)?;
+                    if m & CHANGED != 0 {
+                        // Changed, and leaving memory: remembered by its store key.
+                        self.changes.out.insert(k);
+                    }
                     self.free_cell(id);
                     self.groups.get_mut(&end).expect("group").spilled += 1;
                     self.spilled += 1;
@@ -1369,17 +1516,9 @@ impl WindowOp {
     pub fn snapshot(&mut self) -> Result<Vec<u8>, String> {
         let session = matches!(self.spec.window, Window::Session { .. });
         let mut w = Writer::new(if session { SNAP_SESSION } else { SNAP_ALIGNED });
-        for x in self.shape() {
-            w.i64(x);
-        }
-        w.count(self.channels.len(), "channels")?;
-        for &c in &self.channels {
-            w.i64(c);
-        }
-        w.i64(self.wm);
-        w.i64(self.emit_stamp);
-        w.u64(self.late);
-        w.u32(self.epoch);
+        let gen = Generation::full(self.gen);
+        gen.put(&mut w);
+        self.write_globals(&mut w)?;
         let spilled = |prefix: &[u8]| match &self.store {
             Some(s) => s.scan_prefix(prefix),
             None => Ok(Vec::new()),
@@ -1417,14 +1556,14 @@ impl WindowOp {
                 }
             }
             for (k, v) in &spilled {
-                let end = k.get(1..9).ok_or("a spilled window's store key is short")?;
-                let mut e = [0u8; 8];
-                e.copy_from_slice(end);
-                w.i64((u64::from_be_bytes(e) ^ (1 << 63)) as i64);
+                w.i64(aligned_end(k)?);
                 w.bytes(&k[9..], "key")?;
                 w.bytes(v, "window")?;
             }
         }
+        self.reset_changes();
+        self.gen = Some(gen);
+        self.touched = false;
         Ok(w.finish())
     }
 
@@ -1445,13 +1584,21 @@ impl WindowOp {
             return Err("a snapshot is restored into a fresh window operator only".into());
         }
         let r = self.restore_state(bytes);
-        if r.is_err() {
-            let mut blank = WindowOp::build(self.spec.clone(), self.kinds.clone(), self.channels.len());
-            blank.store = self.store.take();
-            blank.budget = self.budget;
-            *self = blank;
+        match r {
+            Ok(gen) => {
+                self.reset_changes();
+                self.gen = Some(gen);
+                self.touched = false;
+                Ok(())
+            }
+            Err(e) => {
+                let mut blank = WindowOp::build(self.spec.clone(), self.kinds.clone(), self.channels.len());
+                blank.store = self.store.take();
+                blank.budget = self.budget;
+                *self = blank;
+                Err(e)
+            }
         }
-        r
     }
 
     /// The window's parameters and the accumulators' shape, which a snapshot must
@@ -1465,31 +1612,12 @@ impl WindowOp {
         [a, b, self.key_kinds.len() as i64, self.spec.acc.len() as i64, self.spec.acc.width as i64]
     }
 
-    fn restore_state(&mut self, bytes: &[u8]) -> Result<(), String> {
+    fn restore_state(&mut self, bytes: &[u8]) -> Result<Generation, String> {
         let session = matches!(self.spec.window, Window::Session { .. });
         let mut r = Reader::open(bytes, if session { SNAP_SESSION } else { SNAP_ALIGNED }, "window")?;
-        let shape = self.shape();
-        let mut got = [0i64; 5];
-        for x in &mut got {
-            *x = r.i64("shape")?;
-        }
-        if got != shape {
-            return Err(format!(
-                "window snapshot of another shape: [window parameters, keys, aggregates, words] {got:?}, \
-                 the operator's {shape:?}"
-            ));
-        }
-        let n = r.count(8, "channels")?;
-        if n != self.channels.len() {
-            return Err(format!("window snapshot of {n} upstream instances, the operator has {}", self.channels.len()));
-        }
-        for c in &mut self.channels {
-            *c = r.i64("channel watermark")?;
-        }
-        self.wm = r.i64("watermark")?;
-        self.emit_stamp = r.i64("result stamp")?;
-        self.late = r.u64("late count")?;
-        self.epoch = r.u32("batch count")?;
+        let gen = Generation::get(&mut r)?;
+        let globals = self.read_globals(&mut r)?;
+        self.set_globals(globals);
         let lateness = self.spec.lateness;
         let mut next_due = WM_MAX;
         if session {
@@ -1559,12 +1687,69 @@ impl WindowOp {
                 if self.find_loaded(kh, end).is_some() {
                     return Err(format!("window snapshot holds a key's window ending at {end} twice"));
                 }
-                self.register_cell(win.acc, kh, end, win.emitted, win.dirty);
+                self.register_cell(win.acc, kh, end, win.emitted, win.dirty, false);
             }
         }
         r.end("window")?;
         self.next_due = next_due;
-        self.spill_if_over()
+        self.spill_if_over()?;
+        Ok(gen)
+    }
+
+    /// The shape, then the small global part of the state: every snapshot and delta
+    /// has it.
+    fn write_globals(&self, w: &mut Writer) -> Result<(), String> {
+        for x in self.shape() {
+            w.i64(x);
+        }
+        w.count(self.channels.len(), "channels")?;
+        for &c in &self.channels {
+            w.i64(c);
+        }
+        w.i64(self.wm);
+        w.i64(self.emit_stamp);
+        w.u64(self.late);
+        w.u32(self.epoch);
+        Ok(())
+    }
+
+    /// Reads [`WindowOp::write_globals`]'s part, checking the shape, without changing
+    /// the operator.
+    fn read_globals(&self, r: &mut Reader<'_>) -> Result<Globals, String> {
+        let shape = self.shape();
+        let mut got = [0i64; 5];
+        for x in &mut got {
+            *x = r.i64("shape")?;
+        }
+        if got != shape {
+            return Err(format!(
+                "window snapshot of another shape: [window parameters, keys, aggregates, words] {got:?}, \
+                 the operator's {shape:?}"
+            ));
+        }
+        let n = r.count(8, "channels")?;
+        if n != self.channels.len() {
+            return Err(format!("window snapshot of {n} upstream instances, the operator has {}", self.channels.len()));
+        }
+        let mut channels = Vec::with_capacity(n);
+        for _ in 0..n {
+            channels.push(r.i64("channel watermark")?);
+        }
+        Ok(Globals {
+            channels,
+            wm: r.i64("watermark")?,
+            emit_stamp: r.i64("result stamp")?,
+            late: r.u64("late count")?,
+            epoch: r.u32("batch count")?,
+        })
+    }
+
+    fn set_globals(&mut self, g: Globals) {
+        self.channels = g.channels;
+        self.wm = g.wm;
+        self.emit_stamp = g.emit_stamp;
+        self.late = g.late;
+        self.epoch = g.epoch;
     }
 
     /// The slot of the window ending at `end` of the key in `scratch` and `probe`
@@ -1581,6 +1766,403 @@ impl WindowOp {
                 }
         })
     }
+}
+
+/// Delta kinds (`snapshot.rs`): aligned windows, and sessions.
+const DELTA_ALIGNED: u8 = b'a';
+const DELTA_SESSION: u8 = b's';
+
+/// The window end of an aligned window's store key ([`aligned_key`]).
+fn aligned_end(k: &[u8]) -> Result<i64, String> {
+    let end = k.get(1..9).ok_or("a spilled window's store key is short")?;
+    let mut e = [0u8; 8];
+    e.copy_from_slice(end);
+    Ok((u64::from_be_bytes(e) ^ (1 << 63)) as i64)
+}
+
+/// Incremental checkpoints.
+///
+/// A delta holds what changed since the previous snapshot or delta, in logical terms
+/// (where a window lies, in memory or spilled, is not state):
+///
+/// - its generations (chain, the sequence number it follows, its own: see
+///   [`Generation`]), then the shape and the global part every snapshot has
+///   (watermarks, result stamp, late count, batch count);
+/// - aligned windows: the ends of groups dropped (with all their windows), the groups
+///   created or changed (end, fired, next early result), and every window created or
+///   changed (end, key bytes, [`Win::encode`]), whole;
+/// - sessions: the keys whose last session was dropped, and per key created or changed
+///   its key bytes and all its sessions ([`encode_sessions`]).
+///
+/// Applying one drops first, then writes the rest over what is there.
+///
+/// Changes are tracked from the first snapshot (or restore) on, so that taking a delta
+/// walks the changes alone, never the whole state. An aligned window's slot carries a
+/// [`CHANGED`] bit, set (and its id pushed onto a list) where [`DIRTY`] is set: one
+/// test-and-set on the path a record takes. A session key has a flag and a list of ids
+/// alike. Windows (or a key's sessions) changed and then spilled leave their store key
+/// in a set, as do spilled windows changed in the store (a firing's new revision); a
+/// delta reads those back from memory or the store. Dropped groups and keys are
+/// recorded where they are dropped.
+impl WindowOp {
+    /// Forgets the changes tracked (a snapshot or delta holds them now) and tracks on.
+    fn reset_changes(&mut self) {
+        let c = &mut self.changes;
+        for &id in &c.slots {
+            self.accs.header_mut(id)[H_META] &= !CHANGED;
+        }
+        c.slots.clear();
+        for &k in &c.key_ids {
+            if let Some(f) = c.keys.get_mut(k as usize) {
+                *f = false;
+            }
+        }
+        c.key_ids.clear();
+        c.out.clear();
+        c.groups.clear();
+        c.dropped.clear();
+        c.removed.clear();
+        c.removed_n = 0;
+        c.track = CHANGED;
+    }
+
+    /// Drops the ids of changed slots and keys that are stale (freed since) or listed
+    /// twice, so the lists stay within the state's size.
+    fn compact_changes(&mut self) {
+        let c = &mut self.changes;
+        let mut kept = Vec::with_capacity(self.hot);
+        for &id in &c.slots {
+            let h = self.accs.header_mut(id);
+            if h[H_META] & CHANGED != 0 {
+                h[H_META] &= !CHANGED;
+                kept.push(id);
+            }
+        }
+        for &id in &kept {
+            self.accs.header_mut(id)[H_META] |= CHANGED;
+        }
+        c.slots = kept;
+        let mut kept = Vec::new();
+        for &k in &c.key_ids {
+            if let Some(f) = c.keys.get_mut(k as usize).filter(|f| **f) {
+                *f = false;
+                kept.push(k);
+            }
+        }
+        for &k in &kept {
+            c.keys[k as usize] = true;
+        }
+        c.key_ids = kept;
+    }
+
+    /// The value stored under exactly `skey`, if any (read, not taken).
+    fn stored(&self, skey: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        let Some(store) = &self.store else { return Ok(None) };
+        Ok(store.scan_prefix(skey)?.into_iter().find(|(k, _)| k == skey).map(|(_, v)| v))
+    }
+
+    /// Appends slot `id`'s window (end, key, [`Win::encode`]) to a delta, and clears
+    /// its [`CHANGED`] bit.
+    fn put_slot(&mut self, w: &mut Writer, id: u32, key: &mut Vec<u8>) -> Result<(), String> {
+        slot_key(&self.accs, &self.long_keys, id, key);
+        let h = self.accs.header(id);
+        let (end, m) = (h[H_END] as i64, h[H_META]);
+        let win = Win { acc: id, emitted: meta_rev(m), dirty: m & DIRTY != 0, used: 0 };
+        w.i64(end);
+        w.bytes(key, "key")?;
+        w.bytes_with("window", |o| win.encode(&self.accs, o))?;
+        self.accs.header_mut(id)[H_META] &= !CHANGED;
+        Ok(())
+    }
+
+    /// What changed since the previous [`WindowOp::snapshot`] or `snapshot_delta` (see
+    /// above), as bytes to apply with [`WindowOp::apply_delta`] on top of that one. Its
+    /// cost is in the changes, not the state. Refused before any full snapshot (or
+    /// restore); if it fails, the next must be a full snapshot (this refuses until
+    /// then). Results not yet taken are not state, as for [`WindowOp::snapshot`].
+    pub fn snapshot_delta(&mut self) -> Result<Vec<u8>, String> {
+        let Some(at) = self.gen else {
+            return Err("a delta follows a snapshot: take a full snapshot of the window operator first".into());
+        };
+        let r = self.encode_delta(at.next());
+        match &r {
+            Ok(_) => {
+                self.reset_changes();
+                self.gen = Some(at.next());
+                self.touched = false;
+            }
+            Err(_) => self.gen = None,
+        }
+        r
+    }
+
+    fn encode_delta(&mut self, gen: Generation) -> Result<Vec<u8>, String> {
+        let session = matches!(self.spec.window, Window::Session { .. });
+        let mut w = Writer::new(if session { DELTA_SESSION } else { DELTA_ALIGNED });
+        gen.put_delta(&mut w);
+        self.write_globals(&mut w)?;
+        let out = std::mem::take(&mut self.changes.out);
+        if session {
+            w.count(self.changes.removed_n, "removed keys")?;
+            w.raw(&self.changes.removed);
+            let at = w.count_later();
+            let mut n = 0;
+            for skey in &out {
+                let kb = skey.get(1..).unwrap_or_default();
+                if let Some(id) = self.keys.find(kb).filter(|id| self.sessions.contains_key(id)) {
+                    if let Some(f) = self.changes.keys.get_mut(id as usize) {
+                        *f = false;
+                    }
+                    let list = self.sessions.get(&id).expect("sessions");
+                    w.bytes(kb, "key")?;
+                    w.bytes_with("sessions", |o| encode_sessions(&self.accs, list, o))?;
+                    n += 1;
+                } else if self.spilled > 0 {
+                    if let Some(v) = self.stored(skey)? {
+                        w.bytes(kb, "key")?;
+                        w.bytes(&v, "sessions")?;
+                        n += 1;
+                    }
+                }
+                // Else dropped since: among the removed keys.
+            }
+            let ids = std::mem::take(&mut self.changes.key_ids);
+            for &id in &ids {
+                let Some(f) = self.changes.keys.get_mut(id as usize).filter(|f| **f) else { continue };
+                *f = false;
+                if let Some(list) = self.sessions.get(&id) {
+                    w.bytes(self.keys.key(id), "key")?;
+                    w.bytes_with("sessions", |o| encode_sessions(&self.accs, list, o))?;
+                    n += 1;
+                }
+            }
+            w.patch_count(at, n, "changed keys")?;
+        } else {
+            let mut dropped = std::mem::take(&mut self.changes.dropped);
+            dropped.sort_unstable();
+            dropped.dedup();
+            w.count(dropped.len(), "dropped groups")?;
+            for &end in &dropped {
+                w.i64(end);
+            }
+            let at = w.count_later();
+            let mut n = 0;
+            for end in &self.changes.groups {
+                if let Some(g) = self.groups.get(end) {
+                    w.i64(*end);
+                    w.u8(u8::from(g.fired));
+                    w.i64(g.next_early);
+                    n += 1;
+                }
+            }
+            w.patch_count(at, n, "groups")?;
+            let at = w.count_later();
+            let mut n = 0;
+            let mut key = Vec::new();
+            for skey in &out {
+                let end = aligned_end(skey)?;
+                let kb = &skey[9..];
+                self.scratch.clear();
+                self.scratch.extend_from_slice(kb);
+                self.probe.clear();
+                pad_words(kb, &mut self.probe);
+                let kh = key_hash(kb.len(), self.probe.iter().copied());
+                if let Some(id) = self.find_loaded(kh, end) {
+                    self.put_slot(&mut w, id, &mut key)?;
+                    n += 1;
+                } else if self.groups.get(&end).is_some_and(|g| g.spilled > 0) {
+                    if let Some(v) = self.stored(skey)? {
+                        w.i64(end);
+                        w.bytes(kb, "key")?;
+                        w.bytes(&v, "window")?;
+                        n += 1;
+                    }
+                }
+                // Else dropped since, with its group.
+            }
+            let slots = std::mem::take(&mut self.changes.slots);
+            for &id in &slots {
+                if self.accs.header(id)[H_META] & CHANGED != 0 {
+                    self.put_slot(&mut w, id, &mut key)?;
+                    n += 1;
+                }
+            }
+            w.patch_count(at, n, "windows")?;
+        }
+        Ok(w.finish())
+    }
+
+    /// Applies a [`WindowOp::snapshot_delta`] to this operator, which must stand exactly
+    /// where the delta's producer stood before it: restored from that full snapshot,
+    /// given the deltas before this one in order, and given no input since. It then
+    /// behaves as the producer did after taking the delta. A delta of another chain,
+    /// out of order, or applied twice is refused and changes nothing; damaged bytes
+    /// are refused too (never a panic), and if the damage is found only while applying,
+    /// the operator is left fresh, as a failed [`WindowOp::restore`] leaves it: restore
+    /// the snapshot again.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub fn apply_delta(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let session = matches!(self.spec.window, Window::Session { .. });
+        let mut r = Reader::open(bytes, if session { DELTA_SESSION } else { DELTA_ALIGNED }, "window delta")?;
+        let gen = Generation::get_delta(&mut r, self.gen, !self.touched)?;
+        let globals = self.read_globals(&mut r)?;
+        // From here on the operator changes.
+        self.set_globals(globals);
+        let res = if session { self.apply_sessions(&mut r) } else { self.apply_windows(&mut r) }
+            .and_then(|()| r.end("window delta"))
+            .and_then(|()| self.spill_if_over());
+        match res {
+            Ok(()) => {
+                self.reset_changes();
+                self.gen = Some(gen);
+                self.touched = false;
+                Ok(())
+            }
+            Err(e) => {
+                let mut blank = WindowOp::build(self.spec.clone(), self.kinds.clone(), self.channels.len());
+                blank.store = self.store.take();
+                blank.budget = self.budget;
+                if let Some(s) = &mut blank.store {
+                    // What the operator spilled is not a fresh operator's.
+                    let _ = s.take_prefix(&[]);
+                }
+                *self = blank;
+                Err(e)
+            }
+        }
+    }
+
+    fn apply_windows(&mut self, r: &mut Reader<'_>) -> Result<(), String> {
+        let lateness = self.spec.lateness;
+        let size = match self.spec.window {
+            Window::Tumbling { size_ms } | Window::Sliding { size_ms, .. } => size_ms,
+            Window::Session { .. } => 0,
+        };
+        let n = r.count(8, "dropped groups")?;
+        for _ in 0..n {
+            let end = r.i64("dropped group end")?;
+            self.drop_group(end)?;
+        }
+        let n = r.count(17, "groups")?;
+        for _ in 0..n {
+            let end = r.i64("group end")?;
+            let fired = r.bool("group fired")?;
+            let next_early = r.i64("group next early result")?;
+            if end.checked_sub(size).is_none() || end == i64::MIN || next_early == i64::MIN {
+                return Err(format!("window delta holds a bad window end {end}"));
+            }
+            let g = self.groups.entry(end).or_default();
+            g.fired = fired;
+            g.next_early = next_early;
+        }
+        let n = r.count(16, "windows")?;
+        for _ in 0..n {
+            let end = r.i64("window end")?;
+            let kb = r.bytes("key")?;
+            let wb = r.bytes("window")?;
+            if !self.groups.contains_key(&end) {
+                return Err(format!("window delta holds a window ending at {end} but no such group"));
+            }
+            check_key(kb, &self.key_kinds)?;
+            let (win, used) = Win::decode(&mut self.accs, wb, self.epoch)?;
+            if used != wb.len() {
+                return Err("window delta holds a window with bytes past its end".into());
+            }
+            self.scratch.clear();
+            self.scratch.extend_from_slice(kb);
+            self.probe.clear();
+            pad_words(kb, &mut self.probe);
+            let kh = key_hash(kb.len(), self.probe.iter().copied());
+            if let Some(id) = self.find_loaded(kh, end) {
+                self.accs.swap_acc(id, win.acc);
+                self.accs.free(win.acc);
+                let h = self.accs.header_mut(id);
+                h[H_META] = (h[H_META] & !(DIRTY | (REV_MASK << REV_SHIFT)))
+                    | ((u64::from(win.emitted) & REV_MASK) << REV_SHIFT)
+                    | if win.dirty { DIRTY } else { 0 };
+                continue;
+            }
+            if self.groups[&end].spilled > 0 && self.store()?.take(&aligned_key(end, kb))?.is_some() {
+                // Its old state was spilled: the new one replaces it, in memory.
+                if let Some(g) = self.groups.get_mut(&end) {
+                    g.spilled -= 1;
+                }
+                self.spilled -= 1;
+            }
+            self.register_cell(win.acc, kh, end, win.emitted, win.dirty, false);
+        }
+        let mut next_due = WM_MAX;
+        for (&end, g) in &self.groups {
+            let due = if g.fired { gone_at(end, lateness) } else { (end - 1).min(g.next_early.saturating_sub(1)) };
+            next_due = next_due.min(due);
+        }
+        self.next_due = next_due;
+        Ok(())
+    }
+
+    fn apply_sessions(&mut self, r: &mut Reader<'_>) -> Result<(), String> {
+        let lateness = self.spec.lateness;
+        let n = r.count(4, "removed keys")?;
+        for _ in 0..n {
+            let kb = r.bytes("key")?;
+            check_key(kb, &self.key_kinds)?;
+            let key = self.keys.intern(kb);
+            self.sessions_of(key)?;
+            match self.sessions.remove(&key) {
+                Some(list) => {
+                    for s in &list {
+                        self.accs.free(s.win.acc);
+                        self.keys.release(key);
+                    }
+                    self.hot -= 1;
+                }
+                None => self.keys.forget_if_unused(key),
+            }
+        }
+        let n = r.count(8, "changed keys")?;
+        for _ in 0..n {
+            let kb = r.bytes("key")?;
+            let blob = r.bytes("sessions")?;
+            check_key(kb, &self.key_kinds)?;
+            let key = self.keys.intern(kb);
+            self.sessions_of(key)?;
+            let list = decode_sessions(&mut self.accs, blob, self.epoch)?;
+            if list.is_empty() {
+                return Err("window delta holds a key without sessions".into());
+            }
+            for s in &list {
+                if s.end == i64::MIN || s.start > s.end || s.next_early == i64::MIN || s.win.emitted == u32::MAX {
+                    return Err(format!("window delta holds a bad session [{}, {})", s.start, s.end));
+                }
+            }
+            for s in &list {
+                self.keys.retain(key);
+                let due = s.due(lateness);
+                self.timers.entry(due).or_default().push(key);
+                self.next_due = self.next_due.min(due);
+            }
+            match self.sessions.remove(&key) {
+                Some(old) => {
+                    for s in &old {
+                        self.accs.free(s.win.acc);
+                        self.keys.release(key);
+                    }
+                }
+                None => self.hot += 1,
+            }
+            self.sessions.insert(key, list);
+        }
+        Ok(())
+    }
+}
+
+/// The global part of a snapshot or delta, read.
+struct Globals {
+    channels: Vec<i64>,
+    wm: i64,
+    emit_stamp: i64,
+    late: u64,
+    epoch: u32,
 }
 
 /// Appends one result row: keys, bounds, aggregates, revision, `$wm`.
@@ -2349,6 +2931,242 @@ mod tests {
             framed.extend_from_slice(&[0; 4]);
             snapshot::reseal(&mut framed);
             let _ = op_with(&spec, Some(1)).restore(&framed);
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+        /// An operator run to the end (A); one (B), perhaps spilling, that takes a full
+        /// snapshot or a delta at random steps (the first a full one) and carries on; and
+        /// one (C), perhaps spilling, restored from one of B's full snapshots and given
+        /// B's deltas after it in order (up to B's next full snapshot), then run from
+        /// there: B's results before that point and C's after it are A's (revisions,
+        /// stamps and late rows included). A delta skipping one, one after B's next full
+        /// snapshot (another chain), and the last one applied again are refused and
+        /// change nothing.
+        #[test]
+        fn a_window_operator_restored_from_a_snapshot_and_deltas_carries_on_as_the_original(
+            raw in proptest::collection::vec(
+                (0usize..24, -50i64..50, 0i64..20_000, 0i64..3_000, proptest::prelude::any::<bool>(), proptest::prelude::any::<bool>()),
+                1..200,
+            ),
+            kind in 0u8..3,
+            late in proptest::prelude::any::<bool>(),
+            early in proptest::prelude::any::<bool>(),
+            chunk in 1usize..40,
+            cuts in proptest::collection::vec((0usize..=1000, 0u8..5), 1..7),
+            pick in 0usize..8,
+            b_budget in 0u8..3,
+            c_budget in 0u8..3,
+        ) {
+            let window = match kind {
+                0 => Window::Tumbling { size_ms: 1_000 },
+                1 => Window::Sliding { size_ms: 1_000, slide_ms: 300 },
+                _ => Window::Session { gap_ms: 500 },
+            };
+            let spec = rich_spec(window, if late { 700 } else { 0 }, early.then_some(300));
+            let steps = steps(&raw, chunk, kind == 2);
+            // (step, full snapshot?), in order; the first is a full one.
+            let mut cuts: Vec<(usize, bool)> = cuts.iter().map(|&(c, f)| (c * steps.len() / 1000, f == 0)).collect();
+            cuts.sort_by_key(|c| c.0);
+            cuts[0].1 = true;
+            let mut a = op_with(&spec, None);
+            let mut want = Output::default();
+            for s in &steps {
+                step(&mut a, s, &mut want);
+            }
+            finish(&mut a, &mut want);
+            // B: (step, full?, bytes, its output up to then).
+            let mut b = op_with(&spec, budget(b_budget));
+            let mut out = Output::default();
+            let mut taken = Vec::new();
+            let mut at = 0;
+            for &(cut, full) in &cuts {
+                for s in &steps[at..cut] {
+                    step(&mut b, s, &mut out);
+                }
+                at = cut;
+                let bytes = if full { b.snapshot() } else { b.snapshot_delta() }.expect("snapshot");
+                taken.push((cut, full, bytes, Output { rows: out.rows.clone(), late: out.late.clone() }));
+            }
+            let fulls: Vec<usize> = (0..taken.len()).filter(|&i| taken[i].1).collect();
+            let base = fulls[pick % fulls.len()];
+            let mut c = op_with(&spec, budget(c_budget));
+            c.restore(&taken[base].2).expect("restore");
+            if base + 2 < taken.len() && !taken[base + 1].1 && !taken[base + 2].1 {
+                let skip = c.apply_delta(&taken[base + 2].2);
+                proptest::prop_assert!(skip.as_ref().is_err_and(|e| e.contains("in order")), "{:?}", skip);
+            }
+            let mut last = base;
+            for (i, t) in taken.iter().enumerate().skip(base + 1) {
+                if t.1 {
+                    // Deltas after another full snapshot follow that one.
+                    if let Some(d) = taken[i + 1..].iter().find(|d| !d.1) {
+                        let other = c.apply_delta(&d.2);
+                        proptest::prop_assert!(other.as_ref().is_err_and(|e| e.contains("chain")), "{:?}", other);
+                    }
+                    break;
+                }
+                c.apply_delta(&t.2).expect("apply");
+                last = i;
+            }
+            if last > base {
+                proptest::prop_assert!(c.apply_delta(&taken[last].2).is_err(), "a delta applied twice");
+            }
+            let (cut, _, _, before) = &taken[last];
+            let mut got = Output { rows: before.rows.clone(), late: before.late.clone() };
+            for s in &steps[*cut..] {
+                step(&mut c, s, &mut got);
+            }
+            finish(&mut c, &mut got);
+            proptest::prop_assert_eq!(got.sorted(), want.sorted());
+            proptest::prop_assert_eq!(c.late, a.late);
+            proptest::prop_assert_eq!(c.state_size().0 + c.state_size().1, 0);
+        }
+    }
+
+    /// Real deltas mid-run, of sliding windows and of sessions (spilling, some fired and
+    /// within allowed lateness, some with early results, some dropped): the full
+    /// snapshot, and the delta taken some steps later.
+    fn real_deltas() -> Vec<(Arc<WindowSpec>, Vec<u8>, Vec<u8>)> {
+        let raw: Vec<(usize, i64, i64, i64, bool, bool)> = (0..120)
+            .map(|i: usize| {
+                (
+                    i * 7 % 23,
+                    i as i64 - 60,
+                    (i as i64 * 7_919) % 20_000,
+                    (i as i64 * 31) % 3_000,
+                    i.is_multiple_of(5),
+                    i.is_multiple_of(3),
+                )
+            })
+            .collect();
+        let mut out = Vec::new();
+        for (window, session) in
+            [(Window::Sliding { size_ms: 1_000, slide_ms: 300 }, false), (Window::Session { gap_ms: 500 }, true)]
+        {
+            let spec = rich_spec(window, 700, Some(300));
+            let mut op = op_with(&spec, Some(8));
+            let steps = steps(&raw, 7, session);
+            let mut sink = Output::default();
+            for s in &steps[..steps.len() / 2] {
+                step(&mut op, s, &mut sink);
+            }
+            let full = op.snapshot().expect("snapshot");
+            for s in &steps[steps.len() / 2..steps.len() * 2 / 3] {
+                step(&mut op, s, &mut sink);
+            }
+            assert!(op.state_size().1 > 0, "spilled");
+            out.push((spec, full, op.snapshot_delta().expect("delta")));
+        }
+        out
+    }
+
+    /// After a refused delta, `op` is as it was (refused before anything changed: the
+    /// delta applies) or fresh (the snapshot restores).
+    fn fresh_or_unchanged(mut op: WindowOp, full: &[u8], delta: &[u8]) {
+        if op.apply_delta(delta).is_err() {
+            op.restore(full).expect("a refused delta leaves the operator as it was, or fresh");
+        }
+    }
+
+    #[test]
+    fn damaged_or_misplaced_window_deltas_are_refused_without_panicking() {
+        let real = real_deltas();
+        for (n, (spec, full, delta)) in real.iter().enumerate() {
+            let restored = || {
+                let mut op = op_with(spec, Some(2));
+                op.restore(full).expect("restore");
+                op
+            };
+            // Damage the frame's checks catch: refused before anything changes.
+            let mut op = restored();
+            for n in 0..delta.len() {
+                assert!(op.apply_delta(&delta[..n]).is_err(), "prefix of {n} bytes");
+            }
+            for bit in 0..delta.len() * 8 {
+                let mut bad = delta.clone();
+                bad[bit / 8] ^= 1 << (bit % 8);
+                assert!(op.apply_delta(&bad).is_err(), "bit {bit} flipped");
+            }
+            op.apply_delta(delta).expect("the delta, after all that was refused");
+            let twice = op.apply_delta(delta);
+            assert!(twice.as_ref().is_err_and(|e| e.contains("in order")), "{twice:?}");
+            // Past the checksum: the decoders see the damage. A refused delta leaves the
+            // operator fresh.
+            let body = delta.len() - 4;
+            for n in 6..body {
+                let mut cut = delta[..n].to_vec();
+                cut.extend_from_slice(&[0; 4]);
+                snapshot::reseal(&mut cut);
+                let mut op = restored();
+                assert!(op.apply_delta(&cut).is_err(), "payload cut at {n}");
+                if n.is_multiple_of(32) {
+                    fresh_or_unchanged(op, full, delta);
+                }
+            }
+            for at in 6..body {
+                for mask in [0x01u8, 0x80, 0xFF] {
+                    let mut bad = delta.clone();
+                    bad[at] ^= mask;
+                    snapshot::reseal(&mut bad);
+                    let mut op = restored();
+                    if op.apply_delta(&bad).is_err() && at.is_multiple_of(16) {
+                        fresh_or_unchanged(op, full, delta);
+                    }
+                }
+            }
+            // Onto an operator not restored, one that processed input since its restore,
+            // one restored from a snapshot of another chain, one of another kind.
+            let e = op_with(spec, None).apply_delta(delta);
+            assert!(e.as_ref().is_err_and(|e| e.contains("restored")), "{e:?}");
+            let mut moved = restored();
+            moved.watermark(0, WM_MIN + 1).expect("watermark");
+            let e = moved.apply_delta(delta);
+            assert!(e.as_ref().is_err_and(|e| e.contains("processed")), "{e:?}");
+            let mut other = op_with(spec, None);
+            other.restore(full).expect("restore");
+            let again = other.snapshot().expect("snapshot");
+            let mut other = op_with(spec, None);
+            other.restore(&again).expect("restore");
+            let e = other.apply_delta(delta);
+            assert!(e.as_ref().is_err_and(|e| e.contains("chain")), "{e:?}");
+            let (_, _, foreign) = &real[1 - n];
+            let e = restored().apply_delta(foreign);
+            assert!(e.as_ref().is_err_and(|e| e.contains("kind")), "{e:?}");
+            let e = restored().apply_delta(full);
+            assert!(e.as_ref().is_err_and(|e| e.contains("kind")), "a full snapshot is no delta: {e:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        /// Random bytes, bare and behind a real delta's first bytes and a valid
+        /// checksum, are refused or applied, never a panic.
+        #[test]
+        fn applying_random_bytes_as_a_window_delta_does_not_panic(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+            which in 0usize..2,
+            keep in 0usize..=1000,
+        ) {
+            let (spec, full, delta) = real_deltas().swap_remove(which);
+            let restored = || {
+                let mut op = op_with(&spec, Some(1));
+                op.restore(&full).expect("restore");
+                op
+            };
+            let _ = restored().apply_delta(&bytes);
+            let mut framed = delta[..6 + keep * (delta.len() - 10) / 1000].to_vec();
+            framed.extend_from_slice(&bytes);
+            framed.extend_from_slice(&[0; 4]);
+            snapshot::reseal(&mut framed);
+            let mut op = restored();
+            if op.apply_delta(&framed).is_ok() {
+                // Whatever it holds, the operator carries on.
+                let _ = op.watermark(0, WM_MAX - 1);
+                let _ = op.finish();
+                let _ = op.take_results();
+            }
         }
     }
 
