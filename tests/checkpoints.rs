@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 fn flowc(dir: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_flowc"));
-    c.current_dir(dir);
+    // 64 KiB chunks: a file can resume every ~700 lines, so runs take many checkpoints
+    // (full snapshots and deltas) between kills.
+    c.current_dir(dir).env("FLOW_READ_CHUNK_BYTES", "65536").env("FLOW_DEBUG_RESTORE", "1");
     c
 }
 
@@ -86,8 +88,8 @@ impl Rng {
 fn crash_and_finish(dir: &Path, extra: &[&str], kills: usize, rng: &mut Rng) -> usize {
     let mut hit = 0;
     for _ in 0..kills {
-        let mut child =
-            flowc(dir).args(run_args(extra)).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("runs.log")).expect("log");
+        let mut child = flowc(dir).args(run_args(extra)).stdout(Stdio::null()).stderr(log).spawn().expect("spawn");
         let delay = Duration::from_millis(100 + rng.next(700));
         let started = Instant::now();
         loop {
@@ -132,7 +134,15 @@ fn crash_test(flow: &str, lines_in: usize, extra: &[&str]) {
     let hit = crash_and_finish(dir.path(), extra, kills(), &mut rng);
     let got = lines(&dir.path().join("out.jsonl"));
     assert_eq!(got.len(), want.len(), "record count differs after {hit} kills (FLOW_CRASH_SEED={seed})");
-    assert!(got == want, "records differ after {hit} kills (FLOW_CRASH_SEED={seed})");
+    if got != want {
+        let missing: Vec<&String> = want.iter().filter(|l| got.binary_search(l).is_err()).take(5).collect();
+        let extra: Vec<&String> = got.iter().filter(|l| want.binary_search(l).is_err()).take(5).collect();
+        let kept = dir.keep();
+        panic!(
+            "records differ after {hit} kills (FLOW_CRASH_SEED={seed}) in {}: missing {missing:?}, unexpected {extra:?}",
+            kept.display()
+        );
+    }
     assert!(hit > 0, "no kill hit a running process");
 
     for point in ["before-metadata", "after-metadata", "mid-commit", "after-commit"] {

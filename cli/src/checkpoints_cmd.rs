@@ -230,7 +230,7 @@ pub fn check_savepoint(file: &std::path::Path, sp: &std::path::Path) -> ExitCode
     for op in &ops {
         let states: Vec<_> = m.operators.iter().filter(|o| o.pipeline == op.pipeline && o.operator == op.id).collect();
         if !states.is_empty() {
-            let bytes: u64 = states.iter().map(|s| s.file.bytes).sum();
+            let bytes: u64 = states.iter().flat_map(|s| s.files()).map(|f| f.bytes).sum();
             println!(
                 "  restored      {} ({}): {} instance{}, {}",
                 op.id,

@@ -46,6 +46,10 @@ pub struct Metadata {
     pub operators: Vec<OperatorState>,
     /// Sink output this checkpoint commits.
     pub sinks: Vec<SinkCommit>,
+    /// The last checkpoint of a run that ended (every input ended or was read to its
+    /// end): a later run of another program starts over instead of refusing it.
+    #[serde(default)]
+    pub last: bool,
 }
 
 /// Where a pipeline's input stood when its reader sent the barrier on.
@@ -70,10 +74,28 @@ pub struct OperatorState {
     /// The operator's stable id within the pipeline.
     pub operator: String,
     pub instance: usize,
+    /// What this checkpoint wrote for it: a full snapshot or a delta.
     pub file: StateFile,
+    /// The files its state is restored from, in order: a full snapshot, then the deltas
+    /// taken after it (the last is `file`). Earlier checkpoints' files are shared, not
+    /// copied; pruning keeps the checkpoints they are in.
+    #[serde(default)]
+    pub chain: Vec<StateFile>,
 }
 
-/// A file in the checkpoint's directory, with what it must hold.
+impl OperatorState {
+    /// The files to restore from, in order.
+    pub fn files(&self) -> Vec<&StateFile> {
+        if self.chain.is_empty() {
+            vec![&self.file]
+        } else {
+            self.chain.iter().collect()
+        }
+    }
+}
+
+/// A state file, with what it must hold. Its name is relative to the checkpoints'
+/// directory (`chk-0000000007/p-op-0-7.full`), or to a savepoint's.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StateFile {
     pub name: String,
@@ -144,12 +166,12 @@ impl CheckpointStore {
         fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         let path = dir.join(name);
         write_synced(&path, bytes)?;
-        Ok(StateFile { name: name.to_string(), bytes: bytes.len() as u64, crc32c: crc32c::crc32c(bytes) })
+        Ok(StateFile { name: format!("chk-{id:010}/{name}"), bytes: bytes.len() as u64, crc32c: crc32c::crc32c(bytes) })
     }
 
-    /// Reads state file `f` of checkpoint `id`, checking its size and CRC.
-    pub fn read_state(&self, id: u64, f: &StateFile) -> Result<Vec<u8>, String> {
-        read_checked(&self.dir(id).join(&f.name), f)
+    /// Reads state file `f`, checking its size and CRC.
+    pub fn read_state(&self, f: &StateFile) -> Result<Vec<u8>, String> {
+        read_checked(&self.root.join(&f.name), f)
     }
 
     /// Makes checkpoint `meta.id` complete: its metadata, written atomically.
@@ -161,11 +183,18 @@ impl CheckpointStore {
     /// Copies checkpoint `id` (its state files, then its metadata) to `to`: a savepoint,
     /// which outlives the checkpoints it was made from.
     pub fn copy_to(&self, id: u64, to: &Path) -> Result<Metadata, String> {
-        let meta = self.load(id)?;
+        let mut meta = self.load(id)?;
         fs::create_dir_all(to).map_err(|e| format!("creating {}: {e}", to.display()))?;
-        for op in &meta.operators {
-            let bytes = self.read_state(id, &op.file)?;
-            write_synced(&to.join(&op.file.name), &bytes)?;
+        // The savepoint holds every file of every chain, flat.
+        let flat =
+            |f: &StateFile| StateFile { name: f.name.rsplit('/').next().unwrap_or(&f.name).to_string(), ..f.clone() };
+        for op in &mut meta.operators {
+            for f in op.files() {
+                let bytes = self.read_state(f)?;
+                write_synced(&to.join(&flat(f).name), &bytes)?;
+            }
+            op.chain = op.files().into_iter().map(flat).collect();
+            op.file = flat(&op.file);
         }
         write_metadata(to, &meta)?;
         Ok(meta)
@@ -179,7 +208,9 @@ impl CheckpointStore {
             return Err(format!("its metadata names checkpoint {}", meta.id));
         }
         for op in &meta.operators {
-            read_checked(&dir.join(&op.file.name), &op.file)?;
+            for f in op.files() {
+                read_checked(&self.root.join(&f.name), f)?;
+            }
         }
         for s in &meta.sinks {
             for p in &s.parts {
@@ -252,7 +283,20 @@ impl CheckpointStore {
         let all = self.list();
         let complete: Vec<u64> = all.iter().filter(|l| l.meta.is_ok()).map(|l| l.id).collect();
         let Some(&newest) = complete.last() else { return Ok(()) };
-        let kept: Vec<u64> = complete.iter().rev().take(keep.max(1)).copied().collect();
+        let mut kept: Vec<u64> = complete.iter().rev().take(keep.max(1)).copied().collect();
+        // And the checkpoints whose files the kept ones' chains share.
+        for l in &all {
+            if let (true, Ok(m)) = (kept.contains(&l.id), &l.meta) {
+                for op in &m.operators {
+                    for f in op.files() {
+                        let dir = f.name.split('/').next().unwrap_or("");
+                        if let Some(id) = dir.strip_prefix("chk-").and_then(|n| n.parse::<u64>().ok()) {
+                            kept.push(id);
+                        }
+                    }
+                }
+            }
+        }
         for l in all {
             if l.id < newest && !kept.contains(&l.id) {
                 fs::remove_dir_all(&l.dir).map_err(|e| format!("deleting {}: {e}", l.dir.display()))?;
@@ -289,7 +333,9 @@ fn write_metadata(dir: &Path, meta: &Metadata) -> Result<(), String> {
 pub fn load_dir(dir: &Path) -> Result<Metadata, String> {
     let meta = read_metadata(&dir.join(METADATA))?;
     for op in &meta.operators {
-        read_checked(&dir.join(&op.file.name), &op.file)?;
+        for f in op.files() {
+            read_checked(&dir.join(&f.name), f)?;
+        }
     }
     Ok(meta)
 }
@@ -356,7 +402,14 @@ mod tests {
             duration_ms: 3,
             program: "p".into(),
             positions: [("p".to_string(), Position::File { file: 0, byte: 10 * id, line: id })].into(),
-            operators: vec![OperatorState { pipeline: "p".into(), operator: "op1".into(), instance: 0, file: f }],
+            last: false,
+            operators: vec![OperatorState {
+                pipeline: "p".into(),
+                operator: "op1".into(),
+                instance: 0,
+                file: f.clone(),
+                chain: vec![f],
+            }],
             sinks: Vec::new(),
         }
     }

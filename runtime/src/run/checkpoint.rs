@@ -188,6 +188,10 @@ struct CoordState {
     ended: Vec<bool>,
     /// Final acknowledgements of ended participants, for the next checkpoint.
     carry: Vec<(usize, AckData)>,
+    /// Where the readers that ended left their inputs: part of every later checkpoint.
+    final_positions: BTreeMap<String, Position>,
+    /// The state stopped operators left (written once): part of every later checkpoint.
+    final_states: Vec<OperatorState>,
     completed: u64,
     error: Option<String>,
 }
@@ -276,11 +280,21 @@ impl Coordinator {
         self.sinks.iter().filter_map(|s| s.detach(writer)).collect()
     }
 
-    /// Writes operator `op`'s state for checkpoint `id` (fsynced).
-    pub fn write_state(&self, id: u64, op: OperatorId, bytes: &[u8]) -> Result<OperatorState, String> {
-        let name = format!("{}-{}-{}.state", op.pipeline, op.operator, op.instance);
+    /// Writes operator `op`'s state for checkpoint `id` (fsynced): a full snapshot, or a
+    /// delta on `chain` (the files of the checkpoint before).
+    pub fn write_state(
+        &self,
+        id: u64,
+        op: OperatorId,
+        bytes: &[u8],
+        delta_on: Option<Vec<StateFile>>,
+    ) -> Result<OperatorState, String> {
+        let kind = if delta_on.is_some() { "delta" } else { "full" };
+        let name = format!("{}-{}-{}.{kind}", op.pipeline, op.operator, op.instance);
         let file = self.store.write_state(id, &name, bytes)?;
-        Ok(OperatorState { pipeline: op.pipeline, operator: op.operator, instance: op.instance, file })
+        let mut chain = delta_on.unwrap_or_default();
+        chain.push(file.clone());
+        Ok(OperatorState { pipeline: op.pipeline, operator: op.operator, instance: op.instance, file, chain })
     }
 
     /// A checkpoint's part failed (writing state or sealing output): the run fails.
@@ -371,6 +385,9 @@ impl Coordinator {
         if p < st.ended.len() {
             st.ended[p] = true;
         }
+        if let Some((pipeline, Some(pos))) = &data.position {
+            st.final_positions.insert(pipeline.clone(), pos.clone());
+        }
         let acked = st.in_flight.as_ref().is_some_and(|x| x.acked.get(p).copied().unwrap_or(true));
         if st.in_flight.is_some() && !acked {
             self.record(&mut st, p, data);
@@ -413,14 +430,11 @@ impl Coordinator {
             pending.positions.insert(pipeline, pos);
         }
         if let Some((op, bytes)) = data.state {
-            let name = format!("{}-{}-{}.state", op.pipeline, op.operator, op.instance);
-            match self.store.write_state(pending.id, &name, &bytes) {
-                Ok(file) => pending.operators.push(OperatorState {
-                    pipeline: op.pipeline,
-                    operator: op.operator,
-                    instance: op.instance,
-                    file,
-                }),
+            match self.write_state(pending.id, op, &bytes, None) {
+                Ok(o) => {
+                    pending.operators.push(o.clone());
+                    st.final_states.push(o);
+                }
                 Err(e) => {
                     st.error.get_or_insert(e);
                     self.failed.store(true, Ordering::SeqCst);
@@ -440,7 +454,9 @@ impl Coordinator {
             return;
         }
         let Some(p) = st.in_flight.take() else { return };
-        match self.complete(p) {
+        let last = st.ended.iter().all(|&e| e);
+        let finals = (st.final_positions.clone(), st.final_states.clone());
+        match self.complete(p, last, finals) {
             Ok(()) => {
                 st.completed += 1;
                 st.last_done = Some(Instant::now());
@@ -452,14 +468,30 @@ impl Coordinator {
         }
     }
 
-    fn complete(&self, p: Pending) -> Result<(), String> {
+    fn complete(
+        &self,
+        mut p: Pending,
+        last: bool,
+        (finals, states): (BTreeMap<String, Position>, Vec<OperatorState>),
+    ) -> Result<(), String> {
+        for o in states {
+            let same =
+                |x: &OperatorState| x.pipeline == o.pipeline && x.operator == o.operator && x.instance == o.instance;
+            if !p.operators.iter().any(same) {
+                p.operators.push(o);
+            }
+        }
         let mut sinks = Vec::new();
         for s in &self.sinks {
             let parts: Vec<StateFile> = p.parts.iter().filter(|(n, _)| n == s.name()).map(|(_, f)| f.clone()).collect();
             sinks.push(s.prepare(parts)?);
         }
         let mut positions = p.positions;
-        // A pipeline whose reader ended before this checkpoint: its input is done.
+        // A pipeline whose reader ended before this checkpoint: where it ended.
+        for (k, v) in finals {
+            positions.entry(k).or_insert(v);
+        }
+        // One that has not read since the run resumed: where the checkpoint left it.
         if let Some(prev) = &self.restored {
             for (k, v) in &prev.positions {
                 positions.entry(k.clone()).or_insert_with(|| v.clone());
@@ -474,6 +506,7 @@ impl Coordinator {
             positions,
             operators: p.operators,
             sinks: sinks.clone(),
+            last,
         };
         fault("before-metadata");
         self.store.complete(&meta)?;
@@ -531,9 +564,19 @@ pub(crate) struct PartWriter {
 }
 
 /// Opens a part file for `writer` in `dir` (numbered by `opened`).
+/// Names parts apart from every other run's: a part an applied commit deleted may be
+/// checked for again (its name must not come back with other bytes).
+fn run_tag() -> &'static str {
+    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        format!("{:x}{:05x}", nanos as u64, std::process::id())
+    })
+}
+
 fn open_part(dir: &Path, sink: &str, writer: &str, epoch: u64, opened: &AtomicU64) -> Result<PartWriter, RunError> {
     let n = opened.fetch_add(1, Ordering::SeqCst);
-    let name = format!("{sink}-{epoch:010}-{n:06}-{}", writer.replace(['/', '\\'], "_"));
+    let name = format!("{sink}-{epoch:010}-{}-{n:06}-{}", run_tag(), writer.replace(['/', '\\'], "_"));
     let path = dir.join(&name);
     let file = fs::File::create(&path)
         .map_err(|e| RunError::Io { what: format!("creating {}", path.display()), source: e })?;

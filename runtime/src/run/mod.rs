@@ -436,6 +436,9 @@ pub fn run(program: &ir::Program, opts: &RunOptions) -> Result<Summary, RunError
         .collect();
     let restored = restore_point(&store, &fingerprint, opts, &mut summary, &topics, &file_sinks)?;
     summary.restored_from = restored.as_ref().map(|(m, _)| m.id);
+    if std::env::var("FLOW_DEBUG_RESTORE").is_ok() {
+        eprintln!("restore: {:?} {:?}", restored.as_ref().map(|(m, _)| (m.id, &m.positions)), summary.warnings);
+    }
     let committed = |sink: &str| {
         restored.as_ref().and_then(|(m, _)| m.sinks.iter().find(|c| c.sink == sink)).map_or(0, |c| c.len_after)
     };
@@ -628,7 +631,6 @@ fn restore_point(
     topics: &HashMap<String, Arc<Topic>>,
     file_sinks: &HashSet<String>,
 ) -> Result<Option<(crate::checkpoint::Metadata, PathBuf)>, RunError> {
-    use crate::checkpoint::Position;
     if let Some(sp) = &opts.from_savepoint {
         // A savepoint: the program may have changed; operators are matched by their
         // stable ids when they start. The checkpoints of earlier runs are dropped.
@@ -663,8 +665,12 @@ fn restore_point(
         let _ = std::fs::remove_dir_all(&parts);
         return Ok(None);
     };
-    // The last run ended normally: this one starts over, whatever it runs.
-    if !m.positions.is_empty() && m.positions.values().all(|p| *p == Position::Ended) {
+    // The last run of another program (or pipelines, or parallelism) ended normally:
+    // this one is a new job and starts over. The same program resumes even after a
+    // normal end — a restart after a crash at the very end must not read its files
+    // again — so its files are not read again and its topics are read from where they
+    // were left (`--fresh` reads everything again).
+    if m.last && m.program != fingerprint {
         let _ = std::fs::remove_dir_all(&parts);
         store.clear().map_err(RunError::Setup)?;
         return Ok(None);
@@ -691,7 +697,7 @@ fn restore_point(
             let _ = std::fs::remove_file(e.path());
         }
     }
-    let dir = store.dir(m.id);
+    let dir = store.root().to_path_buf();
     Ok(Some((m, dir)))
 }
 
@@ -850,6 +856,7 @@ async fn run_pipeline(
                     }),
                     writer: format!("{name}.s{si}.i{me}"),
                     instances: pp.stages[si].parallelism.max(1) as usize,
+                    chain: Arc::new(Mutex::new(Vec::new())),
                 },
                 spill,
                 rt: rts[si].clone(),
@@ -975,7 +982,13 @@ struct InstanceCkpt {
     writer: String,
     /// Instances of its stage.
     instances: usize,
+    /// The state files of its last checkpoint (a full snapshot, then deltas).
+    chain: Arc<Mutex<Vec<crate::checkpoint::StateFile>>>,
 }
+
+/// A checkpoint after this many files in an operator's chain takes a full snapshot
+/// (restoring reads at most this many files).
+const FULL_SNAPSHOT_EVERY: usize = 8;
 
 /// One instance of a stage.
 struct Instance {
@@ -1037,10 +1050,18 @@ impl Instance {
                 ))));
             }
             let dir = self.ckpt.coord.restored_dir.clone().unwrap_or_default();
+            // The next checkpoint takes a full snapshot (a new chain).
             if let Some(o) = found {
                 let r = tokio::task::block_in_place(|| {
-                    let bytes = crate::checkpoint::read_checked(&dir.join(&o.file.name), &o.file)?;
-                    op.restore(&bytes)
+                    for (i, f) in o.files().into_iter().enumerate() {
+                        let bytes = crate::checkpoint::read_checked(&dir.join(&f.name), f)?;
+                        if i == 0 {
+                            op.restore(&bytes)?;
+                        } else {
+                            op.apply_delta(&bytes)?;
+                        }
+                    }
+                    Ok::<(), String>(())
                 });
                 self.check(
                     r.map_err(|e| RunError::Setup(format!("restoring {} from checkpoint {}: {e}", o.file.name, m.id))),
@@ -1207,23 +1228,36 @@ impl Instance {
         down: &mut Down,
         pending: &mut Option<tokio::task::JoinHandle<()>>,
     ) -> Result<bool, RunError> {
-        let mut state = None;
-        if let (Some(op), Some(op_id)) = (window.as_mut(), &self.ckpt.operator) {
-            let bytes = tokio::task::block_in_place(|| op.snapshot());
-            state = Some((op_id.clone(), self.check(bytes.map_err(RunError::Setup))?));
-        }
-        let detached =
-            if matches!(down, Down::Write(_)) { self.ckpt.coord.detach_all(&self.ckpt.writer) } else { Vec::new() };
-        // The previous checkpoint's writes are done before this one's start.
+        // The previous checkpoint's writes are done before this one's start (its chain
+        // is this one's base).
         if let Some(h) = pending.take() {
             let _ = h.await;
         }
-        let (coord, me) = (self.ckpt.coord.clone(), self.ckpt.me);
+        let mut state = None;
+        if let (Some(op), Some(op_id)) = (window.as_mut(), &self.ckpt.operator) {
+            // A delta on the last chain, or a full snapshot to start a new one.
+            let base = self.ckpt.chain.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let delta = !base.is_empty() && base.len() < FULL_SNAPSHOT_EVERY;
+            let r = tokio::task::block_in_place(|| {
+                if delta {
+                    if let Ok(bytes) = op.snapshot_delta() {
+                        return Ok((bytes, Some(base)));
+                    }
+                }
+                op.snapshot().map(|b| (b, None))
+            });
+            state = Some((op_id.clone(), self.check(r.map_err(RunError::Setup))?));
+        }
+        let detached =
+            if matches!(down, Down::Write(_)) { self.ckpt.coord.detach_all(&self.ckpt.writer) } else { Vec::new() };
+        let (coord, me, chain) = (self.ckpt.coord.clone(), self.ckpt.me, self.ckpt.chain.clone());
         *pending = Some(tokio::task::spawn_blocking(move || {
             let mut data = checkpoint::AckData::default();
             let r = (|| -> Result<(), String> {
-                if let Some((op_id, bytes)) = state {
-                    data.written = Some(coord.write_state(id, op_id, &bytes)?);
+                if let Some((op_id, (bytes, base))) = state {
+                    let written = coord.write_state(id, op_id, &bytes, base)?;
+                    *chain.lock().unwrap_or_else(|e| e.into_inner()) = written.chain.clone();
+                    data.written = Some(written);
                 }
                 for d in detached {
                     data.parts.push(d.seal()?);
@@ -1378,6 +1412,22 @@ impl HeadOp {
         match self {
             HeadOp::Window(op) => op.snapshot(),
             HeadOp::Agg(op) => op.snapshot(),
+        }
+    }
+
+    /// What changed since its last snapshot or delta.
+    fn snapshot_delta(&mut self) -> Result<Vec<u8>, String> {
+        match self {
+            HeadOp::Window(op) => op.snapshot_delta(),
+            HeadOp::Agg(op) => op.snapshot_delta(),
+        }
+    }
+
+    /// Applies a delta after [`HeadOp::restore`].
+    fn apply_delta(&mut self, bytes: &[u8]) -> Result<(), String> {
+        match self {
+            HeadOp::Window(op) => op.apply_delta(bytes),
+            HeadOp::Agg(op) => op.apply_delta(bytes),
         }
     }
 

@@ -138,8 +138,16 @@ pub(super) fn read_input(
     let result = read(program, input, layout, shared, opts, group, &hooks, &failed, resume, &file_index);
     let flushed = dead.as_ref().map_or(Ok(()), |d| d.flush());
     if let Some(c) = &ckpt {
-        // What it leaves every later checkpoint: where it stopped, or that it ended.
-        let pos = if opts.stop.load(Ordering::SeqCst) { last_position.borrow().clone() } else { Some(Position::Ended) };
+        // What it leaves every later checkpoint: where it stopped; that a bounded input
+        // (files, a generator) ended; where a topic was read to (a later run goes on
+        // from there, reading only what came since).
+        let topic = matches!(input, ir::Input::Topic(_))
+            || matches!(input, ir::Input::Source(n) if program.sources.iter().any(|s| s.name == *n && matches!(s.connector, Connector::Kafka { .. })));
+        let pos = if opts.stop.load(Ordering::SeqCst) || topic {
+            last_position.borrow().clone()
+        } else {
+            Some(Position::Ended)
+        };
         c.coord.ended(c.me, AckData { position: Some((c.pipeline.clone(), pos)), ..AckData::default() });
     }
     if result.is_ok() && flushed.is_ok() {
@@ -557,7 +565,10 @@ fn read_json_lines(
     decoders: usize,
     start: (u64, u64),
 ) -> Result<(), RunError> {
-    read_json_lines_sized(r, shown, layout, feed, decoders, READ_CHUNK_BYTES, start)
+    // `FLOW_READ_CHUNK_BYTES` makes chunks (and so the points a checkpoint can resume a
+    // file from) smaller: the crash tests use it to take many checkpoints per file.
+    let chunk = std::env::var("FLOW_READ_CHUNK_BYTES").ok().and_then(|v| v.parse().ok()).unwrap_or(READ_CHUNK_BYTES);
+    read_json_lines_sized(r, shown, layout, feed, decoders, chunk.max(1024), start)
 }
 
 fn read_json_lines_sized(
