@@ -726,6 +726,20 @@ fn bench_checkpoints(a: BenchCheckpointsArgs) -> miette::Result<ExitCode> {
         bytes as f64 / windows.max(1) as f64,
         restore.as_secs_f64() * 1e3
     );
+    let mut deltas = Vec::new();
+    for _ in 0..a.runs.max(1) {
+        deltas.push(big.delta_cost(0.01).map_err(err)?);
+    }
+    deltas.sort_by_key(|d| d.1);
+    let (full, delta, full_bytes, delta_bytes) = deltas[deltas.len() / 2];
+    println!(
+        "after changing 1% of the keys: delta {:.2} ms, {:.2} MiB = {:.1}% of a full snapshot's time ({:.1} ms, {:.1} MiB)",
+        delta.as_secs_f64() * 1e3,
+        delta_bytes as f64 / (1u64 << 20) as f64,
+        100.0 * delta.as_secs_f64() / full.as_secs_f64().max(1e-9),
+        full.as_secs_f64() * 1e3,
+        full_bytes as f64 / (1u64 << 20) as f64
+    );
     Ok(ExitCode::SUCCESS)
 }
 
