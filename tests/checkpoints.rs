@@ -321,3 +321,18 @@ pipeline big = from bank | where amount > 1000.00 | select { id } -> other
     assert_eq!(c.status.code(), Some(1), "{report}");
     assert!(report.contains("incompatible  w.window-"), "{report}");
 }
+
+#[test]
+fn spilled_rocksdb_state_survives_kill_9() {
+    // Every window spills to RocksDB after every batch: snapshots and deltas must take
+    // the spilled windows too, and a restart must not trust the spill area.
+    crash_test(
+        r#"
+sink out = file("out.jsonl")
+pipeline w = from bank | key_by account | window session(gap: 30s)
+    | aggregate { n: count(), total: sum(amount) } -> out
+"#,
+        60_000,
+        &["--state-backend", "rocksdb", "--state-memory", "0"],
+    );
+}
