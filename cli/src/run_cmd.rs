@@ -74,7 +74,13 @@ pub fn run(args: RunArgs) -> ExitCode {
                 eprintln!("warning: {w}");
             }
             if let Some(id) = summary.restored_from {
-                eprintln!("resumed from checkpoint {id}");
+                if summary.restored_last {
+                    eprintln!(
+                        "resumed from checkpoint {id}, the end of the last run: its files are not read again and topics go on from where they were read to (--fresh starts over)"
+                    );
+                } else {
+                    eprintln!("resumed from checkpoint {id}");
+                }
             }
             for s in &summary.skipped {
                 eprintln!("note: pipeline `{}` was not run: {} ({})", s.pipeline, s.message, location(&c, s.span));

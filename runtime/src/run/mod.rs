@@ -218,6 +218,8 @@ pub struct Summary {
     pub stopped: bool,
     /// The checkpoint the run resumed from.
     pub restored_from: Option<u64>,
+    /// It was the last checkpoint of a run that ended (its files were read to the end).
+    pub restored_last: bool,
     /// Checkpoints completed (the last one commits what the run wrote).
     pub checkpoints: u64,
     /// Warnings about unusable checkpoints that were skipped.
@@ -436,6 +438,7 @@ pub fn run(program: &ir::Program, opts: &RunOptions) -> Result<Summary, RunError
         .collect();
     let restored = restore_point(&store, &fingerprint, opts, &mut summary, &topics, &file_sinks)?;
     summary.restored_from = restored.as_ref().map(|(m, _)| m.id);
+    summary.restored_last = restored.as_ref().is_some_and(|(m, _)| m.last);
     if std::env::var("FLOW_DEBUG_RESTORE").is_ok() {
         eprintln!("restore: {:?} {:?}", restored.as_ref().map(|(m, _)| (m.id, &m.positions)), summary.warnings);
     }
