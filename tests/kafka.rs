@@ -375,6 +375,18 @@ pipeline p = from s | where id % 2 == 0 -> k, f
     all.sort();
     assert_eq!(sorted_lines(&std::fs::read_to_string(d.path().join("out.jsonl")).unwrap()), all, "{summary}");
     assert_eq!(consume_out(), all);
+
+    // The group's offsets were committed to the cluster as checkpoints completed: a
+    // `--fresh` run (no checkpoints) starts from them and reads only what is new.
+    produce("{\"id\":12,\"name\":\"n12\"}\n");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_flowc"));
+    cmd.args(["run", "p.flow", "--data-dir", "run-data", "--fresh"])
+        .current_dir(d.path())
+        .env_remove("FLOW_DATA_DIR")
+        .env("FLOW_KAFKA_IDLE_MS", "1500");
+    let summary = ok(run(&mut cmd, None), "flowc run --fresh");
+    let third = ["{\"id\":12,\"name\":\"n12\"}"];
+    assert_eq!(sorted_lines(&std::fs::read_to_string(d.path().join("out.jsonl")).unwrap()), third, "{summary}");
 }
 
 /// `flowc serve --pipelines`: a Kafka client produces into a topic, a pipeline running in

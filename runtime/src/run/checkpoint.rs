@@ -149,6 +149,10 @@ pub fn stateful_ops(program: &flow_compiler::ir::Program) -> Vec<StatefulOp> {
     out
 }
 
+/// Called with a pipeline's input positions (next offset per partition) when a
+/// checkpoint completes: a Kafka source commits them to its cluster.
+pub(crate) type CommitHook = Box<dyn Fn(&BTreeMap<u32, u64>) + Send + Sync>;
+
 /// What a participant hands the coordinator for one checkpoint.
 #[derive(Default)]
 pub(crate) struct AckData {
@@ -212,6 +216,7 @@ pub(crate) struct Coordinator {
     /// A savepoint asked for: where, and the first checkpoint that may make it.
     savepoint: Mutex<Option<(PathBuf, u64)>>,
     request: PathBuf,
+    hooks: Mutex<Vec<(String, CommitHook)>>,
     failed: Arc<AtomicBool>,
 }
 
@@ -235,6 +240,7 @@ impl Coordinator {
             restored_dir,
             savepoint: Mutex::new(None),
             request,
+            hooks: Mutex::new(Vec::new()),
             store,
             interval,
             keep,
@@ -301,6 +307,12 @@ impl Coordinator {
     pub fn fail(&self, e: String) {
         self.lock().error.get_or_insert(e);
         self.failed.store(true, Ordering::SeqCst);
+    }
+
+    /// Calls `hook` with pipeline `pipeline`'s topic positions whenever a checkpoint
+    /// completes.
+    pub fn on_complete(&self, pipeline: String, hook: CommitHook) {
+        self.hooks.lock().unwrap_or_else(|e| e.into_inner()).push((pipeline, hook));
     }
 
     /// Checkpoints completed in this run.
@@ -515,6 +527,11 @@ impl Coordinator {
             s.apply(c, &self.store.parts_dir())?;
         }
         fault("after-commit");
+        for (pipeline, hook) in self.hooks.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            if let Some(Position::Topic { next }) = meta.positions.get(pipeline) {
+                hook(next);
+            }
+        }
         let wanted = self.savepoint.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some((to, first)) = wanted {
             if p.id >= first {

@@ -29,7 +29,7 @@ use crate::format::{self, CsvColumns, DecodeError};
 use flow_compiler::ir::{self, Format};
 use flow_types::row::{Batch, BatchBuilder, Layout, RowRef};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
@@ -148,6 +148,8 @@ pub(super) struct SourceFeed<'a> {
     pub at: &'a dyn Fn(Option<crate::checkpoint::Position>) -> bool,
     /// Where the checkpoint this run resumed from left each partition.
     pub resume: Option<BTreeMap<u32, u64>>,
+    /// Registers what to do with the next offsets of each checkpoint that completes.
+    pub on_commit: &'a dyn Fn(super::checkpoint::CommitHook),
 }
 
 /// Consumes `topic` in `group` until the run stops (or the idle timeout), sending batches.
@@ -165,8 +167,8 @@ pub(super) fn read(
         .set("bootstrap.servers", brokers)
         .set("group.id", group)
         .set("client.id", "flowc")
-        .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "1000")
+        // Offsets are committed when checkpoints complete (below), never on their own.
+        .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         // A run killed mid-way leaves its member in the group until this passes: the
@@ -177,25 +179,30 @@ pub(super) fn read(
     consumer.subscribe(&[topic]).map_err(|e| RunError::Setup(format!("kafka source (topic {topic}): {e}")))?;
     let consumer = Arc::new(consumer);
 
-    // Completed offsets are stored in the consumer (committed by librdkafka), one
-    // partition at a time: one revoked by a rebalance is refused and left to its next
-    // owner, which reads it again from the last commit (at-least-once).
-    let tracker = {
+    // The group's offsets are committed to the cluster when a checkpoint completes:
+    // the checkpoint's next offset per partition (of the partitions this member owns
+    // then; another owner commits its own). A restart resumes from the checkpoint, not
+    // from them (they may lag it), so they are for other consumers of the group and
+    // for `--fresh` runs.
+    {
         let (consumer, topic) = (consumer.clone(), topic.to_string());
-        let commit = move |offsets: &BTreeMap<u32, u64>| -> Result<(), String> {
+        (feed.on_commit)(Box::new(move |offsets: &BTreeMap<u32, u64>| {
+            let mut tpl = TopicPartitionList::new();
+            let owned = consumer.assignment().unwrap_or_default();
             for (&p, &next) in offsets {
-                let mut tpl = TopicPartitionList::new();
-                let stored = tpl
-                    .add_partition_offset(&topic, p as i32, Offset::Offset(next as i64))
-                    .and_then(|()| consumer.store_offsets(&tpl));
-                if let Err(e) = stored {
-                    tracing::debug!("kafka source (topic {topic}): offset {next} of partition {p} not stored: {e}");
+                if owned.find_partition(&topic, p as i32).is_some() {
+                    let _ = tpl.add_partition_offset(&topic, p as i32, Offset::Offset(next as i64));
                 }
             }
-            Ok(())
-        };
-        CommitTracker::with_commit(Box::new(commit), feed.failed.clone())
-    };
+            if tpl.count() > 0 {
+                if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+                    tracing::debug!("kafka source (topic {topic}): committing offsets: {e}");
+                }
+            }
+        }));
+    }
+    // Acks still travel with the batches; completing them commits nothing here.
+    let tracker = CommitTracker::with_commit(Box::new(|_: &BTreeMap<u32, u64>| Ok(())), feed.failed.clone());
 
     let decoder = match fmt {
         Format::Csv => Decoder::Csv(CsvColumns::by_position(&layout.record)),

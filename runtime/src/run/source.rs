@@ -134,7 +134,19 @@ pub(super) fn read_input(
     let mark = |byte: u64, line: u64| at(file_index.get().map(|file| Position::File { file, byte, line }));
     let feed = Feed { send: &send, bad: &bad, live, mark: &mark };
     let resume = ckpt.as_ref().and_then(|c| c.resume.clone());
-    let hooks = Hooks { feed: &feed, send_acked: &send_acked, tick: &tick, stopping: &stopping, at: &at };
+    let on_commit = |hook: super::checkpoint::CommitHook| {
+        if let Some(c) = &ckpt {
+            c.coord.on_complete(c.pipeline.clone(), hook);
+        }
+    };
+    let hooks = Hooks {
+        feed: &feed,
+        send_acked: &send_acked,
+        tick: &tick,
+        stopping: &stopping,
+        at: &at,
+        on_commit: &on_commit,
+    };
     let result = read(program, input, layout, shared, opts, group, &hooks, &failed, resume, &file_index);
     let flushed = dead.as_ref().map_or(Ok(()), |d| d.flush());
     if let Some(c) = &ckpt {
@@ -174,6 +186,8 @@ struct Hooks<'a> {
     stopping: &'a dyn Fn() -> bool,
     /// A point the input could resume from: injects a barrier if one is asked for.
     at: &'a dyn Fn(Option<Position>) -> bool,
+    /// Registers a hook for the input's positions when checkpoints complete.
+    on_commit: &'a dyn Fn(super::checkpoint::CommitHook),
 }
 
 /// The stamper of a pipeline input whose records carry watermarks (see `stamp.rs`).
@@ -306,7 +320,9 @@ fn read(
                         Some(Position::Topic { next }) => Some(next.clone()),
                         _ => None,
                     };
-                    let feed = super::kafka::SourceFeed { send_acked, bad, stopping, failed, tick, at, resume };
+                    let on_commit = hooks.on_commit;
+                    let feed =
+                        super::kafka::SourceFeed { send_acked, bad, stopping, failed, tick, at, resume, on_commit };
                     super::kafka::read(brokers, topic, named.as_deref().unwrap_or(group), *format, &layout, &feed)?;
                 }
                 Connector::Stdout { .. } => return Err(RunError::Setup("stdout is not a source".into())),
