@@ -44,6 +44,9 @@ pub struct Metadata {
     pub positions: BTreeMap<String, Position>,
     /// Every operator instance's state.
     pub operators: Vec<OperatorState>,
+    /// Per pipeline with event time, where its source's watermarks stood.
+    #[serde(default)]
+    pub watermarks: BTreeMap<String, Watermarks>,
     /// Sink output this checkpoint commits.
     pub sinks: Vec<SinkCommit>,
     /// The last checkpoint of a run that ended (every input ended or was read to its
@@ -65,6 +68,14 @@ pub enum Position {
     Generator { records: u64 },
     /// The input had ended: nothing is left to read.
     Ended,
+}
+
+/// A source's watermark state at a barrier (see `run/stamp.rs`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Watermarks {
+    pub wm: i64,
+    /// The largest event time seen per partition.
+    pub max_ts: BTreeMap<u32, i64>,
 }
 
 /// One operator instance's state file.
@@ -402,6 +413,7 @@ mod tests {
             duration_ms: 3,
             program: "p".into(),
             positions: [("p".to_string(), Position::File { file: 0, byte: 10 * id, line: id })].into(),
+            watermarks: BTreeMap::new(),
             last: false,
             operators: vec![OperatorState {
                 pipeline: "p".into(),

@@ -158,6 +158,8 @@ pub(crate) type CommitHook = Box<dyn Fn(&BTreeMap<u32, u64>) + Send + Sync>;
 pub(crate) struct AckData {
     /// A reader's: its pipeline and where its input stands (None: not replayable).
     pub position: Option<(String, Option<Position>)>,
+    /// A reader's: its source's watermarks.
+    pub watermarks: Option<crate::checkpoint::Watermarks>,
     /// An operator instance's state (encoded by the operator).
     pub state: Option<(OperatorId, Vec<u8>)>,
     /// An operator instance's state, already written.
@@ -180,6 +182,7 @@ struct Pending {
     triggered_ms: i64,
     acked: Vec<bool>,
     positions: BTreeMap<String, Position>,
+    watermarks: BTreeMap<String, crate::checkpoint::Watermarks>,
     operators: Vec<OperatorState>,
     parts: Vec<(String, StateFile)>,
 }
@@ -196,6 +199,7 @@ struct CoordState {
     final_positions: BTreeMap<String, Position>,
     /// The state stopped operators left (written once): part of every later checkpoint.
     final_states: Vec<OperatorState>,
+    final_watermarks: BTreeMap<String, crate::checkpoint::Watermarks>,
     completed: u64,
     error: Option<String>,
 }
@@ -217,6 +221,8 @@ pub(crate) struct Coordinator {
     savepoint: Mutex<Option<(PathBuf, u64)>>,
     request: PathBuf,
     hooks: Mutex<Vec<(String, CommitHook)>>,
+    /// A reader stopped before its input's end (Ctrl-C).
+    stopped: AtomicBool,
     failed: Arc<AtomicBool>,
 }
 
@@ -241,6 +247,7 @@ impl Coordinator {
             savepoint: Mutex::new(None),
             request,
             hooks: Mutex::new(Vec::new()),
+            stopped: AtomicBool::new(false),
             store,
             interval,
             keep,
@@ -296,7 +303,7 @@ impl Coordinator {
         delta_on: Option<Vec<StateFile>>,
     ) -> Result<OperatorState, String> {
         let kind = if delta_on.is_some() { "delta" } else { "full" };
-        let name = format!("{}-{}-{}.{kind}", op.pipeline, op.operator, op.instance);
+        let name = format!("{}-{}-{}-{id:010}.{kind}", op.pipeline, op.operator, op.instance);
         let file = self.store.write_state(id, &name, bytes)?;
         let mut chain = delta_on.unwrap_or_default();
         chain.push(file.clone());
@@ -307,6 +314,12 @@ impl Coordinator {
     pub fn fail(&self, e: String) {
         self.lock().error.get_or_insert(e);
         self.failed.store(true, Ordering::SeqCst);
+    }
+
+    /// A reader stopped before the end of its input: the run's last checkpoint is not the
+    /// end of its inputs.
+    pub fn reader_stopped(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
     }
 
     /// Calls `hook` with pipeline `pipeline`'s topic positions whenever a checkpoint
@@ -349,7 +362,8 @@ impl Coordinator {
     /// Starts a checkpoint now (unless one is in flight).
     pub fn trigger(&self) {
         let mut st = self.lock();
-        if st.in_flight.is_some() || st.error.is_some() {
+        // A failed run commits nothing more (its inputs may have stopped mid-way).
+        if st.in_flight.is_some() || st.error.is_some() || self.failed.load(Ordering::SeqCst) {
             return;
         }
         let id = st.next_id;
@@ -363,6 +377,7 @@ impl Coordinator {
             triggered_ms,
             acked: vec![false; n],
             positions: BTreeMap::new(),
+            watermarks: BTreeMap::new(),
             operators: Vec::new(),
             parts: Vec::new(),
         });
@@ -399,6 +414,9 @@ impl Coordinator {
         }
         if let Some((pipeline, Some(pos))) = &data.position {
             st.final_positions.insert(pipeline.clone(), pos.clone());
+        }
+        if let (Some((pipeline, _)), Some(w)) = (&data.position, &data.watermarks) {
+            st.final_watermarks.insert(pipeline.clone(), w.clone());
         }
         let acked = st.in_flight.as_ref().is_some_and(|x| x.acked.get(p).copied().unwrap_or(true));
         if st.in_flight.is_some() && !acked {
@@ -438,6 +456,9 @@ impl Coordinator {
         if let Some(a) = pending.acked.get_mut(p) {
             *a = true;
         }
+        if let (Some((pipeline, _)), Some(w)) = (&data.position, data.watermarks) {
+            pending.watermarks.insert(pipeline.clone(), w);
+        }
         if let Some((pipeline, Some(pos))) = data.position {
             pending.positions.insert(pipeline, pos);
         }
@@ -462,12 +483,13 @@ impl Coordinator {
 
     fn complete_if_done(&self, st: &mut CoordState) {
         let done = st.in_flight.as_ref().is_some_and(|p| p.acked.iter().all(|&a| a));
-        if !done {
+        if !done || self.failed.load(Ordering::SeqCst) {
             return;
         }
         let Some(p) = st.in_flight.take() else { return };
-        let last = st.ended.iter().all(|&e| e);
-        let finals = (st.final_positions.clone(), st.final_states.clone());
+        // The end of a run that read its inputs to their end (not one stopped early).
+        let last = st.ended.iter().all(|&e| e) && !self.stopped.load(Ordering::SeqCst);
+        let finals = (st.final_positions.clone(), st.final_states.clone(), st.final_watermarks.clone());
         match self.complete(p, last, finals) {
             Ok(()) => {
                 st.completed += 1;
@@ -484,7 +506,11 @@ impl Coordinator {
         &self,
         mut p: Pending,
         last: bool,
-        (finals, states): (BTreeMap<String, Position>, Vec<OperatorState>),
+        (finals, states, final_wms): (
+            BTreeMap<String, Position>,
+            Vec<OperatorState>,
+            BTreeMap<String, crate::checkpoint::Watermarks>,
+        ),
     ) -> Result<(), String> {
         for o in states {
             let same =
@@ -509,7 +535,17 @@ impl Coordinator {
                 positions.entry(k.clone()).or_insert_with(|| v.clone());
             }
         }
+        let mut watermarks = p.watermarks;
+        for (k, v) in final_wms {
+            watermarks.entry(k).or_insert(v);
+        }
+        if let Some(prev) = &self.restored {
+            for (k, v) in &prev.watermarks {
+                watermarks.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
         let meta = Metadata {
+            watermarks,
             version: FORMAT_VERSION,
             id: p.id,
             triggered_ms: p.triggered_ms,
@@ -651,7 +687,10 @@ impl TxFileSink {
             .truncate(false)
             .open(path)
             .map_err(|e| format!("opening {}: {e}", path.display()))?;
-        // Anything past the committed length was never committed.
+        // Anything past the committed length was never committed. A file shorter than
+        // that (deleted or cut by hand) is not padded: its length is the committed one.
+        let len = f.metadata().map_err(|e| format!("reading {}: {e}", path.display()))?.len();
+        let committed = committed.min(len);
         f.set_len(committed).map_err(|e| format!("truncating {}: {e}", path.display()))?;
         Ok(TxFileSink {
             name: name.to_string(),

@@ -884,6 +884,7 @@ async fn run_pipeline(
             me: ids[0][0],
             pipeline: name.clone(),
             resume: shared.coord.restored.as_ref().and_then(|m| m.positions.get(&name).cloned()),
+            watermarks: shared.coord.restored.as_ref().and_then(|m| m.watermarks.get(&name).cloned()),
         };
         tokio::task::spawn_blocking(move || {
             let live = opts.live.clone();

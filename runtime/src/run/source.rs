@@ -54,6 +54,22 @@ pub(super) fn read_input(
 ) -> Result<(), RunError> {
     let router = RefCell::new(router);
     let stopping = || failed.load(Ordering::SeqCst) || opts.stop.load(Ordering::SeqCst);
+    // A pipeline with an event-time operator gets its records stamped with watermarks:
+    // they are decoded without the hidden `$wm` field and widened here.
+    let stamped = layout.clone();
+    let (layout, stamper) = match stamper(program, input, &stamped, shared)? {
+        Some(st) => {
+            let mut rec = (*stamped.record).clone();
+            rec.fields.pop();
+            let mut st = st;
+            // Resuming: the watermarks where the checkpoint left them.
+            if let Some(w) = ckpt.as_ref().and_then(|c| c.watermarks.as_ref()) {
+                st.restore(w);
+            }
+            (Arc::new(Layout::new(Arc::new(rec))), Some(RefCell::new(st)))
+        }
+        None => (stamped.clone(), None),
+    };
     // With checkpoints, a stopped run stops reading only where it could resume from
     // (`at`), so that its last checkpoint holds exactly what was read.
     let checkpointed = ckpt.is_some();
@@ -65,7 +81,8 @@ pub(super) fn read_input(
         let id = c.coord.requested();
         if id > last_barrier.get() {
             last_barrier.set(id);
-            let data = AckData { position: Some((c.pipeline.clone(), pos)), ..AckData::default() };
+            let watermarks = stamper.as_ref().map(|st| st.borrow().state());
+            let data = AckData { position: Some((c.pipeline.clone(), pos)), watermarks, ..AckData::default() };
             c.coord.ack(c.me, id, data);
             if !router.borrow_mut().blocking_barrier(id) {
                 return false;
@@ -73,17 +90,7 @@ pub(super) fn read_input(
         }
         !stopping()
     };
-    // A pipeline with an event-time operator gets its records stamped with watermarks:
-    // they are decoded without the hidden `$wm` field and widened here.
-    let stamped = layout.clone();
-    let (layout, stamper) = match stamper(program, input, &stamped, shared)? {
-        Some(st) => {
-            let mut rec = (*stamped.record).clone();
-            rec.fields.pop();
-            (Arc::new(Layout::new(Arc::new(rec))), Some(RefCell::new(st)))
-        }
-        None => (stamped.clone(), None),
-    };
+
     let send_watermark = || -> bool {
         let Some(st) = &stamper else { return true };
         let wm = st.borrow_mut().to_send();
@@ -155,12 +162,18 @@ pub(super) fn read_input(
         // from there, reading only what came since).
         let topic = matches!(input, ir::Input::Topic(_))
             || matches!(input, ir::Input::Source(n) if program.sources.iter().any(|s| s.name == *n && matches!(s.connector, Connector::Kafka { .. })));
-        let pos = if opts.stop.load(Ordering::SeqCst) || topic {
+        let stopped = opts.stop.load(Ordering::SeqCst);
+        if stopped {
+            c.coord.reader_stopped();
+        }
+        // Ended only when the input was read to its end without an error.
+        let pos = if stopped || topic || result.is_err() || failed.load(Ordering::SeqCst) {
             last_position.borrow().clone()
         } else {
             Some(Position::Ended)
         };
-        c.coord.ended(c.me, AckData { position: Some((c.pipeline.clone(), pos)), ..AckData::default() });
+        let watermarks = stamper.as_ref().map(|st| st.borrow().state());
+        c.coord.ended(c.me, AckData { position: Some((c.pipeline.clone(), pos)), watermarks, ..AckData::default() });
     }
     if result.is_ok() && flushed.is_ok() {
         router.into_inner().blocking_end();
@@ -176,6 +189,8 @@ pub(super) struct Reader {
     pub pipeline: String,
     /// Where to resume reading (from the checkpoint the run restored).
     pub resume: Option<Position>,
+    /// Where the source's watermarks stood at that checkpoint.
+    pub watermarks: Option<crate::checkpoint::Watermarks>,
 }
 
 /// What the readers call.
@@ -261,6 +276,11 @@ fn read(
                         file_index.set(Some(i));
                         let mut f = std::fs::File::open(file).map_err(io_err(format!("opening {}", file.display())))?;
                         let shown = file.display().to_string();
+                        // Resuming at (or past) a file's end: nothing of it is left.
+                        if start.0 > 0 && std::fs::metadata(file).is_ok_and(|m| start.0 >= m.len()) {
+                            start = (0, 1);
+                            continue;
+                        }
                         if start.0 > 0 {
                             use std::io::Seek;
                             f.seek(std::io::SeekFrom::Start(start.0)).map_err(io_err(format!(

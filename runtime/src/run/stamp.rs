@@ -144,6 +144,22 @@ impl Stamper {
         self.wm
     }
 
+    /// What a checkpoint keeps of it: the watermark and each partition's largest event
+    /// time, so a resumed run judges records as the uninterrupted one would have.
+    pub fn state(&self) -> crate::checkpoint::Watermarks {
+        crate::checkpoint::Watermarks { wm: self.wm, max_ts: self.parts.iter().map(|p| (p.id, p.max_ts)).collect() }
+    }
+
+    /// Resumes from a checkpoint's [`Stamper::state`].
+    pub fn restore(&mut self, w: &crate::checkpoint::Watermarks) {
+        self.wm = self.wm.max(w.wm);
+        self.sent = self.sent.max(w.wm);
+        for (&id, &ts) in &w.max_ts {
+            let i = self.part_index(id);
+            self.parts[i].max_ts = self.parts[i].max_ts.max(ts);
+        }
+    }
+
     fn part_index(&mut self, id: u32) -> usize {
         match self.parts.iter().position(|p| p.id == id) {
             Some(i) => i,
