@@ -17,7 +17,7 @@
 //! reader's position where it stopped. At the end of a run a last checkpoint commits
 //! what is left, so a run that ends normally leaves every output committed.
 
-use super::io::encode_sink_rows;
+use super::io::{encode_sink_rows, sink_header};
 use super::RunError;
 use crate::checkpoint::{CheckpointStore, Metadata, OperatorState, Position, SinkCommit, StateFile, FORMAT_VERSION};
 use bytes::Bytes;
@@ -275,12 +275,6 @@ impl Coordinator {
     /// The checkpoint readers should inject a barrier for (0: none yet).
     pub fn requested(&self) -> u64 {
         self.requested.load(Ordering::SeqCst)
-    }
-
-    /// The id the next checkpoint will get (sink parts are named after it).
-    pub fn next_id(&self) -> u64 {
-        let st = self.lock();
-        st.in_flight.as_ref().map_or(st.next_id, |p| p.id)
     }
 
     /// Seals writer `writer`'s staged parts of every checkpointed file sink.
@@ -627,9 +621,9 @@ fn run_tag() -> &'static str {
     })
 }
 
-fn open_part(dir: &Path, sink: &str, writer: &str, epoch: u64, opened: &AtomicU64) -> Result<PartWriter, RunError> {
+fn open_part(dir: &Path, sink: &str, writer: &str, opened: &AtomicU64) -> Result<PartWriter, RunError> {
     let n = opened.fetch_add(1, Ordering::SeqCst);
-    let name = format!("{sink}-{epoch:010}-{}-{n:06}-{}", run_tag(), writer.replace(['/', '\\'], "_"));
+    let name = format!("{sink}-{}-{n:06}-{}", run_tag(), writer.replace(['/', '\\'], "_"));
     let path = dir.join(&name);
     let file = fs::File::create(&path)
         .map_err(|e| RunError::Io { what: format!("creating {}", path.display()), source: e })?;
@@ -656,6 +650,54 @@ impl Detached {
     }
 }
 
+/// A sink's staging area: each writer's open part file in `dir`.
+struct Parts {
+    sink: String,
+    dir: PathBuf,
+    writers: Mutex<HashMap<String, PartWriter>>,
+    /// Parts opened so far (numbers them: a writer may open its next part while the
+    /// checkpoint its last one went into is still in flight).
+    opened: AtomicU64,
+}
+
+impl Parts {
+    fn new(sink: &str, dir: &Path) -> Result<Parts, String> {
+        fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        Ok(Parts {
+            sink: sink.to_string(),
+            dir: dir.to_path_buf(),
+            writers: Mutex::new(HashMap::new()),
+            opened: AtomicU64::new(0),
+        })
+    }
+
+    /// Appends `bytes` (holding `counts` records per partition) to writer `writer`'s
+    /// open part, opening one if it has none.
+    fn append(&self, writer: &str, bytes: &[u8], counts: &[(u32, u64)]) -> Result<(), RunError> {
+        let mut writers = self.writers.lock().unwrap_or_else(|e| e.into_inner());
+        let w = match writers.get_mut(writer) {
+            Some(w) => w,
+            None => {
+                let w = open_part(&self.dir, &self.sink, writer, &self.opened)?;
+                writers.entry(writer.to_string()).or_insert(w)
+            }
+        };
+        w.file.write_all(bytes).map_err(|e| RunError::Io { what: format!("writing part {}", w.name), source: e })?;
+        w.bytes += bytes.len() as u64;
+        w.crc = crc32c::crc32c_append(w.crc, bytes);
+        for &(p, n) in counts {
+            *w.counts.entry(p).or_default() += n;
+        }
+        Ok(())
+    }
+
+    /// Takes writer `writer`'s open part, if it has one.
+    fn detach(&self, writer: &str) -> Option<Detached> {
+        let part = self.writers.lock().unwrap_or_else(|e| e.into_inner()).remove(writer)?;
+        Some(Detached { sink: self.sink.clone(), part })
+    }
+}
+
 /// A file sink whose output becomes visible only when the checkpoint covering it
 /// completes. Each writer (a last-stage instance) stages its rows in a part file of its
 /// own, sealed at each barrier; a commit appends the checkpoint's parts to the file.
@@ -663,14 +705,11 @@ pub(crate) struct TxFileSink {
     pub name: String,
     pub path: PathBuf,
     format: Format,
-    parts_dir: PathBuf,
     /// The file's committed length.
     committed: Mutex<u64>,
-    header: Mutex<Option<String>>,
-    writers: Mutex<HashMap<String, PartWriter>>,
-    /// Parts opened so far (numbers them: a writer may open its next part while the
-    /// checkpoint its last one went into is still in flight).
-    opened: AtomicU64,
+    /// The CSV header line, once a batch has shown the record's fields.
+    header: std::sync::OnceLock<String>,
+    parts: Parts,
 }
 
 impl TxFileSink {
@@ -680,7 +719,7 @@ impl TxFileSink {
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         }
-        fs::create_dir_all(parts_dir).map_err(|e| format!("creating {}: {e}", parts_dir.display()))?;
+        let parts = Parts::new(name, parts_dir)?;
         let f = fs::OpenOptions::new()
             .create(true)
             .write(true)
@@ -696,32 +735,20 @@ impl TxFileSink {
             name: name.to_string(),
             path: path.to_path_buf(),
             format,
-            parts_dir: parts_dir.to_path_buf(),
             committed: Mutex::new(committed),
-            header: Mutex::new(None),
-            writers: Mutex::new(HashMap::new()),
-            opened: AtomicU64::new(0),
+            header: std::sync::OnceLock::new(),
+            parts,
         })
     }
 
-    /// Stages `batch` in writer `writer`'s open part (for a checkpoint after `epoch`).
-    pub fn write(&self, writer: &str, epoch: u64, batch: &Batch) -> Result<(), RunError> {
-        let (bytes, header) = encode_sink_rows(batch, self.format);
-        if let Some(h) = header {
-            self.header.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(h);
-        }
-        let mut writers = self.writers.lock().unwrap_or_else(|e| e.into_inner());
-        let w = match writers.get_mut(writer) {
-            Some(w) => w,
-            None => {
-                let w = open_part(&self.parts_dir, &self.name, writer, epoch, &self.opened)?;
-                writers.entry(writer.to_string()).or_insert(w)
+    /// Stages `batch` in writer `writer`'s open part.
+    pub fn write(&self, writer: &str, batch: &Batch) -> Result<(), RunError> {
+        if self.header.get().is_none() {
+            if let Some(h) = sink_header(batch, self.format) {
+                let _ = self.header.set(h);
             }
-        };
-        w.file.write_all(&bytes).map_err(|e| RunError::Io { what: format!("writing part {}", w.name), source: e })?;
-        w.bytes += bytes.len() as u64;
-        w.crc = crc32c::crc32c_append(w.crc, &bytes);
-        Ok(())
+        }
+        self.parts.append(writer, &encode_sink_rows(batch, self.format), &[])
     }
 }
 
@@ -731,18 +758,13 @@ impl Staged for TxFileSink {
     }
 
     fn detach(&self, writer: &str) -> Option<Detached> {
-        let part = self.writers.lock().unwrap_or_else(|e| e.into_inner()).remove(writer)?;
-        Some(Detached { sink: self.name.clone(), part })
+        self.parts.detach(writer)
     }
 
     /// The commit of `parts`, from the committed length on.
     fn prepare(&self, parts: Vec<StateFile>) -> Result<SinkCommit, String> {
         let before = *self.committed.lock().unwrap_or_else(|e| e.into_inner());
-        let header = if before == 0 && !parts.is_empty() {
-            self.header.lock().unwrap_or_else(|e| e.into_inner()).clone()
-        } else {
-            None
-        };
+        let header = if before == 0 && !parts.is_empty() { self.header.get().cloned() } else { None };
         let after = before + header.as_ref().map_or(0, |h| h.len() as u64) + parts.iter().map(|p| p.bytes).sum::<u64>();
         Ok(SinkCommit {
             sink: self.name.clone(),
@@ -776,23 +798,18 @@ impl Staged for TxFileSink {
 pub(crate) struct TxTopicSink {
     pub name: String,
     topic: Arc<crate::log::Topic>,
-    parts_dir: PathBuf,
-    writers: Mutex<HashMap<String, PartWriter>>,
+    parts: Parts,
     /// Records per partition of each sealed part (for the commit's end offsets).
     sealed: Mutex<HashMap<String, BTreeMap<u32, u64>>>,
-    opened: AtomicU64,
 }
 
 impl TxTopicSink {
     pub fn new(name: &str, topic: Arc<crate::log::Topic>, parts_dir: &Path) -> Result<Self, String> {
-        fs::create_dir_all(parts_dir).map_err(|e| format!("creating {}: {e}", parts_dir.display()))?;
         Ok(TxTopicSink {
             name: name.to_string(),
             topic,
-            parts_dir: parts_dir.to_path_buf(),
-            writers: Mutex::new(HashMap::new()),
+            parts: Parts::new(name, parts_dir)?,
             sealed: Mutex::new(HashMap::new()),
-            opened: AtomicU64::new(0),
         })
     }
 
@@ -812,21 +829,7 @@ impl TxTopicSink {
             frames.extend_from_slice(&batch);
             counts.push((p, recs.len() as u64));
         }
-        let mut writers = self.writers.lock().unwrap_or_else(|e| e.into_inner());
-        let w = match writers.get_mut(writer) {
-            Some(w) => w,
-            None => {
-                let w = open_part(&self.parts_dir, &self.name, writer, 0, &self.opened)?;
-                writers.entry(writer.to_string()).or_insert(w)
-            }
-        };
-        w.file.write_all(&frames).map_err(|e| RunError::Io { what: format!("writing part {}", w.name), source: e })?;
-        w.bytes += frames.len() as u64;
-        w.crc = crc32c::crc32c_append(w.crc, &frames);
-        for (p, n) in counts {
-            *w.counts.entry(p).or_default() += n;
-        }
-        Ok(())
+        self.parts.append(writer, &frames, &counts)
     }
 }
 
@@ -836,9 +839,9 @@ impl Staged for TxTopicSink {
     }
 
     fn detach(&self, writer: &str) -> Option<Detached> {
-        let part = self.writers.lock().unwrap_or_else(|e| e.into_inner()).remove(writer)?;
-        self.sealed.lock().unwrap_or_else(|e| e.into_inner()).insert(part.name.clone(), part.counts.clone());
-        Some(Detached { sink: self.name.clone(), part })
+        let d = self.parts.detach(writer)?;
+        self.sealed.lock().unwrap_or_else(|e| e.into_inner()).insert(d.part.name.clone(), d.part.counts.clone());
+        Some(d)
     }
 
     fn prepare(&self, parts: Vec<StateFile>) -> Result<SinkCommit, String> {

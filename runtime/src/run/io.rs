@@ -42,10 +42,7 @@ pub(crate) enum Output {
         time: Option<ir::EventTime>,
     },
     /// A file sink committed with checkpoints: each writer stages its own part.
-    TxFile {
-        sink: Arc<super::checkpoint::TxFileSink>,
-        coord: Arc<super::checkpoint::Coordinator>,
-    },
+    TxFile(Arc<super::checkpoint::TxFileSink>),
 }
 
 /// A file or stdout sink; several pipelines may share one.
@@ -57,20 +54,30 @@ pub(crate) struct SinkWriter {
 
 impl SinkWriter {
     fn write(&mut self, batch: &Batch) -> std::io::Result<()> {
-        let (bytes, header) = encode_sink_rows(batch, self.format);
-        if let Some(h) = header {
-            if !self.wrote_header {
+        if !self.wrote_header {
+            if let Some(h) = sink_header(batch, self.format) {
                 self.wrote_header = true;
                 self.out.write_all(h.as_bytes())?;
             }
         }
-        self.out.write_all(&bytes)
+        self.out.write_all(&encode_sink_rows(batch, self.format))
     }
 }
 
-/// `batch`'s rows as a file or stdout sink writes them in `format`, and the header
-/// line that goes first in the file (CSV).
-pub(crate) fn encode_sink_rows(batch: &Batch, format: Format) -> (Vec<u8>, Option<String>) {
+/// The header line a file sink of `format` starts with (CSV: the field names).
+pub(crate) fn sink_header(batch: &Batch, format: Format) -> Option<String> {
+    if format != Format::Csv {
+        return None;
+    }
+    let mut w = csv::WriterBuilder::new().from_writer(Vec::new());
+    let names: Vec<&str> = batch.layout.record.fields.iter().map(|f| f.name.as_str()).collect();
+    // Writing into memory cannot fail.
+    let _ = w.write_record(&names);
+    Some(String::from_utf8(w.into_inner().unwrap_or_default()).unwrap_or_default())
+}
+
+/// `batch`'s rows as a file or stdout sink writes them in `format`.
+pub(crate) fn encode_sink_rows(batch: &Batch, format: Format) -> Vec<u8> {
     let mut text = String::with_capacity(batch.len * 64);
     match format {
         Format::Json => {
@@ -78,20 +85,16 @@ pub(crate) fn encode_sink_rows(batch: &Batch, format: Format) -> (Vec<u8>, Optio
                 format::encode_json_row(&batch.row(i), &mut text);
                 text.push('\n');
             }
-            (text.into_bytes(), None)
+            text.into_bytes()
         }
         Format::Text => {
             for i in 0..batch.len {
                 text.push_str(&format::csv_cell(&batch.row(i), 0));
                 text.push('\n');
             }
-            (text.into_bytes(), None)
+            text.into_bytes()
         }
         Format::Csv => {
-            let mut w = csv::WriterBuilder::new().from_writer(Vec::new());
-            let names: Vec<&str> = batch.layout.record.fields.iter().map(|f| f.name.as_str()).collect();
-            let _ = w.write_record(&names);
-            let header = String::from_utf8(w.into_inner().unwrap_or_default()).unwrap_or_default();
             let mut w = csv::WriterBuilder::new().from_writer(Vec::new());
             for i in 0..batch.len {
                 let row = batch.row(i);
@@ -99,7 +102,7 @@ pub(crate) fn encode_sink_rows(batch: &Batch, format: Format) -> (Vec<u8>, Optio
                 // Writing into memory cannot fail.
                 let _ = w.write_record(&cells);
             }
-            (w.into_inner().unwrap_or_default(), Some(header))
+            w.into_inner().unwrap_or_default()
         }
     }
 }
@@ -124,7 +127,7 @@ impl Output {
             return Ok(());
         }
         match self {
-            Output::TxFile { sink, coord } => sink.write(writer, coord.next_id(), batch),
+            Output::TxFile(sink) => sink.write(writer, batch),
             Output::TxTopic { sink, key, time } => sink.write(writer, topic_records(batch, *key, time)),
             Output::Topic { topic, key, time } => {
                 let records = topic_records(batch, *key, time);

@@ -320,9 +320,7 @@ impl Shared {
                     time,
                 }
             }
-            ir::Target::Sink(s) if self.tx_sinks.contains_key(s) => {
-                Output::TxFile { sink: self.tx_sinks[s].clone(), coord: self.coord.clone() }
-            }
+            ir::Target::Sink(s) if self.tx_sinks.contains_key(s) => Output::TxFile(self.tx_sinks[s].clone()),
             ir::Target::Sink(s) if self.kafka_sinks.contains_key(s) => {
                 Output::Kafka { sink: self.kafka_sinks[s].clone(), time }
             }
