@@ -382,10 +382,10 @@ pipeline p = from s | key_by account | window {window} | aggregate {{ n: count()
         Ok((Measured { events: self.events, rows_out, bytes: 0, elapsed: started.elapsed() }, taken))
     }
 
-    /// Feeds every batch (no watermark past the first window: nothing fires), then
-    /// times a full snapshot of the state, its size, and restoring it into a fresh
-    /// operator. Returns (windows, snapshot time, bytes, restore time).
-    pub fn snapshot_cost(&self) -> Result<(usize, Duration, usize, Duration), String> {
+    /// An operator fed every batch as the source stamps them (windows the stamps pass
+    /// fire, their results dropped; `tumbling(1h)` over this input keeps all open), and
+    /// the stamper.
+    fn fed(&self) -> Result<(WindowOp, Stamper), String> {
         let h = &self.windowed.head;
         let w = &self.windowed;
         let mut op = WindowOp::new(h.spec.clone(), &h.op_input, 1);
@@ -395,6 +395,14 @@ pipeline p = from s | key_by account | window {window} | aggregate {{ n: count()
             op.process(&b, 0)?;
             let _ = op.take_results();
         }
+        Ok((op, stamper))
+    }
+
+    /// Feeds every batch ([`WindowBench::fed`]), then times a full snapshot of the state, its size, and restoring it into a fresh
+    /// operator. Returns (windows, snapshot time, bytes, restore time).
+    pub fn snapshot_cost(&self) -> Result<(usize, Duration, usize, Duration), String> {
+        let h = &self.windowed.head;
+        let (mut op, _) = self.fed()?;
         let (windows, _, _) = op.state_size();
         let t = Instant::now();
         let bytes = op.snapshot()?;
@@ -413,15 +421,8 @@ pipeline p = from s | key_by account | window {window} | aggregate {{ n: count()
     /// [`WindowOp::snapshot_delta`]. Returns (full snapshot time, delta time, full
     /// snapshot bytes, delta bytes).
     pub fn delta_cost(&self, fraction: f64) -> Result<(Duration, Duration, usize, usize), String> {
-        let h = &self.windowed.head;
         let w = &self.windowed;
-        let mut op = WindowOp::new(h.spec.clone(), &h.op_input, 1);
-        let mut stamper = Stamper::new(&w.stamped, &w.time, w.delay, None, &[0]);
-        for b in &self.batches {
-            let b = stamper.stamp(b, &w.stamped, 0);
-            op.process(&b, 0)?;
-            let _ = op.take_results();
-        }
+        let (mut op, mut stamper) = self.fed()?;
         let t = Instant::now();
         let full = std::hint::black_box(op.snapshot()?);
         let full_time = t.elapsed();

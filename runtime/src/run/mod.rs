@@ -898,7 +898,7 @@ async fn run_pipeline(
                 &read_rt.stats,
                 &live,
                 failed.clone(),
-                Some(ckpt),
+                ckpt,
             );
             if r.is_err() {
                 failed.store(true, Ordering::SeqCst);

@@ -50,7 +50,7 @@ pub(super) fn read_input(
     counters: &super::StageCounters,
     live: &Live,
     failed: Arc<AtomicBool>,
-    ckpt: Option<Reader>,
+    c: Reader,
 ) -> Result<(), RunError> {
     let router = RefCell::new(router);
     let stopping = || failed.load(Ordering::SeqCst) || opts.stop.load(Ordering::SeqCst);
@@ -63,20 +63,18 @@ pub(super) fn read_input(
             rec.fields.pop();
             let mut st = st;
             // Resuming: the watermarks where the checkpoint left them.
-            if let Some(w) = ckpt.as_ref().and_then(|c| c.watermarks.as_ref()) {
+            if let Some(w) = &c.watermarks {
                 st.restore(w);
             }
             (Arc::new(Layout::new(Arc::new(rec))), Some(RefCell::new(st)))
         }
         None => (stamped.clone(), None),
     };
-    // With checkpoints, a stopped run stops reading only where it could resume from
-    // (`at`), so that its last checkpoint holds exactly what was read.
-    let checkpointed = ckpt.is_some();
+    // A stopped run stops reading only where it could resume from (`at`), so that its
+    // last checkpoint holds exactly what was read.
     let last_barrier = std::cell::Cell::new(0u64);
     let last_position: RefCell<Option<Position>> = RefCell::new(None);
     let at = |pos: Option<Position>| -> bool {
-        let Some(c) = &ckpt else { return true };
         *last_position.borrow_mut() = pos.clone();
         let id = c.coord.requested();
         if id > last_barrier.get() {
@@ -118,7 +116,8 @@ pub(super) fn read_input(
                 return false;
             }
         }
-        if if checkpointed { failed.load(Ordering::SeqCst) } else { stopping() } {
+        // Stopping is `at`'s to decide (at a point the input can resume from).
+        if failed.load(Ordering::SeqCst) {
             return false;
         }
         let b = match &stamper {
@@ -140,12 +139,8 @@ pub(super) fn read_input(
     let file_index = std::cell::Cell::new(None::<usize>);
     let mark = |byte: u64, line: u64| at(file_index.get().map(|file| Position::File { file, byte, line }));
     let feed = Feed { send: &send, bad: &bad, live, mark: &mark };
-    let resume = ckpt.as_ref().and_then(|c| c.resume.clone());
-    let on_commit = |hook: super::checkpoint::CommitHook| {
-        if let Some(c) = &ckpt {
-            c.coord.on_complete(c.pipeline.clone(), hook);
-        }
-    };
+    let resume = c.resume.clone();
+    let on_commit = |hook: super::checkpoint::CommitHook| c.coord.on_complete(c.pipeline.clone(), hook);
     let hooks = Hooks {
         feed: &feed,
         send_acked: &send_acked,
@@ -156,25 +151,23 @@ pub(super) fn read_input(
     };
     let result = read(program, input, layout, shared, opts, group, &hooks, &failed, resume, &file_index);
     let flushed = dead.as_ref().map_or(Ok(()), |d| d.flush());
-    if let Some(c) = &ckpt {
-        // What it leaves every later checkpoint: where it stopped; that a bounded input
-        // (files, a generator) ended; where a topic was read to (a later run goes on
-        // from there, reading only what came since).
-        let topic = matches!(input, ir::Input::Topic(_))
-            || matches!(input, ir::Input::Source(n) if program.sources.iter().any(|s| s.name == *n && matches!(s.connector, Connector::Kafka { .. })));
-        let stopped = opts.stop.load(Ordering::SeqCst);
-        if stopped {
-            c.coord.reader_stopped();
-        }
-        // Ended only when the input was read to its end without an error.
-        let pos = if stopped || topic || result.is_err() || failed.load(Ordering::SeqCst) {
-            last_position.borrow().clone()
-        } else {
-            Some(Position::Ended)
-        };
-        let watermarks = stamper.as_ref().map(|st| st.borrow().state());
-        c.coord.ended(c.me, AckData { position: Some((c.pipeline.clone(), pos)), watermarks, ..AckData::default() });
+    // What it leaves every later checkpoint: where it stopped; that a bounded input
+    // (files, a generator) ended; where a topic was read to (a later run goes on
+    // from there, reading only what came since).
+    let topic = matches!(input, ir::Input::Topic(_))
+        || matches!(input, ir::Input::Source(n) if program.sources.iter().any(|s| s.name == *n && matches!(s.connector, Connector::Kafka { .. })));
+    let stopped = opts.stop.load(Ordering::SeqCst);
+    if stopped {
+        c.coord.reader_stopped();
     }
+    // Ended only when the input was read to its end without an error.
+    let pos = if stopped || topic || result.is_err() || failed.load(Ordering::SeqCst) {
+        last_position.borrow().clone()
+    } else {
+        Some(Position::Ended)
+    };
+    let watermarks = stamper.as_ref().map(|st| st.borrow().state());
+    c.coord.ended(c.me, AckData { position: Some((c.pipeline.clone(), pos)), watermarks, ..AckData::default() });
     if result.is_ok() && flushed.is_ok() {
         router.into_inner().blocking_end();
     }
