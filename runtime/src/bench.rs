@@ -535,28 +535,6 @@ mod tests {
         assert!(delta * 20 < full, "delta {delta} bytes, full snapshot {full}");
     }
 
-    /// The figures of an incremental checkpoint of 1M windows: run with
-    /// `cargo test --release -p flow-runtime --lib delta_cost_of_a_million -- --ignored --nocapture`.
-    #[test]
-    #[ignore]
-    fn delta_cost_of_a_million_windows_after_changing_one_percent() {
-        let b = WindowBench::new("tumbling(1h)", 1_000_000, 4_000_000, true).expect("bench");
-        let mut runs: Vec<_> = (0..5).map(|_| b.delta_cost(0.01).expect("cost")).collect();
-        for (full, delta, fb, db) in &runs {
-            println!(
-                "full {:.1} ms {:.1} MiB; delta {:.2} ms {:.2} MiB ({:.1}% of the time)",
-                full.as_secs_f64() * 1e3,
-                *fb as f64 / (1u64 << 20) as f64,
-                delta.as_secs_f64() * 1e3,
-                *db as f64 / (1u64 << 20) as f64,
-                100.0 * delta.as_secs_f64() / full.as_secs_f64()
-            );
-        }
-        runs.sort_by_key(|r| r.1);
-        let (full, delta, _, _) = runs[runs.len() / 2];
-        assert!(delta * 10 < full, "median delta {delta:?}, full {full:?}");
-    }
-
     #[test]
     fn ingest_decodes_every_line() {
         let (layout, text) = transactions_json(10_000).expect("input");
