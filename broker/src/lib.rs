@@ -12,6 +12,7 @@
 //! - [`producer`]: idempotent-produce sequence checks.
 //! - [`sasl`]: optional SASL/PLAIN authentication with users from a file.
 //! - [`alloc`]: the allocator guard against hostile array lengths.
+//! - [`bench`]: low-cost Kafka-protocol load drivers for `flowc bench kafka`.
 //!
 //! What it must not know: .flow programs, pipelines, terminals. Batches are stored as
 //! producers sent them (compressed or not) and fetched as they are on disk; the
@@ -21,6 +22,7 @@
 //! bound address and stops it. The runtime can run pipelines beside it.
 
 pub mod alloc;
+pub mod bench;
 pub mod codec;
 pub mod group;
 pub mod handlers;

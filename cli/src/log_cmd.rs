@@ -170,6 +170,34 @@ pub enum BenchCommand {
     /// Checkpoint costs: the windowed benchmark with and without a snapshot every
     /// interval, and the time and size of a full snapshot of many keys and its restore
     Checkpoints(BenchCheckpointsArgs),
+    /// The Kafka protocol's cost: produce (acks=all) and fetch through the broker of
+    /// `flowc serve` over loopback, beside the log's own fsync-acked append, in one run
+    Kafka(BenchKafkaArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchKafkaArgs {
+    /// Scratch directory for the broker's and the log's files (removed afterwards)
+    #[arg(long, default_value = "./.flow/bench-kafka")]
+    pub dir: PathBuf,
+    /// Records produced per run (100 bytes each, no key)
+    #[arg(long, default_value_t = 4_000_000)]
+    pub records: u64,
+    /// Records per batch (one batch per Produce request)
+    #[arg(long, default_value_t = 1000)]
+    pub batch_records: usize,
+    /// Producer connections, each an idempotent producer
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// Produce requests outstanding per connection (librdkafka's max.in.flight)
+    #[arg(long, default_value_t = 5)]
+    pub in_flight: usize,
+    /// Appending threads of the log's own fsync-acked run
+    #[arg(long, default_value_t = 16)]
+    pub producers: usize,
+    /// Runs (the median is reported)
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
 }
 
 #[derive(Debug, Args)]
@@ -264,6 +292,7 @@ pub fn run(cmd: LogCommand) -> miette::Result<ExitCode> {
         LogCommand::Bench(BenchCommand::Windows(a)) => bench_windows(a),
         LogCommand::Bench(BenchCommand::Ingest(a)) => bench_ingest(a),
         LogCommand::Bench(BenchCommand::Checkpoints(a)) => bench_checkpoints(a),
+        LogCommand::Bench(BenchCommand::Kafka(a)) => bench_kafka(a),
     }
 }
 
@@ -667,6 +696,106 @@ fn bench_log(a: BenchLogArgs) -> miette::Result<ExitCode> {
         .map_err(|e| miette!(code = "flow::log::bench", "{e}"))?;
     print!("{report}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// CPU seconds (user + system) this process has used, and those of its threads whose
+/// name starts with `prefix` (Linux /proc; 0 elsewhere).
+fn cpu_seconds(prefix: &str) -> (f64, f64) {
+    let tick = 100.0; // USER_HZ, fixed at 100 on Linux
+    let stat = |path: &std::path::Path| -> Option<(String, f64)> {
+        let text = std::fs::read_to_string(path).ok()?;
+        let (open, close) = (text.find('(')?, text.rfind(')')?);
+        let name = text[open + 1..close].to_string();
+        let fields: Vec<&str> = text[close + 2..].split(' ').collect();
+        let (u, s): (f64, f64) = (fields.get(11)?.parse().ok()?, fields.get(12)?.parse().ok()?);
+        Some((name, (u + s) / tick))
+    };
+    let all = stat(std::path::Path::new("/proc/self/stat")).map_or(0.0, |(_, c)| c);
+    let mut threads = 0.0;
+    if let Ok(rd) = std::fs::read_dir("/proc/self/task") {
+        for t in rd.flatten() {
+            if let Some((name, c)) = stat(&t.path().join("stat")) {
+                if name.starts_with(prefix) {
+                    threads += c;
+                }
+            }
+        }
+    }
+    (all, threads)
+}
+
+fn bench_kafka(a: BenchKafkaArgs) -> miette::Result<ExitCode> {
+    use flow_broker::bench::{create_topic, fetch, produce, ProduceLoad};
+    let err = |e: String| miette!(code = "flow::bench", "{e}");
+    std::fs::create_dir_all(&a.dir).map_err(|e| miette!("cannot create {}: {e}", a.dir.display()))?;
+    let scratch = a.dir.join(format!("run-{}", std::process::id()));
+    let result = (|| -> miette::Result<()> {
+        let load = ProduceLoad {
+            records: a.records,
+            record_bytes: flow_runtime::log::bench::RECORD_BYTES,
+            batch_records: a.batch_records.max(1),
+            connections: a.connections.max(1),
+            in_flight: a.in_flight.max(1),
+        };
+        // The broker as `flowc serve` runs it: a multi-threaded tokio runtime, whose
+        // threads are named so their CPU time can be told from the drivers'.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("flowc-broker")
+            .build()
+            .map_err(|e| miette!("cannot start the async runtime: {e}"))?;
+        let config = flow_broker::Config::new(scratch.join("broker"), "127.0.0.1:0".parse().expect("an address"));
+        let handle = rt.block_on(flow_broker::start(config)).map_err(|e| miette!("{e}"))?;
+        let addr = handle.local_addr();
+        println!(
+            "flow broker at {addr}; {} records of {} B per run in batches of {}, {} connection(s) x {} in flight, acks=all, idempotent; {} run(s), medians",
+            load.records, load.record_bytes, load.batch_records, load.connections, load.in_flight, a.runs.max(1)
+        );
+        let (mut log, mut prod, mut cons, mut cpu, mut broker_cpu) = (vec![], vec![], vec![], vec![], vec![]);
+        for run in 0..a.runs.max(1) {
+            let l = flow_runtime::log::bench::fsync_acked_append(&scratch, load.records, a.producers).map_err(err)?;
+            let topic = format!("bench-{run}");
+            create_topic(addr, &topic, 1).map_err(err)?;
+            let (c0, b0) = cpu_seconds("flowc-broker");
+            let p = produce(addr, &topic, &load).map_err(err)?;
+            let (c1, b1) = cpu_seconds("flowc-broker");
+            let f = fetch(addr, &topic, p.records, 1 << 20).map_err(err)?;
+            println!(
+                "run {}: log {:.0} records/s; produce {:.0} records/s ({:.1} MB/s) = {:.2}x the log; fetch {:.0} records/s ({:.1} MB/s); CPU per million produced: {:.2} s in all, {:.2} s in the broker",
+                run + 1,
+                l.records_per_s,
+                p.records_per_s(),
+                p.mb_per_s(),
+                p.records_per_s() / l.records_per_s,
+                f.records_per_s(),
+                f.mb_per_s(),
+                (c1 - c0) * 1e6 / p.records as f64,
+                (b1 - b0) * 1e6 / p.records as f64,
+            );
+            log.push(l.records_per_s);
+            prod.push(p.records_per_s());
+            cons.push(f.records_per_s());
+            cpu.push((c1 - c0) * 1e6 / p.records as f64);
+            broker_cpu.push((b1 - b0) * 1e6 / p.records as f64);
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(|x, y| x.total_cmp(y));
+            v[v.len() / 2]
+        };
+        let (l, p) = (median(&mut log), median(&mut prod));
+        println!("log: append fsync acks, {} producers, batches of 1000 : {l:>12.0} records/s", a.producers);
+        println!("kafka protocol: produce, acks=all                   : {p:>12.0} records/s = {:.2}x the log's (target 0.50x)", p / l);
+        println!("kafka protocol: fetch, 1 MiB per request            : {:>12.0} records/s", median(&mut cons));
+        println!(
+            "CPU per million records produced: {:.2} s in all, {:.2} s on the broker's threads",
+            median(&mut cpu),
+            median(&mut broker_cpu)
+        );
+        rt.block_on(handle.shutdown());
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&scratch);
+    result.map(|()| ExitCode::SUCCESS)
 }
 
 /// The median of `runs` measurements of `f` (at least one).

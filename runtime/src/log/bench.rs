@@ -225,50 +225,10 @@ fn run_in(scratch: &Path, bytes: u64, producers: usize) -> Result<BenchReport, S
     drop(t);
     dir.delete_topic("os").map_err(|x| e("delete", x))?;
 
-    // 3. fsync acks, N producers, batches of 1000 (group commit). fsync latency moves
-    // several-fold with the neighbours' load, so probe it again right before.
+    // 3. fsync acks, N producers, batches of 1000 (group commit).
     let probe_path = scratch.join("fsync.bin");
-    let (median, _) = fs_fsync_latency(&probe_path)?;
-    let _ = fs::remove_file(&probe_path);
-    let one_fsync_per_record = 1e3 / median;
-    fresh_topic(&dir, "fsync")?;
-    let t = dir.open_topic("fsync", Access::ReadWrite).map_err(|x| e("opening", x))?;
-    let per_producer = (batches / 4 / producers as u64).max(1);
-    let syncs_before = faults.syncs.load(Ordering::SeqCst);
-    let start = Instant::now();
-    std::thread::scope(|s| -> Result<(), String> {
-        let handles: Vec<_> = (0..producers)
-            .map(|_| {
-                let t = &t;
-                let batch = &batch;
-                s.spawn(move || -> Result<(), String> {
-                    let p = t.partition(0).map_err(|x| e("partition", x))?;
-                    for _ in 0..per_producer {
-                        p.append(batch, Acks::Fsync).map_err(|x| e("append", x))?;
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        for h in handles {
-            h.join().map_err(|_| "a producer thread panicked".to_string())??;
-        }
-        Ok(())
-    })?;
-    let d = start.elapsed();
-    let syncs = faults.syncs.load(Ordering::SeqCst) - syncs_before;
-    let records = per_producer * producers as u64 * BATCH_RECORDS as u64;
-    let rps = records as f64 / d.as_secs_f64();
-    let p = t.partition(0).map_err(|x| e("partition", x))?;
-    r.results.push(Measurement {
-        name: format!("append fsync acks, {producers} producers, batches of 1000"),
-        records_per_s: rps,
-        mb_per_s: mb(p.info().size_bytes, d),
-        limit: Some((format!("one fsync per record ({median:.3} ms just before)"), rps / one_fsync_per_record)),
-        note: format!("{syncs} fdatasyncs for {} appends", per_producer * producers as u64),
-    });
-    drop(t);
-    dir.delete_topic("fsync").map_err(|x| e("delete", x))?;
+    let records = batches * BATCH_RECORDS as u64 / 4;
+    r.results.push(fsync_acked_in(&dir, &faults, &probe_path, records, producers)?);
 
     // 4. fsync acks, N producers, one record per append: group commit alone.
     let (median, _) = fs_fsync_latency(&probe_path)?;
@@ -317,4 +277,72 @@ fn run_in(scratch: &Path, bytes: u64, producers: usize) -> Result<BenchReport, S
     drop(t);
     dir.delete_topic("fsync1").map_err(|x| e("delete", x))?;
     Ok(r)
+}
+
+/// The log's direct fsync-acked append throughput: `producers` threads append batches of
+/// [`BATCH_RECORDS`] records of [`RECORD_BYTES`] to one partition with [`Acks::Fsync`]
+/// (group commit shares the fdatasyncs), about `records` records in all, in a scratch
+/// directory under `scratch` (removed afterwards). `flowc bench kafka` sets the Kafka
+/// protocol's produce beside this figure.
+pub fn fsync_acked_append(scratch: &Path, records: u64, producers: usize) -> Result<Measurement, String> {
+    let scratch = scratch.join(format!(".bench-fsync-{}", std::process::id()));
+    fs::create_dir_all(&scratch).map_err(|x| e("creating the scratch directory", x))?;
+    let (io, faults) = FaultyIo::new();
+    let dir = LogDir::with_io(scratch.join("log"), Arc::new(io), Arc::new(SystemClock));
+    let result = fsync_acked_in(&dir, &faults, &scratch.join("fsync.bin"), records, producers.max(1));
+    let _ = fs::remove_dir_all(&scratch);
+    result
+}
+
+fn fsync_acked_in(
+    dir: &LogDir,
+    faults: &super::io::Faults,
+    probe_path: &Path,
+    records: u64,
+    producers: usize,
+) -> Result<Measurement, String> {
+    let batch = batch_of(BATCH_RECORDS);
+    // fsync latency moves several-fold with the neighbours' load, so probe it right before.
+    let (median, _) = fs_fsync_latency(probe_path)?;
+    let _ = fs::remove_file(probe_path);
+    let one_fsync_per_record = 1e3 / median;
+    fresh_topic(dir, "fsync")?;
+    let t = dir.open_topic("fsync", Access::ReadWrite).map_err(|x| e("opening", x))?;
+    let per_producer = (records / BATCH_RECORDS as u64 / producers as u64).max(1);
+    let syncs_before = faults.syncs.load(Ordering::SeqCst);
+    let start = Instant::now();
+    std::thread::scope(|s| -> Result<(), String> {
+        let handles: Vec<_> = (0..producers)
+            .map(|_| {
+                let t = &t;
+                let batch = &batch;
+                s.spawn(move || -> Result<(), String> {
+                    let p = t.partition(0).map_err(|x| e("partition", x))?;
+                    for _ in 0..per_producer {
+                        p.append(batch, Acks::Fsync).map_err(|x| e("append", x))?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().map_err(|_| "a producer thread panicked".to_string())??;
+        }
+        Ok(())
+    })?;
+    let d = start.elapsed();
+    let syncs = faults.syncs.load(Ordering::SeqCst) - syncs_before;
+    let records = per_producer * producers as u64 * BATCH_RECORDS as u64;
+    let rps = records as f64 / d.as_secs_f64();
+    let p = t.partition(0).map_err(|x| e("partition", x))?;
+    let m = Measurement {
+        name: format!("append fsync acks, {producers} producers, batches of 1000"),
+        records_per_s: rps,
+        mb_per_s: mb(p.info().size_bytes, d),
+        limit: Some((format!("one fsync per record ({median:.3} ms just before)"), rps / one_fsync_per_record)),
+        note: format!("{syncs} fdatasyncs for {} appends", per_producer * producers as u64),
+    };
+    drop(t);
+    dir.delete_topic("fsync").map_err(|x| e("delete", x))?;
+    Ok(m)
 }
