@@ -532,3 +532,167 @@ pipeline p = from s | where id % 3 == 0 -> f
     assert_eq!(got.len(), want.len(), "after {kills} kills: {summary}");
     assert!(got == want, "records differ after {kills} kills");
 }
+
+/// A test CA, a server certificate for 127.0.0.1 and localhost, and a client
+/// certificate, all signed by the CA, as PEM files in `dir`.
+struct Pki {
+    ca: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+}
+
+fn pki(dir: &Path) -> Pki {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let write = |name: &str, text: String| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, "flow test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf = |names: Vec<String>, cn: &str| {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(names).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (server_cert, server_key) = leaf(vec!["localhost".into(), "127.0.0.1".into()], "localhost");
+    let (client_cert, client_key) = leaf(vec!["client.test".into()], "client.test");
+    Pki {
+        ca: write("ca.pem", ca.pem()),
+        server_cert: write("server.pem", server_cert),
+        server_key: write("server.key", server_key),
+        client_cert: write("client.pem", client_cert),
+        client_key: write("client.key", client_key),
+    }
+}
+
+fn x(settings: &[String]) -> Vec<String> {
+    settings.iter().flat_map(|s| ["-X".to_string(), s.clone()]).collect()
+}
+
+/// `--tls-cert/--tls-key`: kcat over TLS (verifying the server against the CA, host name
+/// included) produces and consumes; a plaintext client is refused, and while it hangs
+/// on, TLS clients keep being served. With `--sasl-users` as well, SASL_SSL works and a
+/// wrong password is still refused.
+#[test]
+fn tls_listener_serves_tls_clients_and_refuses_plaintext_ones() {
+    let Some(kcat) = kcat() else { return };
+    let d = tempfile::tempdir().unwrap();
+    let pki = pki(d.path());
+    let data = d.path().join("data");
+    flowc(&data, &["topic", "create", "t", "--partitions", "2"], None);
+    let users = d.path().join("users");
+    std::fs::write(&users, "alice:s3cret\n").unwrap();
+    let tls_args = ["--tls-cert", pki.server_cert.to_str().unwrap(), "--tls-key", pki.server_key.to_str().unwrap()];
+    let s = Server::start(&data, &tls_args);
+    let b = s.bootstrap();
+    let ssl = x(&["security.protocol=SSL".into(), format!("ssl.ca.location={}", pki.ca.display())]);
+    // A plaintext client that connects and stays: it must hold nothing up.
+    let mut idle = std::net::TcpStream::connect(s.addr).unwrap();
+    idle.write_all(b"\x00\x00\x00\x0a").unwrap();
+    ok(
+        run(Command::new(&kcat).args(["-b", &b, "-P", "-t", "t", "-K", ":"]).args(&ssl), Some("k1:hello\nk2:world\n")),
+        "kcat -P over TLS",
+    );
+    let got = ok(
+        run(Command::new(&kcat).args(["-b", &b, "-C", "-t", "t", "-e", "-q", "-f", "%k=%s\n"]).args(&ssl), None),
+        "kcat -C over TLS",
+    );
+    assert_eq!(sorted_lines(&got), ["k1=hello", "k2=world"]);
+    // Plaintext against the TLS listener: refused (the handshake fails), not served.
+    let plain = run(Command::new(&kcat).args(["-b", &b, "-L", "-m", "3"]), None);
+    assert!(!plain.status.success(), "a plaintext client was served by a TLS listener");
+    // A client that does not trust the server's CA refuses it.
+    let untrusted = run(Command::new(&kcat).args(["-b", &b, "-L", "-m", "3", "-X", "security.protocol=SSL"]), None);
+    assert!(!untrusted.status.success(), "a client without the CA accepted the server");
+    drop(s);
+
+    // SASL_SSL: TLS and SASL/PLAIN together.
+    let mut args = tls_args.to_vec();
+    args.extend(["--sasl-users", users.to_str().unwrap()]);
+    let s = Server::start(&data, &args);
+    let b = s.bootstrap();
+    let sasl_ssl = |password: &str| {
+        x(&[
+            "security.protocol=SASL_SSL".into(),
+            format!("ssl.ca.location={}", pki.ca.display()),
+            "sasl.mechanisms=PLAIN".into(),
+            "sasl.username=alice".into(),
+            format!("sasl.password={password}"),
+        ])
+    };
+    let got = ok(
+        run(
+            Command::new(&kcat).args(["-b", &b, "-C", "-t", "t", "-e", "-q", "-f", "%k=%s\n"]).args(sasl_ssl("s3cret")),
+            None,
+        ),
+        "kcat -C over SASL_SSL",
+    );
+    assert_eq!(sorted_lines(&got), ["k1=hello", "k2=world"]);
+    let wrong = run(Command::new(&kcat).args(["-b", &b, "-L", "-m", "3"]).args(sasl_ssl("wrong")), None);
+    assert!(!wrong.status.success(), "a wrong password was let in over TLS");
+}
+
+/// `--tls-client-ca`: a client with a certificate the CA signed is served; one without a
+/// certificate is refused during the handshake.
+#[test]
+fn tls_client_certificates_are_required_with_a_client_ca() {
+    let Some(kcat) = kcat() else { return };
+    let d = tempfile::tempdir().unwrap();
+    let pki = pki(d.path());
+    let data = d.path().join("data");
+    flowc(&data, &["topic", "create", "t"], None);
+    let s = Server::start(
+        &data,
+        &[
+            "--tls-cert",
+            pki.server_cert.to_str().unwrap(),
+            "--tls-key",
+            pki.server_key.to_str().unwrap(),
+            "--tls-client-ca",
+            pki.ca.to_str().unwrap(),
+        ],
+    );
+    let b = s.bootstrap();
+    let ssl = x(&["security.protocol=SSL".into(), format!("ssl.ca.location={}", pki.ca.display())]);
+    let with_cert: Vec<String> = ssl
+        .iter()
+        .cloned()
+        .chain(x(&[
+            format!("ssl.certificate.location={}", pki.client_cert.display()),
+            format!("ssl.key.location={}", pki.client_key.display()),
+        ]))
+        .collect();
+    ok(
+        run(Command::new(&kcat).args(["-b", &b, "-P", "-t", "t"]).args(&with_cert), Some("signed\n")),
+        "kcat -P with a client certificate",
+    );
+    let got =
+        ok(run(Command::new(&kcat).args(["-b", &b, "-C", "-t", "t", "-e", "-q"]).args(&with_cert), None), "kcat -C");
+    assert_eq!(got, "signed\n");
+    let without = run(Command::new(&kcat).args(["-b", &b, "-L", "-m", "3"]).args(&ssl), None);
+    assert!(!without.status.success(), "a client without a certificate was served");
+}
+
+/// Bad TLS files stop `flowc serve` before it listens, with a message naming the file.
+#[test]
+fn serve_names_a_bad_tls_file() {
+    let d = tempfile::tempdir().unwrap();
+    let pki = pki(d.path());
+    let out = Command::new(env!("CARGO_BIN_EXE_flowc"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(d.path().join("data"))
+        .args(["--tls-cert", pki.server_cert.to_str().unwrap(), "--tls-key", pki.client_key.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("client.key") && err.contains("does not fit"), "{err}");
+}

@@ -11,6 +11,7 @@
 //! - [`group`]: the consumer-group coordinator state machine.
 //! - [`producer`]: idempotent-produce sequence checks.
 //! - [`sasl`]: optional SASL/PLAIN authentication with users from a file.
+//! - [`tls`]: TLS for the listener (rustls), optionally with client certificates.
 //! - [`alloc`]: the allocator guard against hostile array lengths.
 //! - [`bench`]: low-cost Kafka-protocol load drivers for `flowc bench kafka`.
 //!
@@ -29,6 +30,7 @@ pub mod handlers;
 pub mod producer;
 pub mod sasl;
 pub mod server;
+pub mod tls;
 
 #[cfg(test)]
 #[global_allocator]
@@ -91,6 +93,8 @@ pub struct Config {
     pub auto_create_topics: bool,
     /// SASL/PLAIN users; with them every connection must authenticate first (sasl.rs).
     pub sasl_users: Option<Arc<sasl::Users>>,
+    /// With a TLS configuration (tls.rs) the listener speaks TLS only.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Config {
@@ -101,6 +105,7 @@ impl Config {
             limits: Limits::default(),
             auto_create_topics: false,
             sasl_users: None,
+            tls: None,
         }
     }
 }

@@ -6,20 +6,27 @@
 //! with a logged reason; nothing else is affected. A frame's buffer grows with the bytes
 //! that actually arrive, so a client announcing a large frame and sending nothing costs
 //! nothing. Connections beyond `connections_max` are closed when accepted.
+//!
+//! With TLS (tls.rs) each accepted connection first completes its handshake, within
+//! [`TLS_HANDSHAKE_TIMEOUT`], on its own task; a failed handshake (a plaintext client, an
+//! untrusted client certificate) closes that connection with a logged reason.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufStream};
+use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::codec::{decode_frame, FrameError};
 use crate::handlers::{handle, Broker};
 use crate::{Config, Shared};
+
+/// How long a TLS client has to complete its handshake.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the broker could not start.
 #[derive(Debug)]
@@ -115,7 +122,22 @@ async fn accept_loop(listener: TcpListener, broker: Shared, mut stop: watch::Rec
                 };
                 let b = broker.clone();
                 conns.spawn(async move {
-                    match connection(stream, peer, b).await {
+                    let _ = stream.set_nodelay(true);
+                    let served = match stream.local_addr() {
+                        Err(e) => Err(io_closed("local address", e)),
+                        Ok(local) => match b.config.tls.clone() {
+                            None => connection(stream, peer, local, b).await,
+                            Some(tls) => {
+                                let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+                                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                                    Err(_) => Err(Closed::Closed(format!("no TLS handshake within {TLS_HANDSHAKE_TIMEOUT:?}"))),
+                                    Ok(Err(e)) => Err(Closed::Closed(handshake_failed(&e))),
+                                    Ok(Ok(tls_stream)) => connection(tls_stream, peer, local, b).await,
+                                }
+                            }
+                        },
+                    };
+                    match served {
                         Ok(()) => {}
                         // The client hung up (possibly while we answered): nothing to report.
                         Err(Closed::HungUp(reason)) => tracing::debug!(%peer, "connection ended: {reason}"),
@@ -127,6 +149,21 @@ async fn accept_loop(listener: TcpListener, broker: Shared, mut stop: watch::Rec
         }
     }
     conns.shutdown().await;
+}
+
+/// The logged reason of a failed TLS handshake, with what the client likely lacks.
+fn handshake_failed(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    let hint = if text.contains("InvalidContentType") || text.contains("corrupt message") {
+        " (the client did not start TLS: it needs security.protocol=SSL or SASL_SSL)"
+    } else if text.contains("no certificates") {
+        " (--tls-client-ca requires a client certificate: ssl.certificate.location and ssl.key.location)"
+    } else if text.contains("UnknownCA") || text.contains("BadCertificate") {
+        " (the client does not trust this server's certificate: give it the CA with ssl.ca.location)"
+    } else {
+        ""
+    };
+    format!("TLS handshake failed: {text}{hint}")
 }
 
 /// Why a connection ended early.
@@ -151,18 +188,21 @@ fn io_closed(what: &str, e: std::io::Error) -> Closed {
     }
 }
 
-/// Serve one connection until the client closes it (`Ok`) or it must be closed.
-async fn connection(stream: TcpStream, peer: SocketAddr, broker: Shared) -> Result<(), Closed> {
-    let _ = stream.set_nodelay(true);
-    let local = stream.local_addr().map_err(|e| io_closed("local address", e))?;
+/// Serve one connection (TCP, or TLS over it) until the client closes it (`Ok`) or it
+/// must be closed. `local` is the address the client connected to (it is advertised).
+async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    peer: SocketAddr,
+    local: SocketAddr,
+    broker: Shared,
+) -> Result<(), Closed> {
     let limits = broker.config.limits.clone();
-    let (rd, wr) = stream.into_split();
-    let mut rd = BufReader::with_capacity(limits.connection_buffer_bytes, rd);
-    let mut wr = BufWriter::with_capacity(limits.connection_buffer_bytes, wr);
+    // Requests are read and answered in turn on one task: one buffered stream serves both.
+    let mut io = BufStream::with_capacity(limits.connection_buffer_bytes, limits.connection_buffer_bytes, stream);
     let mut session = crate::sasl::Session::default();
     loop {
         let mut size = [0u8; 4];
-        match tokio::time::timeout(limits.idle_timeout, rd.read_exact(&mut size)).await {
+        match tokio::time::timeout(limits.idle_timeout, io.read_exact(&mut size)).await {
             Err(_) => return Err(format!("idle for {:?}", limits.idle_timeout).into()),
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
             Ok(Err(e)) => return Err(io_closed("read failed", e)),
@@ -175,7 +215,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, broker: Shared) -> Resu
                 limits.request_bytes_max
             )));
         }
-        let frame = read_frame(&mut rd, size as usize, &limits).await?;
+        let frame = read_frame(&mut io, size as usize, &limits).await?;
         // The codec is a dependency: a panic in it must not take the broker down.
         let decoded = match std::panic::catch_unwind(|| decode_frame(frame)) {
             Ok(Ok(d)) => d,
@@ -188,22 +228,22 @@ async fn connection(stream: TcpStream, peer: SocketAddr, broker: Shared) -> Resu
             }
             crate::sasl::Step::Answer(bytes) => Some(bytes),
             crate::sasl::Step::AnswerAndClose(bytes, reason) => {
-                wr.write_all(&bytes).await.map_err(|e| io_closed("write failed", e))?;
-                wr.flush().await.map_err(|e| io_closed("write failed", e))?;
+                io.write_all(&bytes).await.map_err(|e| io_closed("write failed", e))?;
+                io.flush().await.map_err(|e| io_closed("write failed", e))?;
                 return Err(Closed::Closed(reason));
             }
             crate::sasl::Step::Close(reason) => return Err(Closed::Closed(reason)),
         };
         if let Some(bytes) = response {
-            wr.write_all(&bytes).await.map_err(|e| io_closed("write failed", e))?;
-            wr.flush().await.map_err(|e| io_closed("write failed", e))?;
+            io.write_all(&bytes).await.map_err(|e| io_closed("write failed", e))?;
+            io.flush().await.map_err(|e| io_closed("write failed", e))?;
         }
         tracing::trace!(%peer, "request answered");
     }
 }
 
-async fn read_frame(
-    rd: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+async fn read_frame<R: AsyncRead + Unpin>(
+    rd: &mut R,
     size: usize,
     limits: &crate::Limits,
 ) -> Result<bytes::Bytes, Closed> {

@@ -52,6 +52,17 @@ pub struct ServeArgs {
     /// Require SASL/PLAIN authentication with the users of this file (`user:password` a line).
     #[arg(long, value_name = "FILE")]
     pub sasl_users: Option<PathBuf>,
+    /// Serve TLS only, with this certificate chain (PEM, leaf first); needs --tls-key.
+    /// Clients set security.protocol=SSL (or SASL_SSL with --sasl-users).
+    #[arg(long, value_name = "FILE.pem", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE.pem", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Require every client to present a certificate signed by one of these CAs (PEM)
+    /// (Kafka's ssl.client.auth=required); needs --tls-cert.
+    #[arg(long, value_name = "FILE.pem", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
     /// Log level on stderr: error, warn, info, debug, trace.
     #[arg(long, default_value = "info")]
     pub log_level: tracing::Level,
@@ -94,6 +105,26 @@ pub fn run(args: ServeArgs) -> ExitCode {
             }
         },
     };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let files = flow_broker::tls::TlsFiles { cert, key, client_ca: args.tls_client_ca.as_deref() };
+            match flow_broker::tls::server_config(&files) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        _ => None,
+    };
+    if tls.is_none() && !args.listen.ip().is_loopback() {
+        let secrets = if sasl_users.is_some() { " and SASL/PLAIN passwords" } else { "" };
+        tracing::warn!(
+            listen = %args.listen,
+            "this listener is reachable from other machines without TLS: records{secrets} cross the network in clear; give --tls-cert and --tls-key"
+        );
+    }
     let defaults = Limits::default();
     let config = Config {
         data_dir: args.data_dir,
@@ -109,6 +140,7 @@ pub fn run(args: ServeArgs) -> ExitCode {
         },
         auto_create_topics: args.auto_create_topics,
         sasl_users,
+        tls,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
