@@ -696,3 +696,258 @@ fn serve_names_a_bad_tls_file() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("client.key") && err.contains("does not fit"), "{err}");
 }
+
+/// Kafka's `Utils.murmur2` (seed 0x9747b28c), written out again here so the test does
+/// not trust the code under test: the partition a Java producer picks for a key is
+/// `toPositive(murmur2(key)) % partitions`.
+fn java_partition(key: &[u8], partitions: u32) -> u32 {
+    const M: u32 = 0x5bd1_e995;
+    let mut h: u32 = 0x9747_b28c ^ key.len() as u32;
+    let chunks = key.chunks_exact(4);
+    let tail = chunks.remainder();
+    for c in chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]).wrapping_mul(M);
+        k ^= k >> 24;
+        h = h.wrapping_mul(M) ^ k.wrapping_mul(M);
+    }
+    match tail.len() {
+        3 => h = (h ^ (u32::from(tail[2]) << 16) ^ (u32::from(tail[1]) << 8) ^ u32::from(tail[0])).wrapping_mul(M),
+        2 => h = (h ^ (u32::from(tail[1]) << 8) ^ u32::from(tail[0])).wrapping_mul(M),
+        1 => h = (h ^ u32::from(tail[0])).wrapping_mul(M),
+        _ => {}
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    (h & 0x7fff_ffff) % partitions
+}
+
+#[test]
+fn java_partition_matches_kafkas_own_test_vectors() {
+    // From Kafka's UtilsTest.testMurmur2 (signed results, before toPositive and %).
+    for (key, want) in [("21", -973932308i32), ("foobar", -790332482), ("a-little-bit-long-string", -985981536)] {
+        assert_eq!(java_partition(key.as_bytes(), i32::MAX as u32), (want & 0x7fff_ffff) as u32 % i32::MAX as u32);
+    }
+}
+
+/// `key:` on a `kafka(...)` sink: each record's key is the field's value, and the records
+/// of a key are on the partition Kafka's Java producer (murmur2) would choose; a null
+/// value gives a record without a key.
+#[test]
+fn a_kafka_sink_keys_records_by_a_field_and_partitions_them_as_java_does() {
+    let Some(kcat) = kcat() else { return };
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("serve-data");
+    flowc(&data, &["topic", "create", "alerts", "--partitions", "4"], None);
+    let mut lines: String = (0..60).map(|i| format!("{{\"account\":\"acct-{}\",\"n\":{i}}}\n", i % 11)).collect();
+    lines.push_str("{\"account\":null,\"n\":60}\n{\"account\":null,\"n\":61}\n");
+    std::fs::write(d.path().join("in.jsonl"), lines).unwrap();
+    let s = Server::start(&data, &[]);
+    std::fs::write(
+        d.path().join("p.flow"),
+        format!(
+            r#"schema Alert {{ account: string?, n: int }}
+source s: Alert = file("in.jsonl", format: json)
+sink k = kafka("{b}", topic: "alerts", key: account)
+pipeline p = from s | select {{ n, account }} -> k
+"#,
+            b = s.bootstrap()
+        ),
+    )
+    .unwrap();
+    flowc_run_kafka(d.path());
+    let out = ok(
+        run(
+            Command::new(&kcat).args(["-b", &s.bootstrap(), "-C", "-t", "alerts", "-e", "-q", "-f", "%k|%K|%p|%s\n"]),
+            None,
+        ),
+        "kcat -C",
+    );
+    let rows: Vec<Vec<&str>> = out.lines().map(|l| l.splitn(4, '|').collect()).collect();
+    assert_eq!(rows.len(), 62, "{out}");
+    let mut partitions = std::collections::BTreeSet::new();
+    for r in &rows {
+        let v: serde_json::Value = serde_json::from_str(r[3]).unwrap();
+        let p: u32 = r[2].parse().unwrap();
+        match v["account"].as_str() {
+            Some(account) => {
+                assert_eq!(r[0], account, "the key is the account: {r:?}");
+                assert_eq!(p, java_partition(account.as_bytes(), 4), "key {account} is not where murmur2 puts it");
+                partitions.insert(p);
+            }
+            // kcat's %K is the key's length, -1 for a record without a key.
+            None => assert_eq!((r[0], r[1]), ("", "-1"), "a null account gives no key: {r:?}"),
+        }
+    }
+    assert!(partitions.len() >= 3, "11 keys on only {partitions:?}");
+}
+
+/// Runs `flowc run p.flow` in `dir` (Kafka sources end when idle) with `env` set.
+fn flowc_run_env(dir: &Path, env: &[(&str, &str)]) -> (Output, Duration) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_flowc"));
+    cmd.args(["run", "p.flow", "--data-dir", "run-data", "--no-progress"])
+        .current_dir(dir)
+        .env_remove("FLOW_DATA_DIR")
+        .env_remove("FLOW_TEST_KAFKA_PASSWORD")
+        .env("FLOW_KAFKA_IDLE_MS", "1500")
+        .envs(env.iter().copied());
+    let started = std::time::Instant::now();
+    let o = run(&mut cmd, None);
+    (o, started.elapsed())
+}
+
+/// The connector logs in to a `flowc serve --sasl-users` with SASL/PLAIN, the password
+/// read from the variable `password_env` names: a source and a sink round-trip. A
+/// wrong password fails the run at once with a message naming the source (or sink);
+/// a variable that is not set fails it before it connects.
+#[test]
+fn the_kafka_connector_logs_in_with_sasl_and_a_password_from_the_environment() {
+    let Some(kcat) = kcat() else { return };
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("serve-data");
+    flowc(&data, &["topic", "create", "in", "--partitions", "2"], None);
+    flowc(&data, &["topic", "create", "out"], None);
+    let lines: String = (1..=6).map(|i| format!("{{\"id\":{i},\"name\":\"n{i}\"}}\n")).collect();
+    flowc(&data, &["produce", "in", "--key-field", "name"], Some(&lines));
+    let users = d.path().join("users");
+    std::fs::write(&users, "alice:s3cret\n").unwrap();
+    let s = Server::start(&data, &["--sasl-users", users.to_str().unwrap()]);
+    let login = r#"security: sasl_plaintext, user: "alice", password_env: "FLOW_TEST_KAFKA_PASSWORD""#;
+    std::fs::write(
+        d.path().join("p.flow"),
+        format!(
+            r#"schema R {{ id: int, name: string }}
+source s: R = kafka("{b}", topic: "in", group: "g1", {login})
+sink k: R = kafka("{b}", topic: "out", key: name, {login})
+pipeline p = from s | where id % 2 == 0 -> k
+"#,
+            b = s.bootstrap()
+        ),
+    )
+    .unwrap();
+
+    let (o, _) = flowc_run_env(d.path(), &[("FLOW_TEST_KAFKA_PASSWORD", "s3cret")]);
+    let summary = ok(o, "flowc run with SASL");
+    let got = ok(
+        run(
+            Command::new(&kcat)
+                .args(["-b", &s.bootstrap(), "-C", "-t", "out", "-e", "-q", "-f", "%k %s\n"])
+                .args(["-X", "security.protocol=SASL_PLAINTEXT", "-X", "sasl.mechanisms=PLAIN"])
+                .args(["-X", "sasl.username=alice", "-X", "sasl.password=s3cret"]),
+            None,
+        ),
+        "kcat -C with SASL",
+    );
+    assert_eq!(
+        sorted_lines(&got),
+        ["n2 {\"id\":2,\"name\":\"n2\"}", "n4 {\"id\":4,\"name\":\"n4\"}", "n6 {\"id\":6,\"name\":\"n6\"}"],
+        "{summary}"
+    );
+
+    // A wrong password: the source's login is refused and the run fails at once (not
+    // after the 30 s a source may wait for partitions).
+    let (o, took) = flowc_run_env(d.path(), &[("FLOW_TEST_KAFKA_PASSWORD", "wrong")]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    eprintln!("{err}");
+    assert!(!o.status.success(), "a wrong password was let in: {err}");
+    assert!(err.contains("kafka source `s`") && err.contains("authentication failed"), "{err}");
+    assert!(err.contains("user \"alice\", password from $FLOW_TEST_KAFKA_PASSWORD"), "{err}");
+    assert!(took < Duration::from_secs(20), "took {took:?} to fail: {err}");
+
+    // A sink's refused login fails the run too.
+    std::fs::write(d.path().join("in.jsonl"), "{\"id\":8,\"name\":\"n8\"}\n").unwrap();
+    std::fs::write(
+        d.path().join("p.flow"),
+        format!(
+            r#"schema R {{ id: int, name: string }}
+source f: R = file("in.jsonl", format: json)
+sink k: R = kafka("{b}", topic: "out", {login})
+pipeline p = from f -> k
+"#,
+            b = s.bootstrap()
+        ),
+    )
+    .unwrap();
+    let (o, took) = flowc_run_env(d.path(), &[("FLOW_TEST_KAFKA_PASSWORD", "wrong")]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    eprintln!("{err}");
+    assert!(!o.status.success(), "a wrong password was let in: {err}");
+    assert!(err.contains("kafka sink `k`") && err.contains("authentication failed"), "{err}");
+    assert!(took < Duration::from_secs(20), "took {took:?} to fail: {err}");
+
+    // No variable: the run fails before connecting, naming the sink and the variable.
+    let (o, _) = flowc_run_env(d.path(), &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    eprintln!("{err}");
+    assert!(!o.status.success());
+    assert!(
+        err.contains("kafka sink `k`") && err.contains("FLOW_TEST_KAFKA_PASSWORD") && err.contains("not set"),
+        "{err}"
+    );
+}
+
+/// The connector over TLS: a source and a sink with `security: sasl_ssl` and `ca:` round
+/// trip through a TLS `flowc serve` with SASL; a CA that did not sign the server's
+/// certificate fails the run quickly, naming the source.
+#[test]
+fn the_kafka_connector_speaks_tls_to_a_tls_listener() {
+    let Some(kcat) = kcat() else { return };
+    let d = tempfile::tempdir().unwrap();
+    let pki = pki(d.path());
+    let other = d.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let other_ca = self::pki(&other).ca;
+    let data = d.path().join("serve-data");
+    flowc(&data, &["topic", "create", "in", "--partitions", "2"], None);
+    flowc(&data, &["topic", "create", "out"], None);
+    let lines: String = (1..=4).map(|i| format!("{{\"id\":{i},\"name\":\"n{i}\"}}\n")).collect();
+    flowc(&data, &["produce", "in", "--key-field", "name"], Some(&lines));
+    let users = d.path().join("users");
+    std::fs::write(&users, "alice:s3cret\n").unwrap();
+    let s = Server::start(
+        &data,
+        &[
+            "--tls-cert",
+            pki.server_cert.to_str().unwrap(),
+            "--tls-key",
+            pki.server_key.to_str().unwrap(),
+            "--sasl-users",
+            users.to_str().unwrap(),
+        ],
+    );
+    let program = |ca: &Path| {
+        let login = format!(
+            r#"security: sasl_ssl, user: "alice", password_env: "FLOW_TEST_KAFKA_PASSWORD", ca: "{}""#,
+            ca.display()
+        );
+        format!(
+            r#"schema R {{ id: int, name: string }}
+source s: R = kafka("{b}", topic: "in", group: "g1", {login})
+sink k: R = kafka("{b}", topic: "out", key: name, {login})
+pipeline p = from s | where id > 2 -> k
+"#,
+            b = s.bootstrap()
+        )
+    };
+    std::fs::write(d.path().join("p.flow"), program(&pki.ca)).unwrap();
+    let (o, _) = flowc_run_env(d.path(), &[("FLOW_TEST_KAFKA_PASSWORD", "s3cret")]);
+    let summary = ok(o, "flowc run over SASL_SSL");
+    let got = ok(
+        run(
+            Command::new(&kcat)
+                .args(["-b", &s.bootstrap(), "-C", "-t", "out", "-e", "-q", "-f", "%k %s\n"])
+                .args(["-X", "security.protocol=SASL_SSL", "-X", &format!("ssl.ca.location={}", pki.ca.display())])
+                .args(["-X", "sasl.mechanisms=PLAIN", "-X", "sasl.username=alice", "-X", "sasl.password=s3cret"]),
+            None,
+        ),
+        "kcat -C over SASL_SSL",
+    );
+    assert_eq!(sorted_lines(&got), ["n3 {\"id\":3,\"name\":\"n3\"}", "n4 {\"id\":4,\"name\":\"n4\"}"], "{summary}");
+
+    std::fs::write(d.path().join("p.flow"), program(&other_ca)).unwrap();
+    let (o, took) = flowc_run_env(d.path(), &[("FLOW_TEST_KAFKA_PASSWORD", "s3cret")]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "a server signed by another CA was trusted: {err}");
+    assert!(err.contains("kafka source `s`") || err.contains("kafka sink `k`"), "{err}");
+    assert!(took < Duration::from_secs(20), "took {took:?} to fail: {err}");
+}

@@ -109,11 +109,103 @@ pub enum GeneratorKind {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Connector {
-    File { path: String, format: Format, header: bool, delimiter: u8 },
-    Stdin { format: Format },
-    Stdout { format: Format },
-    Generator { kind: GeneratorKind, rate_per_s: Option<i64>, seed: i64, count: Option<i64>, keys: Option<i64> },
-    Kafka { brokers: String, topic: String, group: Option<String>, format: Format },
+    File {
+        path: String,
+        format: Format,
+        header: bool,
+        delimiter: u8,
+    },
+    Stdin {
+        format: Format,
+    },
+    Stdout {
+        format: Format,
+    },
+    Generator {
+        kind: GeneratorKind,
+        rate_per_s: Option<i64>,
+        seed: i64,
+        count: Option<i64>,
+        keys: Option<i64>,
+    },
+    Kafka {
+        brokers: String,
+        topic: String,
+        group: Option<String>,
+        format: Format,
+        /// Sinks: the field whose value, as text, is each record's key (None: no key).
+        key: Option<String>,
+        security: KafkaSecurity,
+    },
+}
+
+/// librdkafka's `security.protocol`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KafkaProtocol {
+    #[default]
+    Plaintext,
+    Ssl,
+    SaslPlaintext,
+    SaslSsl,
+}
+
+impl KafkaProtocol {
+    /// The `security:` word and librdkafka's value.
+    pub fn names(self) -> (&'static str, &'static str) {
+        match self {
+            KafkaProtocol::Plaintext => ("plaintext", "PLAINTEXT"),
+            KafkaProtocol::Ssl => ("ssl", "SSL"),
+            KafkaProtocol::SaslPlaintext => ("sasl_plaintext", "SASL_PLAINTEXT"),
+            KafkaProtocol::SaslSsl => ("sasl_ssl", "SASL_SSL"),
+        }
+    }
+
+    pub fn sasl(self) -> bool {
+        matches!(self, KafkaProtocol::SaslPlaintext | KafkaProtocol::SaslSsl)
+    }
+
+    pub fn tls(self) -> bool {
+        matches!(self, KafkaProtocol::Ssl | KafkaProtocol::SaslSsl)
+    }
+}
+
+/// librdkafka's `sasl.mechanisms`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SaslMechanism {
+    #[default]
+    Plain,
+    ScramSha256,
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    /// The `sasl_mechanism:` word and librdkafka's value.
+    pub fn names(self) -> (&'static str, &'static str) {
+        match self {
+            SaslMechanism::Plain => ("plain", "PLAIN"),
+            SaslMechanism::ScramSha256 => ("scram_sha_256", "SCRAM-SHA-256"),
+            SaslMechanism::ScramSha512 => ("scram_sha_512", "SCRAM-SHA-512"),
+        }
+    }
+}
+
+/// How a `kafka(...)` connector connects: TLS and SASL. The password is never in the
+/// program: only the name of the environment variable that holds it at run time.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KafkaSecurity {
+    pub protocol: KafkaProtocol,
+    /// With a SASL protocol: the mechanism, the user and the password's variable.
+    pub sasl: Option<KafkaSasl>,
+    /// With TLS: the CA certificates (PEM) to verify the brokers with, as written
+    /// (relative to the .flow file); None: the system's.
+    pub ca: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KafkaSasl {
+    pub mechanism: SaslMechanism,
+    pub user: String,
+    pub password_env: String,
 }
 
 /// Where a stream's event time comes from: a timestamp field plus an offset (a

@@ -103,6 +103,8 @@ struct ConnSpec {
 
 const FORMATS: &[&str] = &["json", "csv"];
 const OUT_FORMATS: &[&str] = &["json", "csv", "text"];
+const KAFKA_SECURITY: &[&str] = &["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"];
+const SASL_MECHANISMS: &[&str] = &["plain", "scram_sha_256", "scram_sha_512"];
 
 static CONNECTORS: &[ConnSpec] = &[
     ConnSpec {
@@ -148,7 +150,17 @@ static CONNECTORS: &[ConnSpec] = &[
         source: true,
         sink: true,
         positional: &[("brokers", Want::Str)],
-        named: &[("topic", Want::Str), ("group", Want::Str), ("format", Want::Choice(FORMATS))],
+        named: &[
+            ("topic", Want::Str),
+            ("group", Want::Str),
+            ("format", Want::Choice(FORMATS)),
+            ("key", Want::Field),
+            ("security", Want::Choice(KAFKA_SECURITY)),
+            ("sasl_mechanism", Want::Choice(SASL_MECHANISMS)),
+            ("user", Want::Str),
+            ("password_env", Want::Str),
+            ("ca", Want::Str),
+        ],
         required: &["brokers", "topic"],
     },
 ];
@@ -969,7 +981,19 @@ impl<'a> Checker<'a> {
             );
             return None;
         }
-        let args: Vec<_> = c.args.iter().map(|a| (a.name.as_ref(), &a.value, a.span)).collect();
+        let mut args: Vec<_> = c.args.iter().map(|a| (a.name.as_ref(), &a.value, a.span)).collect();
+        if spec.name == "kafka" {
+            // A password in the program would end up in version control and in logs.
+            args.retain(|(name, _, _)| {
+                let Some(id) = name.filter(|id| id.name == "password") else { return true };
+                self.error(
+                    Diagnostic::error("E0111", id.span, "the `kafka` connector takes no `password`")
+                        .label("a password does not belong in a .flow file")
+                        .help("put it in an environment variable and name that: `password_env: \"KAFKA_PASSWORD\"`"),
+                );
+                false
+            });
+        }
         let what = format!("connector `{}`", spec.name);
         let o = self.options(&args, spec.positional, spec.named, &what, None);
         let mut missing = false;
@@ -1068,13 +1092,160 @@ impl<'a> Checker<'a> {
                     keys: positive(&o, "keys"),
                 }
             }
-            _ => Connector::Kafka {
-                brokers: o.word("brokers").map(|w| w.0.to_string()).unwrap_or_default(),
-                topic: o.word("topic").map(|w| w.0.to_string()).unwrap_or_default(),
-                group: o.word("group").map(|w| w.0.to_string()),
-                format: format_of(&o, None),
-            },
+            _ => {
+                let key = o.word("key").map(|(k, span)| (k.to_string(), span));
+                if let (true, Some((_, span))) = (for_source, &key) {
+                    self.error(
+                        Diagnostic::error("E0113", *span, "`key` is an option of `kafka` sinks, not sources")
+                            .label("a source reads record values only")
+                            .help("remove `key: ...`; to key the stream, use `key_by` in the pipeline"),
+                    );
+                }
+                Connector::Kafka {
+                    brokers: o.word("brokers").map(|w| w.0.to_string()).unwrap_or_default(),
+                    topic: o.word("topic").map(|w| w.0.to_string()).unwrap_or_default(),
+                    group: o.word("group").map(|w| w.0.to_string()),
+                    format: format_of(&o, None),
+                    key: key.filter(|_| !for_source).map(|k| k.0),
+                    security: self.kafka_security(&o),
+                }
+            }
         })
+    }
+
+    /// The `security:`, `sasl_mechanism:`, `user:`, `password_env:` and `ca:` options of
+    /// a `kafka(...)` connector, and whether they go together.
+    fn kafka_security(&mut self, o: &Opts) -> ir::KafkaSecurity {
+        use ir::{KafkaProtocol as P, SaslMechanism as M};
+        let security = o.word("security");
+        let protocol = match security.map(|w| w.0) {
+            Some("ssl") => P::Ssl,
+            Some("sasl_plaintext") => P::SaslPlaintext,
+            Some("sasl_ssl") => P::SaslSsl,
+            _ => P::Plaintext,
+        };
+        let mechanism = match o.word("sasl_mechanism").map(|w| w.0) {
+            Some("scram_sha_256") => M::ScramSha256,
+            Some("scram_sha_512") => M::ScramSha512,
+            _ => M::Plain,
+        };
+        let (user, password_env) = (o.word("user"), o.word("password_env"));
+        // What `security` is, pointed at, for options that do not fit it.
+        let with_security = |d: Diagnostic| match security {
+            Some((w, span)) => d.with_secondary(span, format!("`security` is `{w}` here")),
+            None => d,
+        };
+        if let Some((name, span)) = password_env {
+            let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                self.error(
+                    Diagnostic::error("E0209", span, format!("`{name}` is not the name of an environment variable"))
+                        .label("`password_env` names the variable that holds the password")
+                        .help("write a variable name such as `password_env: \"KAFKA_PASSWORD\"` (letters, digits and `_`), and set that variable where the pipeline runs"),
+                );
+            }
+        }
+        if let Some(("", span)) = o.word("ca") {
+            self.error(
+                Diagnostic::error("E0209", span, "`ca` is empty")
+                    .label("no file named")
+                    .help("write the path of the CA certificates (PEM), e.g. `ca: \"certs/ca.pem\"`, or remove `ca:` to use the system's"),
+            );
+        }
+        let sasl = if protocol.sasl() {
+            let missing: Vec<&str> = [("user", user.is_none()), ("password_env", password_env.is_none())]
+                .iter()
+                .filter(|(_, m)| *m)
+                .map(|(n, _)| *n)
+                .collect();
+            if let (false, Some((w, span))) = (missing.is_empty(), security) {
+                self.error(
+                    Diagnostic::error(
+                        "E0112",
+                        span,
+                        format!(
+                            "`security: {w}` needs {}",
+                            missing.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(" and ")
+                        ),
+                    )
+                    .label("SASL logs in with a user and a password")
+                    .help(match missing[..] {
+                        ["user"] => "add `user: \"...\"`, the user to log in as".to_string(),
+                        _ => format!(
+                            "add {}`password_env: \"NAME\"`: the password is read from the environment variable NAME when the pipeline runs, never written in the .flow file",
+                            if missing.len() == 2 { "`user: \"...\"` and " } else { "" }
+                        ),
+                    }),
+                );
+            }
+            Some(ir::KafkaSasl {
+                mechanism,
+                user: user.map(|u| u.0.to_string()).unwrap_or_default(),
+                password_env: password_env.map(|p| p.0.to_string()).unwrap_or_default(),
+            })
+        } else {
+            let stray: Vec<(&str, Span)> =
+                [("sasl_mechanism", o.word("sasl_mechanism")), ("user", user), ("password_env", password_env)]
+                    .into_iter()
+                    .filter_map(|(n, v)| v.map(|(_, span)| (n, span)))
+                    .collect();
+            if let Some(&(_, span)) = stray.first() {
+                let names = stray.iter().map(|(n, _)| format!("`{n}`")).collect::<Vec<_>>().join(" and ");
+                let d = Diagnostic::error(
+                    "E0113",
+                    span,
+                    format!("{names} need{} a SASL `security`", if stray.len() == 1 { "s" } else { "" }),
+                )
+                .label("only SASL logs in with a user")
+                .help(format!(
+                    "add `security: sasl_ssl` (or `sasl_plaintext` on a trusted network), or remove {names}"
+                ));
+                self.error(with_security(d));
+            }
+            None
+        };
+        let ca = o.word("ca").map(|(path, span)| {
+            if !protocol.tls() {
+                let d = Diagnostic::error("E0113", span, "`ca` needs a TLS `security`")
+                    .label("CA certificates verify TLS connections")
+                    .help("add `security: ssl` (or `sasl_ssl` with SASL), or remove `ca:`");
+                self.error(with_security(d));
+            }
+            path.to_string()
+        });
+        ir::KafkaSecurity { protocol, sasl, ca }
+    }
+
+    /// Checks the `key:` of a `kafka(...)` sink against the records it receives: a field
+    /// of theirs whose value has an exact text form.
+    pub(super) fn check_kafka_key(&mut self, sink: &str, key: &str, span: Span, rec: &RecordType, declared: bool) {
+        let Some(field) = rec.field(key) else {
+            let help = did_you_mean(key, rec.fields.iter().map(|f| f.name.as_str()))
+                .map(|s| format!("did you mean `{s}`?"))
+                .unwrap_or_else(|| format!("the fields are {}", field_list(rec)));
+            let of = match (&rec.name, declared) {
+                (Some(n), true) => format!("`{n}`"),
+                _ => format!("the records sink `{sink}` receives"),
+            };
+            self.error(
+                Diagnostic::error("E0303", span, format!("`{key}` is not a field of {of}"))
+                    .label("no such field")
+                    .help(help),
+            );
+            return;
+        };
+        let t = &field.ty;
+        if !matches!(
+            t.kind,
+            Kind::String | Kind::Int | Kind::Decimal { .. } | Kind::Bool | Kind::Timestamp | Kind::Duration
+        ) {
+            self.error(
+                Diagnostic::error("E0220", span, format!("field `{key}` of type `{t}` cannot be a record key"))
+                    .label("no exact text form")
+                    .help("a Kafka record key is the field's value as text: use a string, int, decimal, bool or timestamp field"),
+            );
+        }
     }
 
     fn check_generator_schema(&mut self, kind: GeneratorKind, schema: &RecordType, c: &ast::Connector) {
@@ -1234,6 +1405,19 @@ impl<'a> Checker<'a> {
             self.broken.insert(s.name.name.clone());
             return;
         };
+        if let Connector::Kafka { key: Some(key), .. } = &connector {
+            let span = s
+                .connector
+                .args
+                .iter()
+                .find(|a| a.name.as_ref().is_some_and(|n| n.name == "key"))
+                .map_or(s.connector.span, |a| a.value.span);
+            match &schema {
+                Some(rec) => self.check_kafka_key(&s.name.name, key, span, rec, true),
+                // Checked once the first writer gives the sink its schema.
+                None => self.kafka_keys.push((s.name.name.clone(), key.clone(), span)),
+            }
+        }
         if let (Connector::Stdout { format: Format::Text }, Some(r)) = (&connector, &schema) {
             if r.fields.len() != 1 {
                 self.error(
@@ -1349,6 +1533,12 @@ impl<'a> Checker<'a> {
 
     pub(super) fn finish_inferred_sinks(&mut self) {
         let inferred = std::mem::take(&mut self.inferred_sinks);
+        // A sink no pipeline writes gets no records, so no key to check.
+        for (sink, key, span) in std::mem::take(&mut self.kafka_keys) {
+            if let Some((rec, _)) = inferred.get(&sink) {
+                self.check_kafka_key(&sink, &key, span, rec, false);
+            }
+        }
         for sink in &mut self.out.sinks {
             if let Some((r, _)) = inferred.get(&sink.name) {
                 sink.schema = Arc::new(RecordType::new(None, r.fields.clone()));
@@ -1484,4 +1674,74 @@ fn find_cycle(start: usize, calls: &[Vec<usize>], state: &mut [u8], stack: &mut 
     stack.pop();
     state[start] = 2;
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::ir::{Connector, KafkaProtocol, KafkaSasl, KafkaSecurity, SaslMechanism};
+
+    fn connectors(src: &str) -> Vec<Connector> {
+        let r = crate::compile_str("t.flow", src);
+        let p = r.program.unwrap_or_else(|| panic!("{:?}", r.diagnostics));
+        p.sources.iter().map(|s| s.connector.clone()).chain(p.sinks.iter().map(|s| s.connector.clone())).collect()
+    }
+
+    #[test]
+    fn kafka_security_and_key_options_reach_the_program() {
+        let c = connectors(
+            r#"schema T { account: string, n: int }
+source s: T = kafka("b:9093", topic: "in", security: sasl_ssl, user: "svc", password_env: "KAFKA_PW", ca: "ca.pem")
+sink k = kafka("b:9092", topic: "out", key: "account", security: sasl_plaintext, sasl_mechanism: scram_sha_256, user: "svc", password_env: "PW")
+sink t: T = kafka("b:9093", topic: "out", security: ssl)
+pipeline p = from s | select { account, n } -> k, t
+"#,
+        );
+        let sec = |c: &Connector| match c {
+            Connector::Kafka { security, key, .. } => (security.clone(), key.clone()),
+            _ => panic!("not kafka"),
+        };
+        let sasl = |mechanism, user: &str, env: &str| {
+            Some(KafkaSasl { mechanism, user: user.into(), password_env: env.into() })
+        };
+        assert_eq!(
+            sec(&c[0]),
+            (
+                KafkaSecurity {
+                    protocol: KafkaProtocol::SaslSsl,
+                    sasl: sasl(SaslMechanism::Plain, "svc", "KAFKA_PW"),
+                    ca: Some("ca.pem".into())
+                },
+                None
+            )
+        );
+        assert_eq!(
+            sec(&c[1]),
+            (
+                KafkaSecurity {
+                    protocol: KafkaProtocol::SaslPlaintext,
+                    sasl: sasl(SaslMechanism::ScramSha256, "svc", "PW"),
+                    ca: None
+                },
+                Some("account".into())
+            )
+        );
+        assert_eq!(sec(&c[2]), (KafkaSecurity { protocol: KafkaProtocol::Ssl, sasl: None, ca: None }, None));
+    }
+
+    #[test]
+    fn a_kafka_key_of_an_inferred_sink_is_checked_against_what_it_receives() {
+        let r = crate::compile_str(
+            "t.flow",
+            r#"schema T { account: string, temp: float }
+source s: T = stdin()
+sink k = kafka("b:9092", topic: "out", key: temp)
+sink unused = kafka("b:9092", topic: "out", key: anything)
+pipeline p = from s -> k
+"#,
+        );
+        let codes: Vec<&str> = r.diagnostics.iter().map(|d| d.code).collect();
+        assert!(codes.contains(&"E0220"), "{codes:?}");
+        // A sink nothing writes receives no records: its key is not judged.
+        assert!(!codes.contains(&"E0303"), "{codes:?}");
+    }
 }

@@ -165,6 +165,9 @@ struct Checker<'a> {
     source_info: HashMap<String, ir::Source>,
     /// Sinks declared without a schema take the first writer's; where it came from.
     inferred_sinks: HashMap<String, (ir::Record, Span)>,
+    /// `key:` of `kafka(...)` sinks without a schema: sink, field and where, checked
+    /// against the records they receive once those are known.
+    kafka_keys: Vec<(String, String, Span)>,
     /// Event time topics get from the pipelines writing them.
     topic_time: HashMap<String, pipeline::TopicTime>,
     /// Some pipeline failed to parse: what it writes is unknown.

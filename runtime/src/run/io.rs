@@ -107,8 +107,9 @@ pub(crate) fn encode_sink_rows(batch: &Batch, format: Format) -> Vec<u8> {
     }
 }
 
-/// The text form of a key value, hashed by the Kafka partitioner.
-fn key_bytes(row: &RowRef, field: usize) -> Option<Bytes> {
+/// The text form of a key value, hashed by the Kafka partitioner: a string's UTF-8
+/// bytes, other scalars as the JSON encoder writes them (unquoted); None for null.
+pub(super) fn key_bytes(row: &RowRef, field: usize) -> Option<Bytes> {
     if row.is_null(field) {
         return None;
     }

@@ -19,9 +19,18 @@
 //! source that gets no partition within 30 s fails instead of waiting forever).
 //!
 //! A sink produces each batch's rows as one record each (JSON, or a CSV line with
-//! `format: csv`), without a key, timestamped with the rows' event time when they have
-//! one, with `acks=all` and idempotence on; a batch's write returns once every record
-//! of it is acknowledged, so the source offsets it completes are stored only then.
+//! `format: csv`), timestamped with the rows' event time when they have one, with
+//! `acks=all` and idempotence on; a batch's write returns once every record of it is
+//! acknowledged, so the source offsets it completes are stored only then. With `key:`
+//! each record's key is that field's value as text ([`super::io::key_bytes`], the same
+//! text topics are keyed by; a null gives no key), placed by librdkafka's
+//! `murmur2_random` partitioner: the Java client's (and flow's topics') murmur2, so a
+//! key lands on the partition a Java producer would choose.
+//!
+//! Both connect as [`client_config`] says: `security.protocol`, SASL with the password
+//! read from the environment variable `password_env:` names, and TLS's CA file. An
+//! authentication or TLS failure fails the run at once (librdkafka would retry it
+//! forever).
 
 use super::exchange::CommitTracker;
 use super::{RunError, BATCH_ROWS_MAX};
@@ -34,6 +43,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -53,6 +63,43 @@ struct Ctx {
     what: String,
     last_error: Mutex<Option<String>>,
     delivery_error: Mutex<Option<String>>,
+    /// An authentication or TLS failure: retrying will not mend it.
+    fatal: Mutex<Option<String>>,
+    /// Who logs in, for a refused login's report.
+    login: Option<String>,
+}
+
+impl Ctx {
+    fn new(what: String, security: &ir::KafkaSecurity) -> Ctx {
+        let login = security.sasl.as_ref().map(|s| format!("user {:?}, password from ${}", s.user, s.password_env));
+        Ctx { what, login, ..Ctx::default() }
+    }
+
+    /// Keeps `error` if it is one that retries cannot mend.
+    fn note_fatal(&self, error: &KafkaError, reason: &str) {
+        if let Some(mut why) = fatal_error(error, reason) {
+            if let (true, Some(login)) = (why.starts_with("authentication"), &self.login) {
+                why.push_str(&format!(" ({login})"));
+            }
+            self.fatal.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(why);
+        }
+    }
+
+    fn fatal(&self) -> Option<String> {
+        self.fatal.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// What to report for an error no retry mends: a failed SASL login or TLS handshake.
+fn fatal_error(error: &KafkaError, reason: &str) -> Option<String> {
+    let why = if reason.is_empty() { error.to_string() } else { reason.to_string() };
+    match error.rdkafka_error_code()? {
+        RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed => {
+            Some(format!("authentication failed: {why}"))
+        }
+        RDKafkaErrorCode::SSL => Some(format!("TLS failed: {why}")),
+        _ => None,
+    }
 }
 
 impl ClientContext for Ctx {
@@ -68,6 +115,7 @@ impl ClientContext for Ctx {
 
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::warn!("{}: {error}: {reason}", self.what);
+        self.note_fatal(&error, reason);
         *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(format!("{error}: {reason}"));
     }
 }
@@ -82,6 +130,53 @@ impl ProducerContext for Ctx {
             self.delivery_error.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(|| e.to_string());
         }
     }
+}
+
+/// The settings every client of a `kafka(...)` connector starts from: the brokers and
+/// how to reach them (TLS, SASL). `what` names the source or sink in errors; a relative
+/// `ca:` is relative to `base_dir` (the .flow file's directory).
+fn client_config(
+    brokers: &str,
+    security: &ir::KafkaSecurity,
+    base_dir: &Path,
+    what: &str,
+) -> Result<ClientConfig, RunError> {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers).set("client.id", "flowc").set("security.protocol", security.protocol.names().1);
+    if let Some(sasl) = &security.sasl {
+        let var = &sasl.password_env;
+        let password = match std::env::var(var) {
+            Ok(p) if !p.is_empty() => p,
+            Ok(_) => {
+                return Err(RunError::Setup(format!(
+                    "{what}: the environment variable {var} (its `password_env`) is empty"
+                )))
+            }
+            Err(std::env::VarError::NotPresent) => {
+                return Err(RunError::Setup(format!(
+                    "{what}: the environment variable {var} (its `password_env`) is not set; set it to the password of user {:?}",
+                    sasl.user
+                )))
+            }
+            Err(std::env::VarError::NotUnicode(_)) => {
+                return Err(RunError::Setup(format!(
+                    "{what}: the environment variable {var} (its `password_env`) is not valid UTF-8"
+                )))
+            }
+        };
+        c.set("sasl.mechanisms", sasl.mechanism.names().1)
+            .set("sasl.username", &sasl.user)
+            .set("sasl.password", password);
+    }
+    if let Some(ca) = &security.ca {
+        let path = super::resolve(base_dir, ca);
+        // librdkafka's own error for a missing file does not name it.
+        if let Err(e) = std::fs::File::open(&path) {
+            return Err(RunError::Setup(format!("{what}: cannot read its `ca` file {}: {e}", path.display())));
+        }
+        c.set("ssl.ca.location", path.to_string_lossy());
+    }
+    Ok(c)
 }
 
 /// The idle timeout of Kafka sources, from [`IDLE_ENV`].
@@ -152,21 +247,23 @@ pub(super) struct SourceFeed<'a> {
     pub on_commit: &'a dyn Fn(super::checkpoint::CommitHook),
 }
 
-/// Consumes `topic` in `group` until the run stops (or the idle timeout), sending batches.
+/// Consumes source `src`'s topic in `group` until the run stops (or the idle timeout),
+/// sending batches.
 pub(super) fn read(
-    brokers: &str,
-    topic: &str,
+    src: &ir::Source,
     group: &str,
-    fmt: Format,
+    base_dir: &Path,
     layout: &Arc<Layout>,
     feed: &SourceFeed,
 ) -> Result<(), RunError> {
+    let ir::Connector::Kafka { brokers, topic, format: fmt, security, .. } = &src.connector else {
+        return Err(RunError::Setup(format!("source `{}` is not a kafka source", src.name)));
+    };
+    let (topic, fmt) = (topic.as_str(), *fmt);
     let idle = idle_timeout()?;
-    let ctx = Ctx { what: format!("kafka source (topic {topic}, group {group})"), ..Ctx::default() };
-    let consumer: BaseConsumer<Ctx> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    let what = format!("kafka source `{}` (topic {topic}, group {group})", src.name);
+    let consumer: BaseConsumer<Ctx> = client_config(brokers, security, base_dir, &what)?
         .set("group.id", group)
-        .set("client.id", "flowc")
         // Offsets are committed when checkpoints complete (below), never on their own.
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -174,9 +271,13 @@ pub(super) fn read(
         // A run killed mid-way leaves its member in the group until this passes: the
         // smallest a Kafka broker allows by default, so a restart is not kept waiting.
         .set("session.timeout.ms", "6000")
-        .create_with_context(ctx)
-        .map_err(|e| RunError::Setup(format!("kafka source (topic {topic}): {e}")))?;
-    consumer.subscribe(&[topic]).map_err(|e| RunError::Setup(format!("kafka source (topic {topic}): {e}")))?;
+        .create_with_context(Ctx::new(what.clone(), security))
+        .map_err(|e| RunError::Setup(format!("{what}: {e}")))?;
+    consumer.subscribe(&[topic]).map_err(|e| RunError::Setup(format!("{what}: {e}")))?;
+    let fatal = |consumer: &BaseConsumer<Ctx>| match consumer.context().fatal() {
+        Some(why) => Err(RunError::Setup(format!("{what}: {why}"))),
+        None => Ok(()),
+    };
     let consumer = Arc::new(consumer);
 
     // The group's offsets are committed to the cluster when a checkpoint completes:
@@ -245,9 +346,7 @@ pub(super) fn read(
                     if o != want && sought.get(&p) != Some(&want) {
                         drop(m);
                         consumer.seek(topic, p, Offset::Offset(want), Duration::from_secs(10)).map_err(|e| {
-                            RunError::Setup(format!(
-                                "kafka source (topic {topic}): seeking partition {p} to offset {want}: {e}"
-                            ))
+                            RunError::Setup(format!("{what}: seeking partition {p} to offset {want}: {e}"))
                         })?;
                         sought.insert(p, want);
                         continue;
@@ -274,10 +373,14 @@ pub(super) fn read(
                 }
             }
             Some(Err(e)) => {
-                // librdkafka retries by itself (brokers down, leader moves); say so and go on.
-                tracing::warn!("kafka source (topic {topic}): {e}");
+                // librdkafka retries by itself (brokers down, leader moves); say so and go
+                // on, unless retrying cannot help (a refused login).
+                consumer.context().note_fatal(&e, "");
+                fatal(&consumer)?;
+                tracing::warn!("{what}: {e}");
             }
             None => {
+                fatal(&consumer)?;
                 // A batch of only dead letters still completes its offsets.
                 if !span.0.is_empty() && !send(&mut b, &mut span, &next, &mut parts) {
                     return Ok(());
@@ -296,7 +399,7 @@ pub(super) fn read(
                     None if started.elapsed() >= idle.max(ASSIGN_WAIT_MAX) => {
                         let why = consumer.context().last_error.lock().unwrap_or_else(|e| e.into_inner()).clone();
                         return Err(RunError::Setup(format!(
-                            "kafka source (topic {topic}, group {group}): no partition assigned after {}s{}",
+                            "{what}: no partition assigned after {}s{}",
                             started.elapsed().as_secs(),
                             why.map_or(String::new(), |w| format!(" (last error: {w})"))
                         )));
@@ -313,25 +416,56 @@ pub(crate) struct KafkaSink {
     name: String,
     topic: String,
     format: Format,
+    /// The field whose text is each record's key.
+    key: Option<String>,
     producer: BaseProducer<Ctx>,
 }
 
+/// The producer settings of a sink, on top of [`client_config`]'s.
+fn producer_config(sink: &ir::Sink, base_dir: &Path) -> Result<(ClientConfig, String), RunError> {
+    let ir::Connector::Kafka { brokers, topic, security, .. } = &sink.connector else {
+        return Err(RunError::Setup(format!("sink `{}` is not a kafka sink", sink.name)));
+    };
+    let what = format!("kafka sink `{}` (topic {topic})", sink.name);
+    let mut c = client_config(brokers, security, base_dir, &what)?;
+    c.set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "30000")
+        // Keyed records go where the Java client (and flow's own topics) put them:
+        // murmur2 of the key. librdkafka's default, consistent_random, hashes with
+        // CRC32 and would place the same key elsewhere. Unkeyed records: random.
+        .set("partitioner", "murmur2_random");
+    Ok((c, what))
+}
+
 impl KafkaSink {
-    pub fn open(sink: &ir::Sink) -> Result<KafkaSink, RunError> {
-        let ir::Connector::Kafka { brokers, topic, format, .. } = &sink.connector else {
+    pub fn open(sink: &ir::Sink, base_dir: &Path) -> Result<KafkaSink, RunError> {
+        let ir::Connector::Kafka { topic, format, key, security, .. } = &sink.connector else {
             return Err(RunError::Setup(format!("sink `{}` is not a kafka sink", sink.name)));
         };
-        let ctx = Ctx { what: format!("kafka sink `{}` (topic {topic})", sink.name), ..Ctx::default() };
-        let producer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .set("client.id", "flowc")
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "5")
-            .set("message.timeout.ms", "30000")
-            .create_with_context(ctx)
-            .map_err(|e| RunError::Setup(format!("kafka sink `{}`: {e}", sink.name)))?;
-        Ok(KafkaSink { name: sink.name.clone(), topic: topic.clone(), format: *format, producer })
+        let (config, what) = producer_config(sink, base_dir)?;
+        let producer = config
+            .create_with_context(Ctx::new(what.clone(), security))
+            .map_err(|e| RunError::Setup(format!("{what}: {e}")))?;
+        Ok(KafkaSink { name: sink.name.clone(), topic: topic.clone(), format: *format, key: key.clone(), producer })
+    }
+
+    /// Where the key field is in `batch`'s rows (found by name: writers' layouts may
+    /// order fields differently from the sink's schema).
+    fn key_field(&self, batch: &Batch) -> Result<Option<usize>, RunError> {
+        let Some(key) = &self.key else { return Ok(None) };
+        match batch.layout.record.index_of(key) {
+            Some(i) => Ok(Some(i)),
+            None => Err(self.failed(format!("its records have no key field `{key}`"))),
+        }
+    }
+
+    fn fatal(&self) -> Result<(), RunError> {
+        match self.producer.context().fatal() {
+            Some(why) => Err(self.failed(why)),
+            None => Ok(()),
+        }
     }
 
     fn encode(&self, row: &RowRef, out: &mut String) -> Result<(), RunError> {
@@ -352,6 +486,7 @@ impl KafkaSink {
     /// Produces the batch's rows and waits until every one is acknowledged.
     pub fn write(&self, batch: &Batch, time: &Option<ir::EventTime>) -> Result<(), RunError> {
         let now = super::io::wall_clock_ms();
+        let key_field = self.key_field(batch)?;
         let mut text = String::new();
         for i in 0..batch.len {
             let row = batch.row(i);
@@ -361,25 +496,42 @@ impl KafkaSink {
                 Some(et) if !row.is_null(et.field) => row.i64(et.field).saturating_add(et.offset_ms),
                 _ => now,
             };
-            let mut record: BaseRecord<'_, (), str> = BaseRecord::to(&self.topic).payload(text.as_str()).timestamp(ts);
+            let key = key_field.and_then(|f| super::io::key_bytes(&row, f));
+            let mut record: BaseRecord<'_, [u8], str> =
+                BaseRecord::to(&self.topic).payload(text.as_str()).timestamp(ts);
+            if let Some(k) = &key {
+                record = record.key(&k[..]);
+            }
             loop {
                 match self.producer.send(record) {
                     Ok(()) => break,
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                         record = back;
                         self.producer.poll(Duration::from_millis(10));
+                        self.fatal()?;
                     }
                     Err((e, _)) => return Err(self.failed(e.to_string())),
                 }
             }
         }
-        self.producer.flush(SINK_FLUSH_TIMEOUT).map_err(|e| {
-            let why = self.producer.context().last_error.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            self.failed(match why {
-                Some(why) => format!("{e} ({why})"),
-                None => e.to_string(),
-            })
-        })?;
+        // Flushed in slices, so a refused login fails the run at once rather than after
+        // the flush timeout.
+        let deadline = Instant::now() + SINK_FLUSH_TIMEOUT;
+        loop {
+            match self.producer.flush(Duration::from_millis(100)) {
+                Ok(()) => break,
+                Err(e) => {
+                    self.fatal()?;
+                    if Instant::now() >= deadline {
+                        let why = self.producer.context().last_error.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                        return Err(self.failed(match why {
+                            Some(why) => format!("{e} ({why})"),
+                            None => e.to_string(),
+                        }));
+                    }
+                }
+            }
+        }
         if let Some(e) = self.producer.context().delivery_error.lock().unwrap_or_else(|e| e.into_inner()).take() {
             return Err(self.failed(e));
         }
@@ -432,6 +584,132 @@ mod tests {
         assert_eq!(s.origin("t"), "kafka topic t partition 0 offsets 3-3, partition 1 offsets 10-12");
     }
 
+    fn program(src: &str) -> ir::Program {
+        let r = flow_compiler::compile_str("t.flow", src);
+        r.program.unwrap_or_else(|| panic!("{src}: {:?}", r.diagnostics))
+    }
+
+    #[test]
+    fn record_keys_are_the_fields_json_text_without_quotes_and_null_gives_none() {
+        let p = program(
+            "schema R { account: string?, n: int?, amount: decimal(12, 2)?, ts: timestamp?, ok: bool?, d: duration?, big: decimal(38, 4)? }\n\
+             sink k: R = kafka(\"127.0.0.1:1\", topic: \"t\", key: amount)",
+        );
+        let sink = KafkaSink::open(&p.sinks[0], Path::new(".")).unwrap();
+        let layout = Arc::new(Layout::new(p.sinks[0].schema.clone()));
+        let mut b = BatchBuilder::new(layout.clone());
+        let full = r#"{"account":"acct-\"7\" é","n":-42,"amount":1234.5,"ts":1700000000123,"ok":true,"d":90000,"big":-0.0001}"#;
+        crate::format::decode_json_row(full, &mut b).unwrap();
+        let nulls = r#"{"account":null,"n":null,"amount":null,"ts":null,"ok":null,"d":null,"big":null}"#;
+        crate::format::decode_json_row(nulls, &mut b).unwrap();
+        let batch = b.finish();
+        let mut json = String::new();
+        crate::format::encode_json_row(&batch.row(0), &mut json);
+        let text = json;
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        for (f, field) in layout.record.fields.iter().enumerate() {
+            let key = super::super::io::key_bytes(&batch.row(0), f).expect("a key");
+            // A string's text is the string; any other value's is its JSON token as written.
+            let want = match &json[&field.name] {
+                serde_json::Value::String(s) => s.clone(),
+                _ => {
+                    let at = text.find(&format!("\"{}\":", field.name)).unwrap() + field.name.len() + 3;
+                    text[at..].split([',', '}']).next().unwrap().to_string()
+                }
+            };
+            assert_eq!(std::str::from_utf8(&key).unwrap(), want, "field {}", field.name);
+            assert_eq!(super::super::io::key_bytes(&batch.row(1), f), None, "a null {} gives no key", field.name);
+        }
+        assert_eq!(
+            [0, 2, 3, 4]
+                .map(|f| String::from_utf8(super::super::io::key_bytes(&batch.row(0), f).unwrap().to_vec()).unwrap()),
+            ["acct-\"7\" é", "1234.50", "1700000000123", "true"]
+        );
+        assert_eq!(
+            String::from_utf8(super::super::io::key_bytes(&batch.row(0), 6).unwrap().to_vec()).unwrap(),
+            "-0.0001"
+        );
+        // The sink finds its key field by name in whatever layout a writer sends.
+        assert_eq!(sink.key_field(&batch).unwrap(), Some(2));
+        let other = Arc::new(Layout::new(Arc::new(RecordType {
+            name: None,
+            fields: vec![
+                Field { name: "x".into(), ty: Type::new(Kind::Int) },
+                Field { name: "amount".into(), ty: Type::decimal(12, 2) },
+            ],
+        })));
+        assert_eq!(sink.key_field(&BatchBuilder::new(other).finish()).unwrap(), Some(1));
+    }
+
+    #[test]
+    fn security_options_reach_the_client_config_and_the_password_comes_from_the_environment() {
+        let base = tempfile::tempdir().unwrap();
+        std::fs::create_dir(base.path().join("certs")).unwrap();
+        std::fs::write(base.path().join("certs/ca.pem"), "not a certificate").unwrap();
+        let abs = base.path().join("abs.pem");
+        std::fs::write(&abs, "").unwrap();
+        let p = program(&format!(
+            "schema R {{ id: int }}\n\
+             sink a: R = kafka(\"h:9093\", topic: \"t\", security: sasl_ssl, sasl_mechanism: scram_sha_512, user: \"svc\", password_env: \"FLOW_TEST_KAFKA_PW_A\", ca: \"certs/ca.pem\")\n\
+             sink b: R = kafka(\"h:9093\", topic: \"t\", security: ssl, ca: {abs:?})\n\
+             sink c: R = kafka(\"h:9092\", topic: \"t\")\n\
+             sink d: R = kafka(\"h:9092\", topic: \"t\", security: sasl_plaintext, user: \"svc\", password_env: \"FLOW_TEST_KAFKA_PW_UNSET\")\n\
+             sink e: R = kafka(\"h:9093\", topic: \"t\", security: ssl, ca: \"missing.pem\")"
+        ));
+        let base = base.path();
+        std::env::set_var("FLOW_TEST_KAFKA_PW_A", "pw with ;=");
+        let (a, _) = producer_config(&p.sinks[0], base).unwrap();
+        let get = |c: &ClientConfig, k: &str| c.get(k).map(str::to_string);
+        assert_eq!(get(&a, "bootstrap.servers").as_deref(), Some("h:9093"));
+        assert_eq!(get(&a, "security.protocol").as_deref(), Some("SASL_SSL"));
+        assert_eq!(get(&a, "sasl.mechanisms").as_deref(), Some("SCRAM-SHA-512"));
+        assert_eq!(get(&a, "sasl.username").as_deref(), Some("svc"));
+        assert_eq!(get(&a, "sasl.password").as_deref(), Some("pw with ;="));
+        assert_eq!(get(&a, "ssl.ca.location"), Some(base.join("certs/ca.pem").to_string_lossy().into_owned()));
+        assert_eq!(get(&a, "partitioner").as_deref(), Some("murmur2_random"));
+
+        let (b, _) = producer_config(&p.sinks[1], base).unwrap();
+        assert_eq!(get(&b, "security.protocol").as_deref(), Some("SSL"));
+        assert_eq!(get(&b, "ssl.ca.location"), Some(abs.to_string_lossy().into_owned()));
+        assert_eq!(get(&b, "sasl.username"), None);
+
+        let (c, _) = producer_config(&p.sinks[2], base).unwrap();
+        assert_eq!(get(&c, "security.protocol").as_deref(), Some("PLAINTEXT"));
+        assert_eq!((get(&c, "sasl.mechanisms"), get(&c, "ssl.ca.location")), (None, None));
+
+        // The default mechanism with SASL is PLAIN; a variable that is not set is a
+        // setup error naming the sink and the variable.
+        let Err(RunError::Setup(e)) = producer_config(&p.sinks[3], base) else {
+            panic!("an unset password variable was accepted");
+        };
+        assert!(e.contains("kafka sink `d`") && e.contains("FLOW_TEST_KAFKA_PW_UNSET") && e.contains("not set"), "{e}");
+        std::env::set_var("FLOW_TEST_KAFKA_PW_UNSET", "x");
+        let (d, _) = producer_config(&p.sinks[3], base).unwrap();
+        std::env::remove_var("FLOW_TEST_KAFKA_PW_UNSET");
+        assert_eq!(get(&d, "sasl.mechanisms").as_deref(), Some("PLAIN"));
+        // A CA file that is not there is a setup error naming it; librdkafka reads the
+        // file when the client is created, so one that is not PEM fails then.
+        let Err(RunError::Setup(e)) = KafkaSink::open(&p.sinks[4], base) else {
+            panic!("a missing CA file was accepted");
+        };
+        assert!(e.contains("kafka sink `e`") && e.contains(&*base.join("missing.pem").to_string_lossy()), "{e}");
+        let Err(RunError::Setup(e)) = KafkaSink::open(&p.sinks[1], base) else {
+            panic!("an empty CA file was accepted");
+        };
+        assert!(e.contains("kafka sink `b`") && e.contains("ssl.ca.location"), "{e}");
+    }
+
+    #[test]
+    fn refused_logins_and_tls_failures_are_fatal_and_transport_errors_are_not() {
+        let auth = KafkaError::Global(RDKafkaErrorCode::Authentication);
+        let why = fatal_error(&auth, "SASL authentication error: invalid user name or password").unwrap();
+        assert_eq!(why, "authentication failed: SASL authentication error: invalid user name or password");
+        assert!(fatal_error(&KafkaError::MessageConsumption(RDKafkaErrorCode::SSL), "")
+            .unwrap()
+            .starts_with("TLS failed"));
+        assert_eq!(fatal_error(&KafkaError::Global(RDKafkaErrorCode::BrokerTransportFailure), "down"), None);
+    }
+
     #[test]
     fn sinks_encode_rows_as_json_or_one_csv_line() {
         let l = layout();
@@ -447,7 +725,7 @@ mod tests {
             )
             .program
             .expect("program");
-            KafkaSink::open(&program.sinks[0]).expect("a producer is created without connecting")
+            KafkaSink::open(&program.sinks[0], Path::new(".")).expect("a producer is created without connecting")
         };
         let (mut json, mut csv) = (String::new(), String::new());
         sink("json").encode(&batch.row(0), &mut json).unwrap();

@@ -340,7 +340,7 @@ fn topic_config(t: &ir::Topic) -> TopicConfig {
     c
 }
 
-fn resolve(base: &Path, p: &str) -> PathBuf {
+pub(super) fn resolve(base: &Path, p: &str) -> PathBuf {
     let path = Path::new(p);
     if path.is_absolute() {
         path.to_path_buf()
@@ -452,7 +452,7 @@ pub fn run(program: &ir::Program, opts: &RunOptions) -> Result<Summary, RunError
                 || program.sources.iter().any(|src| src.dead_letter.as_ref() == Some(&target));
         match &s.connector {
             Connector::Kafka { .. } if output || side => {
-                kafka_sinks.insert(s.name.clone(), Arc::new(kafka::KafkaSink::open(s)?));
+                kafka_sinks.insert(s.name.clone(), Arc::new(kafka::KafkaSink::open(s, &opts.base_dir)?));
             }
             // Only pipeline outputs stage their rows per writer; a file that also takes
             // dead letters or late records is written at once (at-least-once).

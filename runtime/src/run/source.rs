@@ -327,7 +327,7 @@ fn read(
                     })
                     .map_err(RunError::Setup)?;
                 }
-                Connector::Kafka { brokers, topic, group: named, format } => {
+                Connector::Kafka { group: named, .. } => {
                     // Barriers carry the next offset per partition; a resumed run seeks there.
                     let resume = match &resume {
                         Some(Position::Topic { next }) => Some(next.clone()),
@@ -336,7 +336,7 @@ fn read(
                     let on_commit = hooks.on_commit;
                     let feed =
                         super::kafka::SourceFeed { send_acked, bad, stopping, failed, tick, at, resume, on_commit };
-                    super::kafka::read(brokers, topic, named.as_deref().unwrap_or(group), *format, &layout, &feed)?;
+                    super::kafka::read(src, named.as_deref().unwrap_or(group), &opts.base_dir, &layout, &feed)?;
                 }
                 Connector::Stdout { .. } => return Err(RunError::Setup("stdout is not a source".into())),
             }
