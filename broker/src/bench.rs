@@ -19,7 +19,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
@@ -126,14 +126,24 @@ impl Conn {
     }
 }
 
-/// Create `topic` with `partitions` partitions (it must not exist).
-pub fn create_topic(addr: SocketAddr, topic: &str, partitions: i32) -> Result<(), String> {
+/// Create `topic` with `partitions` partitions and topic `configs` such as
+/// `("retention.bytes", "536870912")` (it must not exist).
+pub fn create_topic(addr: SocketAddr, topic: &str, partitions: i32, configs: &[(&str, &str)]) -> Result<(), String> {
     let mut c = Conn::open(addr)?;
+    let configs = configs
+        .iter()
+        .map(|(k, v)| {
+            CreatableTopicConfig::default()
+                .with_name(StrBytes::from_string(k.to_string()))
+                .with_value(Some(StrBytes::from_string(v.to_string())))
+        })
+        .collect();
     let req = CreateTopicsRequest::default()
         .with_topics(vec![CreatableTopic::default()
             .with_name(TopicName(StrBytes::from_string(topic.to_string())))
             .with_num_partitions(partitions)
-            .with_replication_factor(1)])
+            .with_replication_factor(1)
+            .with_configs(configs)])
         .with_timeout_ms(10_000);
     let resp: CreateTopicsResponse = c.call(ApiKey::CreateTopics, 5, &req)?;
     match resp.topics.first() {
@@ -318,7 +328,7 @@ mod tests {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let handle = rt.block_on(crate::start(crate::Config::new(dir.path(), "127.0.0.1:0".parse().unwrap()))).unwrap();
         let addr = handle.local_addr();
-        create_topic(addr, "b", 1).unwrap();
+        create_topic(addr, "b", 1, &[("retention.ms", "-1")]).unwrap();
         let load = ProduceLoad { records: 12_000, record_bytes: 10, batch_records: 500, connections: 3, in_flight: 5 };
         let p = produce(addr, "b", &load).unwrap();
         assert_eq!(p.records, 12_000);

@@ -755,7 +755,7 @@ fn bench_kafka(a: BenchKafkaArgs) -> miette::Result<ExitCode> {
         for run in 0..a.runs.max(1) {
             let l = flow_runtime::log::bench::fsync_acked_append(&scratch, load.records, a.producers).map_err(err)?;
             let topic = format!("bench-{run}");
-            create_topic(addr, &topic, 1).map_err(err)?;
+            create_topic(addr, &topic, 1, &[]).map_err(err)?;
             let (c0, b0) = cpu_seconds("flowc-broker");
             let p = produce(addr, &topic, &load).map_err(err)?;
             let (c1, b1) = cpu_seconds("flowc-broker");
