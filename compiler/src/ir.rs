@@ -88,6 +88,8 @@ pub struct Topic {
     /// pipelines writing it.
     pub event_time: Option<EventTime>,
     pub watermark_ms: i64,
+    /// A partition silent this long stops holding its readers' watermark back.
+    pub idle_timeout_ms: Option<i64>,
     pub span: Span,
 }
 
@@ -818,6 +820,9 @@ impl fmt::Display for Program {
             }
             if t.compaction {
                 write!(f, " compaction")?;
+            }
+            if let Some(i) = t.idle_timeout_ms {
+                write!(f, " idle_timeout {}", fmt_ms(i))?;
             }
             writeln!(f)?;
         }

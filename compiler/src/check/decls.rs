@@ -847,6 +847,7 @@ impl<'a> Checker<'a> {
                 ("compaction", Want::Bool),
                 ("event_time", Want::Field),
                 ("watermark", Want::Duration),
+                ("idle_timeout", Want::Duration),
             ],
             &format!("topic `{}`", t.name.name),
             schema.as_deref(),
@@ -930,10 +931,14 @@ impl<'a> Checker<'a> {
                     .help("add `event_time: <timestamp field>` to the topic's options"),
             );
         }
+        // Also for topics whose event time comes from their writers (no `event_time`
+        // option): the readers' watermark is per partition all the same.
+        let idle_timeout_ms = self.positive_ms(o.int("idle_timeout"), "idle_timeout", false);
         self.stream_schemas.insert(t.name.name.clone(), Some(schema.clone()));
         self.out.topics.push(ir::Topic {
             event_time,
             watermark_ms,
+            idle_timeout_ms,
             name: t.name.name.clone(),
             schema,
             partitions,
@@ -1684,6 +1689,31 @@ mod tests {
         let r = crate::compile_str("t.flow", src);
         let p = r.program.unwrap_or_else(|| panic!("{:?}", r.diagnostics));
         p.sources.iter().map(|s| s.connector.clone()).chain(p.sinks.iter().map(|s| s.connector.clone())).collect()
+    }
+
+    /// A topic's `idle_timeout` reaches the program (the readers' stampers take it from
+    /// there, runtime/src/run/source.rs), also for a topic whose event time comes from its
+    /// writers; a non-positive one is E0414.
+    #[test]
+    fn a_topics_idle_timeout_reaches_the_program() {
+        let src = |opt: &str| {
+            format!(
+                "schema E {{ id: int, ts: timestamp }}\n\
+                 topic a: E {{ partitions: 2, event_time: ts, watermark: 1s{opt} }}\n\
+                 topic b: E {{ partitions: 2, idle_timeout: 30s }}\n\
+                 sink out = stdout()\n\
+                 pipeline p = from a | select {{ id, ts }} -> out\n"
+            )
+        };
+        let r = crate::compile_str("t.flow", &src(", idle_timeout: 1m"));
+        let p = r.program.unwrap_or_else(|| panic!("{:?}", r.diagnostics));
+        let idle: Vec<_> = p.topics.iter().map(|t| (t.name.as_str(), t.idle_timeout_ms)).collect();
+        assert_eq!(idle, [("a", Some(60_000)), ("b", Some(30_000))]);
+        assert!(p.to_string().contains("idle_timeout 1m"), "{p}");
+        let r = crate::compile_str("t.flow", &src(""));
+        assert_eq!(r.program.unwrap().topics[0].idle_timeout_ms, None);
+        let r = crate::compile_str("t.flow", &src(", idle_timeout: 0s"));
+        assert!(r.diagnostics.iter().any(|d| d.code == "E0414"), "{:?}", r.diagnostics);
     }
 
     #[test]

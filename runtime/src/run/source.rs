@@ -219,7 +219,7 @@ fn stamper(
             let t = t.ok_or_else(|| RunError::Setup(format!("no topic `{n}`")))?;
             let parts =
                 shared.topics.get(n).map(|t| t.partitions().iter().map(|p| p.id()).collect()).unwrap_or_default();
-            (t.event_time.clone(), t.watermark_ms, None, parts)
+            (t.event_time.clone(), t.watermark_ms, t.idle_timeout_ms, parts)
         }
     };
     let time =
