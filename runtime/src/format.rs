@@ -35,6 +35,23 @@ fn err<T>(msg: impl Into<String>) -> Result<T, DecodeError> {
     Err(DecodeError(msg.into()))
 }
 
+/// The lines of `text` as the file source splits them: at each `'\n'` (found with
+/// SIMD `memchr`), without it and without one `'\r'` before it; a last line without a
+/// `'\n'` counts when it is not empty.
+pub fn split_lines(text: &str) -> impl Iterator<Item = &str> {
+    let mut start = 0;
+    let mut ends = memchr::memchr_iter(b'\n', text.as_bytes());
+    std::iter::from_fn(move || {
+        let (line, next) = match ends.next() {
+            Some(end) => (&text[start..end], end + 1),
+            None if start < text.len() => (&text[start..], text.len()),
+            None => return None,
+        };
+        start = next;
+        Some(line.strip_suffix('\r').unwrap_or(line))
+    })
+}
+
 /// Decodes one JSON object into a new row of `out`. On error no row is added.
 ///
 /// Two paths with one meaning: [`fast_json_row`] scans the common case (a flat
@@ -1052,6 +1069,26 @@ mod tests {
             json_string(&text, &mut out);
             let back: String = serde_json::from_str(&out).expect("valid JSON string");
             prop_assert_eq!(back, text);
+        }
+    }
+
+    #[test]
+    fn lines_split_as_the_file_source_splits_them() {
+        fn split(t: &str) -> Vec<&str> {
+            split_lines(t).collect()
+        }
+        assert_eq!(split(""), Vec::<&str>::new());
+        assert_eq!(split("\n"), vec![""]);
+        assert_eq!(split("a\r\nb\n\nc"), vec!["a", "b", "", "c"]);
+        assert_eq!(split("é\r\r\n\r"), vec!["é\r", ""]);
+        // The same as the std splitting the file source used before.
+        for t in ["a\nb\r\n", "x\n\r\n\ny\r", "\r", "one"] {
+            let old: Vec<&str> = t
+                .split_inclusive('\n')
+                .map(|l| l.strip_suffix('\n').unwrap_or(l))
+                .map(|l| l.strip_suffix('\r').unwrap_or(l))
+                .collect();
+            assert_eq!(split(t), old, "{t:?}");
         }
     }
 
