@@ -493,12 +493,13 @@ source gen: Txn = generator(transactions)",
     Ok((layout, text))
 }
 
-/// Decodes every line of `text` into rows of `layout`.
+/// Decodes every line of `text` into rows of `layout`, split as the file source splits
+/// them.
 pub fn ingest(layout: &Arc<Layout>, text: &str) -> Result<Measured, String> {
     let started = Instant::now();
     let (mut events, mut rows_out) = (0u64, 0u64);
     let mut b = BatchBuilder::new(layout.clone());
-    for line in text.lines() {
+    for line in format::split_lines(text) {
         events += 1;
         format::decode_json_row_in(line, layout, &mut b).map_err(|e| format!("line {events}: {e}"))?;
         if b.len() == 4096 {

@@ -35,6 +35,23 @@ fn err<T>(msg: impl Into<String>) -> Result<T, DecodeError> {
     Err(DecodeError(msg.into()))
 }
 
+/// The lines of `text` as the file source splits them: at each `'\n'` (found with
+/// SIMD `memchr`), without it and without one `'\r'` before it; a last line without a
+/// `'\n'` counts when it is not empty.
+pub fn split_lines(text: &str) -> impl Iterator<Item = &str> {
+    let mut start = 0;
+    let mut ends = memchr::memchr_iter(b'\n', text.as_bytes());
+    std::iter::from_fn(move || {
+        let (line, next) = match ends.next() {
+            Some(end) => (&text[start..end], end + 1),
+            None if start < text.len() => (&text[start..], text.len()),
+            None => return None,
+        };
+        start = next;
+        Some(line.strip_suffix('\r').unwrap_or(line))
+    })
+}
+
 /// Decodes one JSON object into a new row of `out`. On error no row is added.
 ///
 /// Two paths with one meaning: [`fast_json_row`] scans the common case (a flat
@@ -62,6 +79,49 @@ fn is_ws(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\r')
 }
 
+/// 10^0 ..= 10^38.
+const POW10: [i128; 39] = {
+    let mut p = [1i128; 39];
+    let mut i = 1;
+    while i < 39 {
+        p[i] = p[i - 1] * 10;
+        i += 1;
+    }
+    p
+};
+
+/// The index of the first quote, backslash or control character in `b` from `i` on,
+/// or `b.len()`: eight bytes at a time (SWAR), the rest one by one.
+#[inline]
+fn plain_end(b: &[u8], mut i: usize) -> usize {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    while let Some(chunk) = b.get(i..i + 8) {
+        let x = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+        // A byte of `q`/`bs` is 0 where `x` has a quote/backslash; each mask's lowest
+        // set bit marks the first such byte exactly (borrows only run upwards), and
+        // bytes of 0x80 and up never match any of the three.
+        let q = x ^ (LO * b'"' as u64);
+        let bs = x ^ (LO * b'\\' as u64);
+        let m = (q.wrapping_sub(LO) & !q) | (bs.wrapping_sub(LO) & !bs) | (x.wrapping_sub(LO * 0x20) & !x);
+        let m = m & HI;
+        if m != 0 {
+            return i + (m.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while i < b.len() && b[i] != b'"' && b[i] != b'\\' && b[i] >= 0x20 {
+        i += 1;
+    }
+    i
+}
+
+/// Byte-wise equality for short keys, without a call to `memcmp`.
+#[inline]
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
+}
+
 /// A cursor over one line for [`fast_json_row`]; `None` means "give up".
 struct Scan<'a> {
     s: &'a str,
@@ -87,21 +147,100 @@ impl<'a> Scan<'a> {
     /// The body of a string without escapes or control characters (the cursor is on
     /// its opening quote).
     fn plain_str(&mut self) -> Option<&'a str> {
+        let (start, end) = self.plain_span()?;
+        // Split at ASCII quotes: always on character boundaries.
+        self.s.get(start..end)
+    }
+
+    /// [`Scan::plain_str`] as a byte range of the line.
+    #[inline]
+    fn plain_span(&mut self) -> Option<(usize, usize)> {
         self.eat(b'"')?;
         let start = self.i;
-        loop {
-            let c = *self.b.get(self.i)?;
-            if c == b'"' {
-                let s = self.s.get(start..self.i);
-                self.i += 1;
-                // Split at ASCII quotes: always on character boundaries.
-                return s;
+        let end = plain_end(self.b, start);
+        if *self.b.get(end)? != b'"' {
+            return None;
+        }
+        self.i = end + 1;
+        Some((start, end))
+    }
+
+    /// An integer `-?(0|[1-9][0-9]*)` of at most 18 digits read in one pass, as
+    /// [`Scan::number`] and `parse::<i64>` read it; `None` for anything else (a
+    /// fraction, an exponent, more digits), with the cursor unmoved.
+    #[inline]
+    fn small_int(&mut self) -> Option<i64> {
+        let b = self.b;
+        let mut i = self.i;
+        let neg = b.get(i) == Some(&b'-');
+        i += usize::from(neg);
+        let start = i;
+        let mut v: i64 = 0;
+        while let Some(&c) = b.get(i) {
+            let d = c.wrapping_sub(b'0');
+            if d > 9 {
+                break;
             }
-            if c == b'\\' || c < 0x20 {
+            if i - start == 18 {
                 return None;
             }
-            self.i += 1;
+            v = v * 10 + d as i64;
+            i += 1;
         }
+        let n = i - start;
+        if n == 0 || (n > 1 && b[start] == b'0') || matches!(b.get(i), Some(b'.' | b'e' | b'E')) {
+            return None;
+        }
+        self.i = i;
+        Some(if neg { -v } else { v })
+    }
+
+    /// An unquoted decimal `-?(0|[1-9][0-9]*)(\.[0-9]+)?` of at most 18 digits and no
+    /// more fractional digits than `scale`, scaled to units in one pass, exactly as
+    /// [`plain_decimal`] reads the token; `None` for anything else, cursor unmoved.
+    #[inline]
+    fn small_decimal(&mut self, precision: u8, scale: u8) -> Option<i128> {
+        let b = self.b;
+        let mut i = self.i;
+        let neg = b.get(i) == Some(&b'-');
+        i += usize::from(neg);
+        let start = i;
+        let mut v: i64 = 0;
+        let mut digits = 0usize;
+        let mut frac = 0usize;
+        let mut dot = None;
+        while let Some(&c) = b.get(i) {
+            let d = c.wrapping_sub(b'0');
+            if d <= 9 {
+                if digits == 18 {
+                    return None;
+                }
+                v = v * 10 + d as i64;
+                digits += 1;
+                frac += usize::from(dot.is_some());
+            } else if c == b'.' && dot.is_none() {
+                dot = Some(i);
+            } else {
+                break;
+            }
+            i += 1;
+        }
+        let int_digits = dot.unwrap_or(i) - start;
+        if int_digits == 0
+            || (int_digits > 1 && b[start] == b'0')
+            || (dot.is_some() && frac == 0)
+            || matches!(b.get(i), Some(b'e' | b'E'))
+            || frac > scale as usize
+            || precision > 38
+        {
+            return None;
+        }
+        let units = v as i128 * POW10[scale as usize - frac];
+        if units >= POW10[precision as usize] {
+            return None;
+        }
+        self.i = i;
+        Some(if neg { -units } else { units })
     }
 
     /// A number token in strict JSON grammar.
@@ -226,6 +365,9 @@ fn fast_json_row(line: &str, layout: &Layout, out: &mut BatchBuilder) -> Option<
 fn fast_fields(line: &str, out: &mut BatchBuilder, row: usize, layout: &Layout) -> Option<()> {
     let fields = &layout.record.fields;
     let mut seen = 0u64;
+    // Fields set to null on this line: only those need their null bit cleared again
+    // (a new row starts with every bit clear).
+    let mut nulled = 0u64;
     let mut next = 0;
     let mut s = Scan { s: line, b: line.as_bytes(), i: 0 };
     s.ws();
@@ -234,23 +376,27 @@ fn fast_fields(line: &str, out: &mut BatchBuilder, row: usize, layout: &Layout) 
     if s.eat(b'}').is_none() {
         loop {
             s.ws();
-            let key = s.plain_str()?;
+            let (ks, ke) = s.plain_span()?;
+            let key = &s.b[ks..ke];
             s.ws();
             s.eat(b':')?;
             s.ws();
             // Keys usually come in the schema's order: try the next field first.
             let found = match fields.get(next) {
-                Some(f) if f.name.len() == key.len() && f.name.as_bytes() == key.as_bytes() => Some(next),
-                _ => fields.iter().position(|f| f.name.len() == key.len() && f.name.as_str() == key),
+                Some(f) if same_bytes(f.name.as_bytes(), key) => Some(next),
+                _ => fields.iter().position(|f| same_bytes(f.name.as_bytes(), key)),
             };
-            if let Some(f) = found {
-                next = f + 1;
-            }
             match found {
                 None => s.skip_value(0)?,
                 Some(f) => {
-                    seen |= 1 << f;
-                    fast_value(&mut s, out, row, f, &fields[f].ty, layout.slot_kinds[f])?;
+                    next = f + 1;
+                    let bit = 1u64 << f;
+                    seen |= bit;
+                    if fast_value(&mut s, out, row, f, &fields[f].ty, layout.slot_kinds[f], nulled & bit != 0)? {
+                        nulled |= bit;
+                    } else {
+                        nulled &= !bit;
+                    }
                 }
             }
             s.ws();
@@ -279,18 +425,30 @@ fn fast_fields(line: &str, out: &mut BatchBuilder, row: usize, layout: &Layout) 
     Some(())
 }
 
-/// One value of a field the schema names, written into its slot.
-fn fast_value(s: &mut Scan, out: &mut BatchBuilder, row: usize, f: usize, ty: &Type, slot: SlotKind) -> Option<()> {
+/// One value of a field the schema names, written into its slot: `Some(true)` for a
+/// null. `was_null`: an earlier value of the same key on this line was null.
+#[inline]
+fn fast_value(
+    s: &mut Scan,
+    out: &mut BatchBuilder,
+    row: usize,
+    f: usize,
+    ty: &Type,
+    slot: SlotKind,
+    was_null: bool,
+) -> Option<bool> {
     if s.peek()? == b'n' {
         s.literal(b"null")?;
         if !ty.nullable {
             return None;
         }
         out.set_null(row, f);
-        return Some(());
+        return Some(true);
     }
     // A value after a `null` for the same key (duplicate keys: the last one wins).
-    out.clear_null(row, f);
+    if was_null {
+        out.clear_null(row, f);
+    }
     match (&ty.kind, slot) {
         (Kind::Bool, _) => {
             let v = if s.peek()? == b't' {
@@ -303,14 +461,20 @@ fn fast_value(s: &mut Scan, out: &mut BatchBuilder, row: usize, f: usize, ty: &T
             out.set_i64(row, f, v);
         }
         (Kind::Int | Kind::Duration, _) => {
-            let n = s.number()?;
-            out.set_i64(row, f, n.parse::<i64>().ok()?);
+            let v = match s.small_int() {
+                Some(v) => v,
+                None => s.number()?.parse::<i64>().ok()?,
+            };
+            out.set_i64(row, f, v);
         }
         (Kind::Timestamp, _) => {
             let v = if s.peek()? == b'"' {
                 flow_types::time::parse_record_timestamp(s.plain_str()?).ok()?
             } else {
-                s.number()?.parse::<i64>().ok()?
+                match s.small_int() {
+                    Some(v) => v,
+                    None => s.number()?.parse::<i64>().ok()?,
+                }
             };
             out.set_i64(row, f, v);
         }
@@ -319,10 +483,15 @@ fn fast_value(s: &mut Scan, out: &mut BatchBuilder, row: usize, f: usize, ty: &T
             out.set_f64(row, f, n.parse::<f64>().ok()?);
         }
         (Kind::Decimal { precision, scale }, kind) => {
-            let text = if s.peek()? == b'"' { s.plain_str()? } else { s.number()? };
-            let units = match plain_decimal(text.as_bytes(), *precision, *scale) {
+            let units = match s.small_decimal(*precision, *scale) {
                 Some(u) => u,
-                None => parse_decimal(text, *precision, *scale).ok()?,
+                None => {
+                    let text = if s.peek()? == b'"' { s.plain_str()? } else { s.number()? };
+                    match plain_decimal(text.as_bytes(), *precision, *scale) {
+                        Some(u) => u,
+                        None => parse_decimal(text, *precision, *scale).ok()?,
+                    }
+                }
             };
             match kind {
                 SlotKind::Dec64 { .. } => out.set_i64(row, f, i64::try_from(units).ok()?),
@@ -330,12 +499,13 @@ fn fast_value(s: &mut Scan, out: &mut BatchBuilder, row: usize, f: usize, ty: &T
             }
         }
         (Kind::String, _) => {
-            let v = s.plain_str()?;
-            out.set_str(row, f, v).ok()?;
+            let (a, b) = s.plain_span()?;
+            let off = out.arena_push(&s.b[a..b]).ok()?;
+            out.set_span(row, f, off, (b - a) as u32);
         }
         _ => return None,
     }
-    Some(())
+    Some(false)
 }
 
 /// `-?digits(.digits)?` with at most 18 digits and no more fractional digits than
@@ -824,6 +994,7 @@ mod tests {
     use super::*;
     use flow_types::Field;
     use proptest::prelude::*;
+    use proptest::strategy::ValueTree;
 
     fn txn() -> Arc<Layout> {
         Arc::new(Layout::new(Arc::new(RecordType::new(
@@ -902,6 +1073,26 @@ mod tests {
     }
 
     #[test]
+    fn lines_split_as_the_file_source_splits_them() {
+        fn split(t: &str) -> Vec<&str> {
+            split_lines(t).collect()
+        }
+        assert_eq!(split(""), Vec::<&str>::new());
+        assert_eq!(split("\n"), vec![""]);
+        assert_eq!(split("a\r\nb\n\nc"), vec!["a", "b", "", "c"]);
+        assert_eq!(split("é\r\r\n\r"), vec!["é\r", ""]);
+        // The same as the std splitting the file source used before.
+        for t in ["a\nb\r\n", "x\n\r\n\ny\r", "\r", "one"] {
+            let old: Vec<&str> = t
+                .split_inclusive('\n')
+                .map(|l| l.strip_suffix('\n').unwrap_or(l))
+                .map(|l| l.strip_suffix('\r').unwrap_or(l))
+                .collect();
+            assert_eq!(split(t), old, "{t:?}");
+        }
+    }
+
+    #[test]
     fn decimals_parse_exactly() {
         assert_eq!(parse_decimal("649.38", 12, 2), Ok(64938));
         assert_eq!(parse_decimal("0.005", 12, 2), Ok(1));
@@ -957,6 +1148,294 @@ mod tests {
             prop_assert_eq!(fast.finish().to_values(), slow.finish().to_values(), "{}", line);
         }
         Ok(())
+    }
+
+    /// Every type the decoder knows, nullable and not, with a key that is not ASCII.
+    fn all_types() -> Arc<Layout> {
+        let inner = RecordType::new(None, vec![Field { name: "x".into(), ty: Type::int().nullable() }]);
+        Arc::new(Layout::new(Arc::new(RecordType::new(
+            None,
+            vec![
+                Field { name: "s".into(), ty: Type::string() },
+                Field { name: "i".into(), ty: Type::int().nullable() },
+                Field { name: "f".into(), ty: Type::float().nullable() },
+                Field { name: "b".into(), ty: Type::bool().nullable() },
+                Field { name: "d".into(), ty: Type::decimal(30, 4).nullable() },
+                Field { name: "m".into(), ty: Type::decimal(12, 2) },
+                Field { name: "k".into(), ty: Type::decimal(18, 0).nullable() },
+                Field { name: "t".into(), ty: Type::timestamp().nullable() },
+                Field { name: "u".into(), ty: Type::duration().nullable() },
+                Field { name: "clé".into(), ty: Type::string().nullable() },
+                Field { name: "a_longer_field_name".into(), ty: Type::int() },
+                Field { name: "l".into(), ty: Type::list(Type::int()).nullable() },
+                Field { name: "r".into(), ty: Type::record(inner).nullable() },
+            ],
+        ))))
+    }
+
+    const ALL_TYPES_NAMES: [&str; 13] =
+        ["s", "i", "f", "b", "d", "m", "k", "t", "u", "clé", "a_longer_field_name", "l", "r"];
+
+    /// JSON text of a well-typed value of field `f` of [`all_types`] (null where
+    /// nullable): unicode, escapes, extreme and rounded numbers, timestamp strings.
+    fn good_value_text(f: usize) -> BoxedStrategy<String> {
+        let q = |s: String| format!("\"{s}\"");
+        let piece = prop::sample::select(vec![
+            "a",
+            "é",
+            "😀",
+            " ",
+            "z9",
+            "abcdefgh",
+            "\\\"",
+            "\\\\",
+            "\\n",
+            "\\t",
+            "\\/",
+            "\\u00e9",
+            "\\ud83d\\ude00",
+            "\\u0041",
+        ]);
+        let string = prop_oneof![
+            4 => "[a-zA-Z0-9 éü😀_-]{0,24}".prop_map(q),
+            1 => proptest::collection::vec(piece, 0..8).prop_map(move |p| q(p.concat())),
+        ];
+        let int = prop_oneof![
+            3 => any::<i64>().prop_map(|v| v.to_string()),
+            3 => (-1000i64..1000).prop_map(|v| v.to_string()),
+            1 => prop::sample::select(vec![
+                "-0", "-9223372036854775808", "9223372036854775807", "123456789012345678", "-999999999999999999",
+                "1234567890123456789",
+            ]).prop_map(String::from),
+        ];
+        // A decimal with up to `int` integer digits and 0 to 6 fractional ones, at
+        // times with an exponent or quoted.
+        let decimal = |int: usize| {
+            (prop::bool::ANY, 0..=int, "[0-9]{30}", prop::option::weighted(0.8, "[0-9]{0,6}"), 0u8..10).prop_map(
+                move |(neg, n, digits, frac, form)| {
+                    let whole = digits[..n].trim_start_matches('0');
+                    let mut t = format!("{}{}", if neg { "-" } else { "" }, if whole.is_empty() { "0" } else { whole });
+                    if let Some(fr) = frac.filter(|fr| !fr.is_empty()) {
+                        t = format!("{t}.{fr}");
+                    }
+                    match form {
+                        0 => format!("\"{t}\""),
+                        1 => format!("{t}e0"),
+                        _ => t,
+                    }
+                },
+            )
+        };
+        let ts = prop_oneof![
+            3 => (0i64..4_000_000_000_000).prop_map(|v| v.to_string()),
+            1 => prop::sample::select(vec![
+                "\"2023-11-14T22:13:20Z\"", "\"2023-11-14 22:13:20\"", "\"2023-11-14T22:13:20.123+02:00\"", "-5",
+            ]).prop_map(String::from),
+        ];
+        let float = prop_oneof![
+            any::<f64>().prop_filter("finite", |x| x.is_finite()).prop_map(|x| format!("{x:?}")),
+            any::<f64>().prop_filter("finite", |x| x.is_finite()).prop_map(|x| format!("{x:e}")),
+            (-1000i64..1000).prop_map(|v| v.to_string()),
+            prop::sample::select(vec!["-0.0", "1.5E-3", "0"]).prop_map(String::from),
+        ];
+        let typed = match f {
+            0 | 9 => string.boxed(),
+            1 | 8 | 10 => int.boxed(),
+            2 => float.boxed(),
+            3 => prop::sample::select(vec!["true", "false"]).prop_map(String::from).boxed(),
+            4 => decimal(26).boxed(),
+            5 => decimal(10).boxed(),
+            6 => decimal(18).boxed(),
+            7 => ts.boxed(),
+            11 => prop::sample::select(vec!["[1,2]", "[]", "[ 3 ]"]).prop_map(String::from).boxed(),
+            _ => prop::sample::select(vec!["{\"x\":1}", "{}", "{\"x\":null}"]).prop_map(String::from).boxed(),
+        };
+        if all_types().record.fields[f].ty.nullable {
+            prop_oneof![6 => typed, 1 => Just("null".to_string())].boxed()
+        } else {
+            typed
+        }
+    }
+
+    /// JSON text for field `f` that is often not a value of its type: wrong types, out of
+    /// range, too precise, malformed, bad escapes and control characters.
+    fn any_value_text(f: usize) -> BoxedStrategy<String> {
+        let bad = prop::sample::select(vec![
+            "null",
+            "\"\"",
+            "{}",
+            "[]",
+            "true",
+            "1",
+            "\"x\"",
+            "-",
+            "nul",
+            "01",
+            "-01",
+            "1.0",
+            "1e3",
+            "1E3",
+            "1.",
+            ".5",
+            "+1",
+            "0x10",
+            "- 1",
+            "9223372036854775808",
+            "-9223372036854775809",
+            "99999999999999999999",
+            "\"5\"",
+            "1.5",
+            "1e400",
+            "00.1",
+            "0.00005",
+            "\"abc\"",
+            "\" 1\"",
+            "12345678901.5",
+            "\"yesterday\"",
+            "\"1700000000000\"",
+            "tru",
+            "falsey",
+            "\"a\tb\"",
+            "\"a\\xb\"",
+            "\"abcdefghij\\q\"",
+            "\"\\ud83d\"",
+            "\"2023-11-14T22:13:20\\u005a\"",
+            "[1,",
+            "[1,[2]]",
+            "[\"a\"]",
+            "{\"x\":\"a\"}",
+            "{\"x\":1,}",
+            "\"unterminated",
+        ]);
+        let decimal_text = "-?[0-9]{0,21}(\\.[0-9]{0,7})?([eE][-+]?[0-9]{1,3})?";
+        prop_oneof![
+            2 => good_value_text(f),
+            2 => bad.prop_map(String::from),
+            1 => decimal_text.prop_map(String::from),
+            1 => "\"[ -~]{0,12}\"",
+        ]
+        .boxed()
+    }
+
+    /// One line of key/value pairs for [`all_types`]: mostly well formed, with at most
+    /// one field replaced by any value or left out, repeated keys (the last wins),
+    /// unknown keys with nested values, any order, any whitespace.
+    fn json_record_line() -> impl Strategy<Value = String> {
+        let values: Vec<_> = (0..13).map(good_value_text).collect();
+        // Lists and records always take the general path: leave them out of most lines.
+        let missing: Vec<_> = (0..13).map(|f| prop::bool::weighted(if f >= 11 { 0.8 } else { 0.1 })).collect();
+        let odd = prop::option::weighted(
+            0.5,
+            (0usize..13).prop_flat_map(|f| (Just(f), prop::option::weighted(0.9, any_value_text(f)))),
+        );
+        let extra = proptest::collection::vec(
+            (
+                prop::sample::select(vec!["zz", "S", "i ", "clé2", "\\u0073", "a_longer_field_nam", "é"]),
+                prop::sample::select(vec![
+                    "1",
+                    "\"v\"",
+                    "{\"n\":[1,{\"m\":null}]}",
+                    "[[]]",
+                    "null",
+                    "\"\\\"\"",
+                    "-2.5e3",
+                ]),
+            ),
+            0..3,
+        );
+        let dup = prop::option::weighted(0.15, (0usize..13).prop_flat_map(|f| (Just(f), any_value_text(f))));
+        let ws = prop::sample::select(vec!["", "", " ", "\t", " \r\n "]);
+        let tail = prop::sample::select(vec!["", "", "", "", "", "", "", " ", "x", ",", "}"]);
+        (values, missing, odd, extra, dup, any::<u64>(), ws, tail).prop_map(
+            |(mut values, missing, odd, extra, dup, order, ws, tail)| {
+                let fields = &all_types().record.fields;
+                let mut present: Vec<bool> = (0..13).map(|f| !(missing[f] && fields[f].ty.nullable)).collect();
+                if let Some((f, v)) = odd {
+                    present[f] = v.is_some();
+                    values[f] = v.unwrap_or_default();
+                }
+                let mut kv: Vec<String> = (0..13)
+                    .filter(|&f| present[f])
+                    .map(|f| format!("\"{}\"{ws}:{ws}{}", ALL_TYPES_NAMES[f], values[f]))
+                    .collect();
+                kv.extend(extra.iter().map(|(k, v)| format!("\"{k}\":{v}")));
+                // Mostly the schema's order (the fast case), else rotated or two swapped.
+                match order % 4 {
+                    2 if !kv.is_empty() => {
+                        let n = (order / 4) as usize % kv.len();
+                        kv.rotate_left(n);
+                    }
+                    3 if kv.len() > 1 => {
+                        let (a, b) = ((order / 4) as usize % kv.len(), (order / 64) as usize % kv.len());
+                        kv.swap(a, b);
+                    }
+                    _ => {}
+                }
+                if let Some((f, v)) = dup {
+                    kv.push(format!("\"{}\":{v}", ALL_TYPES_NAMES[f]));
+                }
+                format!("{ws}{{{ws}{}{ws}}}{tail}", kv.join(&format!("{ws},{ws}")))
+            },
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        /// The whole decoder (fast path, falling back) against the general path alone:
+        /// the same rows and the same errors, line after line into one batch.
+        #[test]
+        fn decoding_is_the_general_path_on_generated_records(lines in proptest::collection::vec(json_record_line(), 1..6)) {
+            let layout = all_types();
+            let mut fast = BatchBuilder::new(layout.clone());
+            let mut general = BatchBuilder::new(layout.clone());
+            for line in &lines {
+                let a = decode_json_row(line, &mut fast);
+                let b = slow_json_row(line, &mut general);
+                prop_assert_eq!(&a, &b, "{}", line);
+                fast_agrees_with_slow(line, layout.clone())?;
+            }
+            prop_assert_eq!(fast.finish().to_values(), general.finish().to_values(), "{:?}", lines);
+        }
+    }
+
+    #[test]
+    fn generated_records_mostly_take_the_fast_path() {
+        // The property above is only worth something if the fast path decides most lines.
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        let (mut fast, mut ok) = (0, 0);
+        for _ in 0..2000 {
+            let line = json_record_line().new_tree(&mut runner).expect("line").current();
+            let mut b = BatchBuilder::new(all_types());
+            fast += usize::from(fast_json_row(&line, &b.layout.clone(), &mut b).is_some());
+            ok += usize::from(decode_json_row(&line, &mut BatchBuilder::new(all_types())).is_ok());
+        }
+        assert!(fast >= 300 && ok >= 1000 && ok > fast, "fast path took {fast} of 2000 lines, {ok} decoded");
+    }
+
+    #[test]
+    fn fast_numbers_read_as_the_general_path() {
+        let s = |t: &str| Scan { s: t, b: t.as_bytes(), i: 0 }.small_int();
+        assert_eq!(s("123,"), Some(123));
+        assert_eq!(s("-0"), Some(0));
+        assert_eq!(s("999999999999999999"), Some(999_999_999_999_999_999));
+        for t in ["01", "1.5", "1e3", "-", "", "1234567890123456789", "+1"] {
+            assert_eq!(s(t), None, "{t}");
+        }
+        let d = |t: &str, p, sc| Scan { s: t, b: t.as_bytes(), i: 0 }.small_decimal(p, sc);
+        assert_eq!(d("649.38}", 12, 2), Some(64938));
+        assert_eq!(d("-0.5", 12, 2), Some(-50));
+        assert_eq!(d("7", 12, 2), Some(700));
+        assert_eq!(d("9999999999.99", 12, 2), Some(999_999_999_999));
+        for (t, p, sc) in
+            [("10000000000", 12, 2), ("1.234", 12, 2), ("1.", 12, 2), ("1e2", 12, 2), ("00.1", 12, 2), (".5", 12, 2)]
+        {
+            assert_eq!(d(t, p, sc), None, "{t}");
+        }
+        assert_eq!(plain_end(br#"abcdefghij\k"#, 0), 10);
+        assert_eq!(plain_end("ééééé\"".as_bytes(), 0), 10);
+        assert_eq!(plain_end(b"abcdefgh\x1f", 0), 8);
+        assert_eq!(plain_end(b"abcdefghijklmnop", 3), 16);
     }
 
     #[test]

@@ -494,9 +494,8 @@ fn decode_chunk(chunk: &[u8], first_line: u64, shown: &str, layout: &Arc<Layout>
     match simdutf8::basic::from_utf8(chunk) {
         // One SIMD validation for the whole chunk; lines split at '\n' stay valid.
         Ok(text) => {
-            for l in text.split_inclusive('\n') {
-                let n = strip(l.as_bytes());
-                line(&l.as_bytes()[..n], Ok(&l[..n]), &mut out);
+            for l in format::split_lines(text) {
+                line(l.as_bytes(), Ok(l), &mut out);
             }
         }
         Err(_) => {
