@@ -427,6 +427,51 @@ fn serve_runs_pipelines_beside_the_broker_on_the_same_topics() {
     assert_eq!(got, want);
 }
 
+/// A topic's `idle_timeout`: in `flowc serve --pipelines` the topic input never ends, so
+/// a window over a 2-partition topic whose second partition gets no records fires only
+/// because that partition is declared idle after 1 s. (Without the option it would hold
+/// the watermark back forever, and nothing would come out.) The records are produced
+/// as soon as the server listens, so both partitions time out by the same check.
+#[test]
+fn an_idle_topic_partition_stops_holding_windows_back() {
+    let Some(kcat) = kcat() else { return };
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    flowc(&data, &["topic", "create", "events", "--partitions", "2"], None);
+    let flow = d.path().join("p.flow");
+    std::fs::write(
+        &flow,
+        "schema E { id: int, ts: timestamp }\n\
+         topic events: E { partitions: 2, event_time: ts, watermark: 0s, idle_timeout: 1s }\n\
+         topic counts: E { partitions: 1 }\n\
+         pipeline p = from events | window tumbling(10s) | aggregate { n: count() }\n    \
+         | select { id: n, ts: window_start } -> counts\n",
+    )
+    .unwrap();
+    let s = Server::start(&data, &["--pipelines", flow.to_str().unwrap()]);
+    // Partition 0 only: two records in [0 s, 10 s), then one at 12 s that moves its
+    // watermark past the first window's end.
+    let lines = "{\"id\":1,\"ts\":1000}\n{\"id\":2,\"ts\":2000}\n{\"id\":3,\"ts\":12000}\n";
+    ok(
+        run(
+            Command::new(&kcat).args(["-b", &s.bootstrap(), "-P", "-t", "events", "-p", "0", "-X", "acks=all"]),
+            Some(lines),
+        ),
+        "kcat -P",
+    );
+    // Topic outputs are visible once a checkpoint commits them (every 10 s).
+    let mut got = Vec::new();
+    for _ in 0..60 {
+        let o = run(Command::new(&kcat).args(["-b", &s.bootstrap(), "-C", "-t", "counts", "-e", "-q"]), None);
+        got = sorted_lines(&String::from_utf8_lossy(&o.stdout));
+        if !got.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(got, [r#"{"id":2,"ts":0}"#], "the first window, and only it (the second is still open)");
+}
+
 /// `--sasl-users`: kcat with a listed user and password produces and consumes; a wrong
 /// password and a client without SASL are refused.
 #[test]

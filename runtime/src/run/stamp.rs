@@ -260,17 +260,23 @@ impl Stamper {
 
     /// Marks partitions silent for longer than the idle timeout as idle (they stop
     /// holding the watermark back). Returns whether the watermark moved.
+    ///
+    /// Partitions that timed out since the last check are marked one at a time, in the
+    /// order they went silent, as if each had been checked at its own instant: a
+    /// partition that never had a record times out before one that had records after it
+    /// started, so the latter's watermark counts for that moment (the watermark never
+    /// goes back). Marked all at once, partitions that went silent together would leave
+    /// no partition to take the minimum over, and the watermark would stay where the
+    /// silent one held it, for good.
     pub fn check_idle(&mut self) -> bool {
         let Some(t) = self.idle_timeout else { return false };
         let before = self.wm;
-        let mut changed = false;
-        for p in &mut self.parts {
-            if !p.idle && p.last_record.elapsed() >= t {
-                p.idle = true;
-                changed = true;
-            }
-        }
-        if changed {
+        let mut expired: Vec<usize> = (0..self.parts.len())
+            .filter(|&i| !self.parts[i].idle && self.parts[i].last_record.elapsed() >= t)
+            .collect();
+        expired.sort_by_key(|&i| self.parts[i].last_record);
+        for i in expired {
+            self.parts[i].idle = true;
             self.recompute();
         }
         self.wm != before
@@ -360,11 +366,29 @@ mod tests {
         let b = s.stamp(&batch(&[50]), &layout(), 1);
         assert_eq!(stamps(&b), vec![WM_MIN]);
         assert_eq!(s.watermark(), 50);
-        // Idle timeout 0: both are idle at once; the watermark stays.
+        // Idle timeout 0: both time out, 0 (silent since its first batch) before 1; with
+        // 1 alone active the watermark stays at 1's, then nothing holds it.
         assert!(!s.check_idle());
         let b = s.stamp(&batch(&[300]), &layout(), 0);
         assert_eq!(stamps(&b), vec![50]);
         assert_eq!(s.watermark(), 300, "partition 1 is idle: 0 alone counts");
+    }
+
+    /// A partition that never had a record went silent before one that had records
+    /// since: when both time out by the same check, the active one's watermark counts
+    /// (a window over a topic whose only writer used one partition fires; it used to wait
+    /// for ever under `flowc serve --pipelines`).
+    #[test]
+    fn partitions_timing_out_together_are_marked_in_the_order_they_went_silent() {
+        let time = ir::EventTime { field: 0, offset_ms: 0 };
+        let mut s = Stamper::new(&layout(), &time, 0, Some(0), &[0, 1]);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let b = s.stamp(&batch(&[1_000, 2_000, 12_000]), &layout(), 0);
+        assert_eq!(stamps(&b), vec![WM_MIN; 3], "partition 1 holds it back");
+        assert_eq!(s.watermark(), WM_MIN);
+        assert!(s.check_idle(), "1 went silent first: 0's watermark counts");
+        assert_eq!(s.watermark(), 12_000);
+        assert_eq!(s.to_send(), Some(12_000));
     }
 
     #[test]
