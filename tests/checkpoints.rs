@@ -293,7 +293,18 @@ pipeline big = from bank | where amount > 1000.00 | select { id } -> other
     let dir = setup(flow, 100_000);
     let args = ["run", "p.flow", "--data-dir", "data", "--no-progress", "--checkpoint-interval", "30ms"];
     let mut child = flowc(dir.path()).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(600));
+    // Ask once the run has taken its first checkpoint: it is live and has read little (a
+    // fixed sleep let a loaded machine's run end first, and nothing took the request).
+    let checkpoints = dir.path().join("data").join("checkpoints");
+    for _ in 0..1000 {
+        let started = std::fs::read_dir(&checkpoints)
+            .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with("chk-")))
+            .unwrap_or(false);
+        if started {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let sp = flowc(dir.path()).args(["savepoint", "create", "sp", "--data-dir", "data", "--timeout", "30"]).output();
     let sp = sp.unwrap();
     let _ = child.kill();
