@@ -334,15 +334,8 @@ impl Coordinator {
     /// Starts a checkpoint if the interval has passed and none is in flight, or at once
     /// when a savepoint was asked for (`flowc savepoint create` leaves a request file).
     pub fn tick(&self) {
-        if self.request.exists() {
-            let to = fs::read_to_string(&self.request).unwrap_or_default();
-            let _ = fs::remove_file(&self.request);
-            let to = PathBuf::from(to.trim());
-            if !to.as_os_str().is_empty() {
-                let first = self.lock().next_id;
-                *self.savepoint.lock().unwrap_or_else(|e| e.into_inner()) = Some((to, first));
-                self.trigger();
-            }
+        if self.take_request() {
+            self.trigger();
         }
         let due = {
             let st = self.lock();
@@ -351,6 +344,23 @@ impl Coordinator {
         if due {
             self.trigger();
         }
+    }
+
+    /// Takes a savepoint request left by `flowc savepoint create`, if there is one: the
+    /// next checkpoint to start makes the savepoint.
+    fn take_request(&self) -> bool {
+        if !self.request.exists() {
+            return false;
+        }
+        let to = fs::read_to_string(&self.request).unwrap_or_default();
+        let _ = fs::remove_file(&self.request);
+        let to = PathBuf::from(to.trim());
+        if to.as_os_str().is_empty() {
+            return false;
+        }
+        let first = self.lock().next_id;
+        *self.savepoint.lock().unwrap_or_else(|e| e.into_inner()) = Some((to, first));
+        true
     }
 
     /// Starts a checkpoint now (unless one is in flight).
@@ -433,6 +443,8 @@ impl Coordinator {
 
     /// A last checkpoint once every participant has ended: commits what is left.
     pub fn finish(&self) -> Result<(), RunError> {
+        // A savepoint asked for after the ticker's last look: the final checkpoint makes it.
+        self.take_request();
         // One may be in flight (completing as participants end); then the final one.
         self.trigger();
         let needs_final = !self.lock().carry.is_empty();
@@ -1001,6 +1013,27 @@ mod tests {
         let mut inb = InBatch::new(b.finish(), "t".into(), None);
         inb.from = from;
         Msg::Data(inb)
+    }
+
+    /// `flowc savepoint create` while a run ends: a request left after the ticker's last
+    /// look is made by the run's final checkpoint (it used to be left unread, and the
+    /// command waited in vain).
+    #[test]
+    fn a_savepoint_asked_for_as_the_run_ends_is_made_by_the_final_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::new(dir.path());
+        let failed = Arc::new(AtomicBool::new(false));
+        let c = Coordinator::new(store, Duration::from_secs(3600), 3, "prog".into(), None, vec![], failed);
+        let p = c.join();
+        c.ended(p, AckData::default());
+        let request = c.store.root().join("savepoint-request");
+        std::fs::create_dir_all(c.store.root()).unwrap();
+        let sp = dir.path().join("sp");
+        std::fs::write(&request, sp.display().to_string()).unwrap();
+        c.finish().unwrap();
+        assert!(!request.exists(), "the request was taken");
+        let meta = crate::checkpoint::load_dir(&sp).unwrap_or_else(|e| panic!("no savepoint: {e}"));
+        assert_eq!(meta.program, "prog");
     }
 
     fn drain(a: &mut Aligner) -> Vec<String> {
