@@ -206,11 +206,15 @@ impl Gen<'_> {
                     self.cast(r, Kind::Decimal { precision: *precision, scale: *scale }, true)
                 }
             }
-            (Kind::String, _) => match self.rng.below(5) {
+            (Kind::String, _) => match self.rng.below(6) {
                 0 => {
                     let s = self.expr(k, d);
                     let name = *self.rng.pick(&["upper", "lower", "trim"]);
                     self.call(name, vec![s], Kind::String, false)
+                }
+                5 => {
+                    let (s, from, to) = (self.expr(k, d), self.expr(k, d), self.expr(k, d));
+                    self.call("replace", vec![s, from, to], Kind::String, false)
                 }
                 1 => {
                     let (s, i, l) = (self.expr(k, d), self.expr(&Kind::Int, d), self.expr(&Kind::Int, d));

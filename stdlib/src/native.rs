@@ -210,7 +210,11 @@ pub unsafe extern "C" fn flow_op(ctx: *mut NativeCtx, site: u64, args: *const Sl
     let sites = std::mem::take(&mut ctx.sites);
     let site = &sites[site as usize];
     let slots = if n == 0 { &[][..] } else { unsafe { std::slice::from_raw_parts(args, n as usize) } };
-    let result = match dec_arith_slots(site, slots) {
+    let fast = match dec_arith_slots(site, slots) {
+        Some(r) => Some(r),
+        None => scalar_slots(site, slots, ctx),
+    };
+    let result = match fast {
         Some(r) => r,
         None if slots.len() <= 4 => {
             // Up to four arguments on the stack: no allocation for the common calls.
@@ -235,6 +239,45 @@ pub unsafe extern "C" fn flow_op(ctx: *mut NativeCtx, site: u64, args: *const Sl
             ctx.error = Some(e);
             1
         }
+    }
+}
+
+/// The commonest string and time scalars straight from and to slots (what [`apply`]
+/// does for them, without building values: no shared string per argument, no value to
+/// drop). Non-null arguments only; `None` for anything else, which takes [`apply`].
+fn scalar_slots(site: &Site, slots: &[Slot], ctx: &mut NativeCtx) -> Option<Result<Slot, String>> {
+    let NativeOp::Scalar(name) = site.op else { return None };
+    if slots.iter().any(|s| s.null != 0) {
+        return None;
+    }
+    let int = |v: i64| Some(Ok(Slot { null: 0, a: v as u64, b: 0 }));
+    let bool_ = |v: bool| Some(Ok(Slot { null: 0, a: u64::from(v), b: 0 }));
+    let is_string = |i: usize| site.args.get(i).is_some_and(|t| matches!(t.kind, Kind::String));
+    // The same reading as `from_slot`: a slot's bytes as UTF-8, or "" if they are not.
+    let text = |i: usize| -> &str {
+        let s = &slots[i];
+        if s.b == 0 {
+            return "";
+        }
+        // SAFETY: a string slot points at `b` readable bytes (flow_op's contract).
+        let bytes = unsafe { std::slice::from_raw_parts(s.a as *const u8, s.b as usize) };
+        std::str::from_utf8(bytes).unwrap_or("")
+    };
+    match (name, slots.len()) {
+        ("hour", 1) if matches!(site.args[0].kind, Kind::Timestamp) => int(crate::time::hour(slots[0].a as i64)),
+        ("day_of_week", 1) if matches!(site.args[0].kind, Kind::Timestamp) => {
+            int(crate::time::day_of_week(slots[0].a as i64))
+        }
+        ("length", 1) if is_string(0) => int(text(0).chars().count() as i64),
+        ("contains", 2) if is_string(0) && is_string(1) => bool_(text(0).contains(text(1))),
+        ("starts_with", 2) if is_string(0) && is_string(1) => bool_(text(0).starts_with(text(1))),
+        ("ends_with", 2) if is_string(0) && is_string(1) => bool_(text(0).ends_with(text(1))),
+        ("replace", 3) if is_string(0) && is_string(1) && is_string(2) => {
+            let (from, to) = (text(1), text(2));
+            let out = if from.is_empty() { text(0).to_string() } else { text(0).replace(from, to) };
+            Some(Ok(ctx.keep(out.into_bytes().into_boxed_slice())))
+        }
+        _ => None,
     }
 }
 
@@ -332,6 +375,41 @@ mod tests {
         for (v, t) in cases {
             let s = ctx.to_slot(&v, &t);
             assert_eq!(unsafe { from_slot(&s, &t) }, v);
+        }
+    }
+
+    /// The slot-level fast paths of `scalar_slots` give what `apply` gives on values,
+    /// through `flow_op` as compiled code calls it: edge cases of each function.
+    #[test]
+    fn scalar_fast_paths_agree_with_apply() {
+        let st = |x: &str| Value::String(x.into());
+        let ts = Value::Timestamp;
+        let (s, t) = (Type::string(), Type::timestamp());
+        let cases: Vec<(&'static str, Vec<Type>, Type, Vec<Value>)> = vec![
+            ("replace", vec![s.clone(); 3], s.clone(), vec![st("abcabc"), st("b"), st("XY")]),
+            ("replace", vec![s.clone(); 3], s.clone(), vec![st("aaa"), st(""), st("b")]),
+            ("replace", vec![s.clone(); 3], s.clone(), vec![st("aaaa"), st("aa"), st("a")]),
+            ("replace", vec![s.clone(); 3], s.clone(), vec![st("héllo🌍"), st("🌍"), st("")]),
+            ("replace", vec![s.clone(); 3], s.clone(), vec![st(""), st("x"), st("y")]),
+            ("length", vec![s.clone()], Type::int(), vec![st("héllo🌍")]),
+            ("length", vec![s.clone()], Type::int(), vec![st("")]),
+            ("contains", vec![s.clone(); 2], Type::bool(), vec![st("abc"), st("")]),
+            ("contains", vec![s.clone(); 2], Type::bool(), vec![st("abc"), st("bd")]),
+            ("starts_with", vec![s.clone(); 2], Type::bool(), vec![st("héllo"), st("hé")]),
+            ("ends_with", vec![s.clone(); 2], Type::bool(), vec![st("héllo"), st("lo")]),
+            ("hour", vec![t.clone()], Type::int(), vec![ts(-1)]),
+            ("hour", vec![t.clone()], Type::int(), vec![ts(86_400_000 * 3 + 3_600_000 * 23 + 1)]),
+            ("day_of_week", vec![t.clone()], Type::int(), vec![ts(-86_400_000 * 10)]),
+        ];
+        for (name, args, ret, values) in cases {
+            let site = Site { op: NativeOp::Scalar(name), args: args.clone(), ret: ret.clone() };
+            let want = apply(&site, &values).unwrap();
+            let mut ctx = NativeCtx::new(vec![site].into());
+            let slots: Vec<Slot> = values.iter().zip(&args).map(|(v, t)| ctx.to_slot(v, t)).collect();
+            let mut out = Slot::default();
+            let rc = unsafe { flow_op(&mut ctx, 0, slots.as_ptr(), slots.len() as u64, &mut out) };
+            assert_eq!(rc, 0, "{name}{values:?}");
+            assert_eq!(unsafe { from_slot(&out, &ret) }, want, "{name}{values:?}");
         }
     }
 
