@@ -270,7 +270,12 @@ pub fn fetch(addr: SocketAddr, topic: &str, end: u64, max_bytes: i32) -> Result<
     let mut c = Conn::open(addr)?;
     let (mut offset, mut records, mut bytes) = (0u64, 0u64, 0u64);
     let start = Instant::now();
+    let mut empty = 0;
     while offset < end {
+        // Each empty answer is a long-poll of up to 500 ms: 20 in a row is a stall.
+        if empty >= 20 {
+            return Err(format!("fetch: no records past offset {offset} of {end} for 10 s"));
+        }
         let req = FetchRequest::default()
             .with_replica_id((-1).into())
             .with_max_wait_ms(500)
@@ -294,7 +299,11 @@ pub fn fetch(addr: SocketAddr, topic: &str, end: u64, max_bytes: i32) -> Result<
         if part.error_code != 0 {
             return Err(format!("fetch at offset {offset} (end {end}) failed: error {}", part.error_code));
         }
-        let Some(mut data) = part.records.clone() else { continue };
+        let Some(mut data) = part.records.clone().filter(|d| !d.is_empty()) else {
+            empty += 1;
+            continue;
+        };
+        empty = 0;
         bytes += data.len() as u64;
         // Walk the batch headers: base offset (8), length (4), then the batch; the last
         // offset delta is at 23 from the batch's start.
