@@ -65,6 +65,46 @@ pub struct Site {
     pub op: NativeOp,
     pub args: Vec<Type>,
     pub ret: Type,
+    /// The scalars [`flow_op`] computes straight on slots, resolved once per site.
+    pub fast: Option<FastScalar>,
+}
+
+impl Site {
+    pub fn new(op: NativeOp, args: Vec<Type>, ret: Type) -> Site {
+        let fast = FastScalar::of(&op, &args);
+        Site { op, args, ret, fast }
+    }
+}
+
+/// Stdlib scalars computed on slots without building values (`scalar_slots`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FastScalar {
+    Hour,
+    DayOfWeek,
+    Length,
+    Contains,
+    StartsWith,
+    EndsWith,
+    Replace,
+}
+
+impl FastScalar {
+    /// The fast form of `op` on arguments of types `args`, if it has one.
+    fn of(op: &NativeOp, args: &[Type]) -> Option<FastScalar> {
+        let NativeOp::Scalar(name) = op else { return None };
+        let kinds: Vec<&Kind> = args.iter().map(|t| &t.kind).collect();
+        use Kind::{String as S, Timestamp as T};
+        Some(match (*name, kinds.as_slice()) {
+            ("hour", [T]) => FastScalar::Hour,
+            ("day_of_week", [T]) => FastScalar::DayOfWeek,
+            ("length", [S]) => FastScalar::Length,
+            ("contains", [S, S]) => FastScalar::Contains,
+            ("starts_with", [S, S]) => FastScalar::StartsWith,
+            ("ends_with", [S, S]) => FastScalar::EndsWith,
+            ("replace", [S, S, S]) => FastScalar::Replace,
+            _ => return None,
+        })
+    }
 }
 
 /// The state compiled code threads through helper calls during one batch.
@@ -246,13 +286,12 @@ pub unsafe extern "C" fn flow_op(ctx: *mut NativeCtx, site: u64, args: *const Sl
 /// does for them, without building values: no shared string per argument, no value to
 /// drop). Non-null arguments only; `None` for anything else, which takes [`apply`].
 fn scalar_slots(site: &Site, slots: &[Slot], ctx: &mut NativeCtx) -> Option<Result<Slot, String>> {
-    let NativeOp::Scalar(name) = site.op else { return None };
+    let fast = site.fast?;
     if slots.iter().any(|s| s.null != 0) {
         return None;
     }
     let int = |v: i64| Some(Ok(Slot { null: 0, a: v as u64, b: 0 }));
     let bool_ = |v: bool| Some(Ok(Slot { null: 0, a: u64::from(v), b: 0 }));
-    let is_string = |i: usize| site.args.get(i).is_some_and(|t| matches!(t.kind, Kind::String));
     // The same reading as `from_slot`: a slot's bytes as UTF-8, or "" if they are not.
     let text = |i: usize| -> &str {
         let s = &slots[i];
@@ -263,21 +302,18 @@ fn scalar_slots(site: &Site, slots: &[Slot], ctx: &mut NativeCtx) -> Option<Resu
         let bytes = unsafe { std::slice::from_raw_parts(s.a as *const u8, s.b as usize) };
         std::str::from_utf8(bytes).unwrap_or("")
     };
-    match (name, slots.len()) {
-        ("hour", 1) if matches!(site.args[0].kind, Kind::Timestamp) => int(crate::time::hour(slots[0].a as i64)),
-        ("day_of_week", 1) if matches!(site.args[0].kind, Kind::Timestamp) => {
-            int(crate::time::day_of_week(slots[0].a as i64))
-        }
-        ("length", 1) if is_string(0) => int(text(0).chars().count() as i64),
-        ("contains", 2) if is_string(0) && is_string(1) => bool_(text(0).contains(text(1))),
-        ("starts_with", 2) if is_string(0) && is_string(1) => bool_(text(0).starts_with(text(1))),
-        ("ends_with", 2) if is_string(0) && is_string(1) => bool_(text(0).ends_with(text(1))),
-        ("replace", 3) if is_string(0) && is_string(1) && is_string(2) => {
+    match fast {
+        FastScalar::Hour => int(crate::time::hour(slots[0].a as i64)),
+        FastScalar::DayOfWeek => int(crate::time::day_of_week(slots[0].a as i64)),
+        FastScalar::Length => int(text(0).chars().count() as i64),
+        FastScalar::Contains => bool_(text(0).contains(text(1))),
+        FastScalar::StartsWith => bool_(text(0).starts_with(text(1))),
+        FastScalar::EndsWith => bool_(text(0).ends_with(text(1))),
+        FastScalar::Replace => {
             let (from, to) = (text(1), text(2));
             let out = if from.is_empty() { text(0).to_string() } else { text(0).replace(from, to) };
             Some(Ok(ctx.keep(out.into_bytes().into_boxed_slice())))
         }
-        _ => None,
     }
 }
 
@@ -402,7 +438,8 @@ mod tests {
             ("day_of_week", vec![t.clone()], Type::int(), vec![ts(-86_400_000 * 10)]),
         ];
         for (name, args, ret, values) in cases {
-            let site = Site { op: NativeOp::Scalar(name), args: args.clone(), ret: ret.clone() };
+            let site = Site::new(NativeOp::Scalar(name), args.clone(), ret.clone());
+            assert!(site.fast.is_some(), "{name} has a fast form");
             let want = apply(&site, &values).unwrap();
             let mut ctx = NativeCtx::new(vec![site].into());
             let slots: Vec<Slot> = values.iter().zip(&args).map(|(v, t)| ctx.to_slot(v, t)).collect();
@@ -415,7 +452,7 @@ mod tests {
 
     #[test]
     fn failed_cast_to_non_nullable_is_an_error() {
-        let site = Site { op: NativeOp::Cast, args: vec![Type::decimal(3, 2)], ret: Type::decimal(2, 1) };
+        let site = Site::new(NativeOp::Cast, vec![Type::decimal(3, 2)], Type::decimal(2, 1));
         assert_eq!(apply(&site, &[Value::Decimal { units: 999, scale: 2 }]), Err(ops::DEC_OVERFLOW.into()));
         let site = Site { ret: Type::decimal(2, 1).nullable(), ..site };
         assert_eq!(apply(&site, &[Value::Decimal { units: 999, scale: 2 }]), Ok(Value::Null));

@@ -651,7 +651,7 @@ impl<'b> Gen<'_, 'b> {
     /// Calls `flow_op` for `op` on `args` (of types `tys`) returning `ret`.
     fn helper(&mut self, op: NativeOp, args: &[V], tys: Vec<Type>, ret: &Type, span: Span) -> V {
         use types::I64;
-        self.sites.push(Site { op, args: tys.clone(), ret: ret.clone() });
+        self.sites.push(Site::new(op, tys.clone(), ret.clone()));
         let site = (self.sites.len() - 1) as i64;
         let n = args.len().max(1) as u32;
         let ss = self.fb.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, n * SLOT_BYTES, 3));
@@ -859,7 +859,7 @@ impl<'b> Gen<'_, 'b> {
         if let ExprKind::Literal(lit) = &x.kind {
             // Folded at compile time (`amount > 0.0` compares with a decimal constant);
             // a cast that fails is left to run time, where it reports its error.
-            let site = Site { op: NativeOp::Cast, args: vec![x.ty.clone()], ret: e.ty.clone() };
+            let site = Site::new(NativeOp::Cast, vec![x.ty.clone()], e.ty.clone());
             if let Ok(v) = native::apply(&site, std::slice::from_ref(lit)) {
                 return Ok(self.literal(&v, &e.ty));
             }

@@ -88,11 +88,7 @@ pub fn eval_in(expr: &Expr, fields: &dyn Fields, ctx: &EvalCtx) -> Result<Value,
         ExprKind::Binary(op, a, b) => binary(expr, *op, a, b, fields, ctx)?,
         ExprKind::Call(name, args) => {
             let vals = args.iter().map(ev).collect::<Result<Vec<_>, _>>()?;
-            let site = Site {
-                op: NativeOp::Scalar(name),
-                args: args.iter().map(|a| a.ty.clone()).collect(),
-                ret: expr.ty.clone(),
-            };
+            let site = Site::new(NativeOp::Scalar(name), args.iter().map(|a| a.ty.clone()).collect(), expr.ty.clone());
             apply(&site, &vals).map_err(|m| err(&m))?
         }
         ExprKind::CallFn(idx, args) => {
@@ -121,7 +117,7 @@ pub fn eval_in(expr: &Expr, fields: &dyn Fields, ctx: &EvalCtx) -> Result<Value,
         }
         ExprKind::Cast(x) => {
             let v = ev(x)?;
-            let site = Site { op: NativeOp::Cast, args: vec![x.ty.clone()], ret: expr.ty.clone() };
+            let site = Site::new(NativeOp::Cast, vec![x.ty.clone()], expr.ty.clone());
             apply(&site, &[v]).map_err(|m| err(&m))?
         }
         ExprKind::In { expr: x, list, negated } => {
