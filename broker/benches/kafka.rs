@@ -14,14 +14,13 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use flow_broker::bench::{create_topic, fetch, produce, ProduceLoad};
+use flow_broker::bench::{create_topic, fetch, produce, record_batch, ProduceLoad};
 use flow_broker::codec::decode_frame;
 use flow_broker::handlers::{handle, Broker};
 use flow_broker::Config;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{ApiKey, ProduceRequest, RequestHeader, TopicName};
 use kafka_protocol::protocol::{encode_request_header_into_buffer, Encodable, StrBytes};
-use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
 
 #[global_allocator]
 static ALLOC: flow_broker::alloc::GuardedAlloc = flow_broker::alloc::GuardedAlloc;
@@ -30,41 +29,13 @@ const RECORDS: usize = 1000;
 /// Size retention keeps a long bench from filling the disk.
 const RETENTION: &[(&str, &str)] = &[("retention.bytes", "536870912"), ("segment.bytes", "67108864")];
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
-
 /// A Produce v7 frame body (after the size) of one non-idempotent batch, acks=1.
 fn produce_frame(topic: &str) -> Bytes {
-    let value = Bytes::from(vec![b'x'; 100]);
-    let records: Vec<Record> = (0..RECORDS)
-        .map(|i| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: -1,
-            timestamp: now_ms(),
-            key: None,
-            value: Some(value.clone()),
-            headers: Default::default(),
-        })
-        .collect();
-    let mut batch = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut batch,
-        &records,
-        &RecordEncodeOptions { version: 2, compression: Compression::None },
-    )
-    .unwrap();
+    let batch = record_batch(RECORDS, 100, -1, -1, -1).unwrap();
     let req = ProduceRequest::default().with_acks(1).with_timeout_ms(30_000).with_topic_data(vec![
-        TopicProduceData::default().with_name(TopicName(StrBytes::from_string(topic.to_string()))).with_partition_data(
-            vec![PartitionProduceData::default().with_index(0).with_records(Some(batch.freeze()))],
-        ),
+        TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+            .with_partition_data(vec![PartitionProduceData::default().with_index(0).with_records(Some(batch))]),
     ]);
     let h = RequestHeader::default()
         .with_request_api_key(ApiKey::Produce as i16)

@@ -155,39 +155,48 @@ pub fn create_topic(addr: SocketAddr, topic: &str, partitions: i32, configs: &[(
 
 /// The record batches one producer sends, encoded before the clock starts.
 fn encode_batches(load: &ProduceLoad, producer_id: i64, epoch: i16, batches: u64) -> Result<Vec<Bytes>, String> {
-    let value = Bytes::from(vec![b'x'; load.record_bytes]);
-    // Now, as a producer stamps them: older timestamps would fall to the topic's retention.
+    (0..batches)
+        .map(|b| {
+            let base_sequence = (b * load.batch_records as u64) as i32;
+            record_batch(load.batch_records, load.record_bytes, producer_id, epoch, base_sequence)
+        })
+        .collect()
+}
+
+/// One v2 record batch of `records` keyless records of `record_bytes` bytes, stamped
+/// now (older timestamps would fall to the topic's retention), from producer
+/// `producer_id` (-1: not idempotent) with sequences from `base_sequence`.
+pub fn record_batch(
+    records: usize,
+    record_bytes: usize,
+    producer_id: i64,
+    epoch: i16,
+    base_sequence: i32,
+) -> Result<Bytes, String> {
+    let value = Bytes::from(vec![b'x'; record_bytes]);
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-    let mut out = Vec::with_capacity(batches as usize);
-    for b in 0..batches {
-        let base_sequence = (b * load.batch_records as u64) as i32;
-        let records: Vec<Record> = (0..load.batch_records)
-            .map(|i| Record {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: -1,
-                producer_id,
-                producer_epoch: epoch,
-                timestamp_type: TimestampType::Creation,
-                offset: i as i64,
-                sequence: base_sequence.wrapping_add(i as i32),
-                timestamp: now,
-                key: None,
-                value: Some(value.clone()),
-                headers: Default::default(),
-            })
-            .collect();
-        let mut buf = BytesMut::new();
-        RecordBatchEncoder::encode(
-            &mut buf,
-            &records,
-            &RecordEncodeOptions { version: 2, compression: Compression::None },
-        )
+    let sequence = |i: usize| if producer_id < 0 { -1 } else { base_sequence.wrapping_add(i as i32) };
+    let records: Vec<Record> = (0..records)
+        .map(|i| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id,
+            producer_epoch: epoch,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            sequence: sequence(i),
+            timestamp: now,
+            key: None,
+            value: Some(value.clone()),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(&mut buf, &records, &RecordEncodeOptions { version: 2, compression: Compression::None })
         .map_err(|e| e.to_string())?;
-        out.push(buf.freeze());
-    }
-    Ok(out)
+    Ok(buf.freeze())
 }
 
 /// Produce `load` to partition 0 of `topic` with acks=all and return the rate.
