@@ -706,7 +706,7 @@ fn cpu_seconds(prefix: &str) -> (f64, f64) {
         let text = std::fs::read_to_string(path).ok()?;
         let (open, close) = (text.find('(')?, text.rfind(')')?);
         let name = text[open + 1..close].to_string();
-        let fields: Vec<&str> = text[close + 2..].split(' ').collect();
+        let fields: Vec<&str> = text.get(close + 2..)?.split(' ').collect();
         let (u, s): (f64, f64) = (fields.get(11)?.parse().ok()?, fields.get(12)?.parse().ok()?);
         Some((name, (u + s) / tick))
     };

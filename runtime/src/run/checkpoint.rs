@@ -530,26 +530,11 @@ impl Coordinator {
             let parts: Vec<StateFile> = p.parts.iter().filter(|(n, _)| n == s.name()).map(|(_, f)| f.clone()).collect();
             sinks.push(s.prepare(parts)?);
         }
-        let mut positions = p.positions;
-        // A pipeline whose reader ended before this checkpoint: where it ended.
-        for (k, v) in finals {
-            positions.entry(k).or_insert(v);
-        }
-        // One that has not read since the run resumed: where the checkpoint left it.
-        if let Some(prev) = &self.restored {
-            for (k, v) in &prev.positions {
-                positions.entry(k.clone()).or_insert_with(|| v.clone());
-            }
-        }
-        let mut watermarks = p.watermarks;
-        for (k, v) in final_wms {
-            watermarks.entry(k).or_insert(v);
-        }
-        if let Some(prev) = &self.restored {
-            for (k, v) in &prev.watermarks {
-                watermarks.entry(k.clone()).or_insert_with(|| v.clone());
-            }
-        }
+        // A pipeline whose reader ended before this checkpoint: where it ended. One that
+        // has not read since the run resumed: where the restored checkpoint left it.
+        let prev = self.restored.as_ref();
+        let positions = fill_in(p.positions, finals, prev.map(|m| &m.positions));
+        let watermarks = fill_in(p.watermarks, final_wms, prev.map(|m| &m.watermarks));
         let meta = Metadata {
             watermarks,
             version: FORMAT_VERSION,
@@ -590,6 +575,21 @@ impl Coordinator {
         }
         self.store.prune(self.keep)
     }
+}
+
+/// `acked`, with the pipelines it lacks taken from `finals`, then from `restored`.
+fn fill_in<V: Clone>(
+    mut acked: BTreeMap<String, V>,
+    finals: BTreeMap<String, V>,
+    restored: Option<&BTreeMap<String, V>>,
+) -> BTreeMap<String, V> {
+    for (k, v) in finals {
+        acked.entry(k).or_insert(v);
+    }
+    for (k, v) in restored.into_iter().flatten() {
+        acked.entry(k.clone()).or_insert_with(|| v.clone());
+    }
+    acked
 }
 
 /// Fault injection for the crash tests: `FLOW_FAULT=<point>` kills the process at that
