@@ -306,6 +306,20 @@ fn conformance_probe_passes() {
 }
 
 /// `flowc run` with the records of a `kafka(...)` source as JSON values, sorted.
+/// Consumes `topic` with kcat until it holds `at_least` records or `patience` passed;
+/// its records, sorted.
+fn consume_until(kcat: &Path, s: &Server, topic: &str, at_least: usize, patience: Duration) -> Vec<String> {
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        let o = run(Command::new(kcat).args(["-b", &s.bootstrap(), "-C", "-t", topic, "-e", "-q"]), None);
+        let got = sorted_lines(&String::from_utf8_lossy(&o.stdout));
+        if got.len() >= at_least || std::time::Instant::now() >= deadline {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn sorted_lines(text: &str) -> Vec<String> {
     let mut v: Vec<String> = text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect();
     v.sort();
@@ -413,15 +427,7 @@ fn serve_runs_pipelines_beside_the_broker_on_the_same_topics() {
         "kcat -P",
     );
     let want: Vec<String> = (4..=8).map(|i| format!("{{\"id\":{i},\"amount\":{}}}", i * 30)).collect();
-    let mut got = Vec::new();
-    for _ in 0..100 {
-        let o = run(Command::new(&kcat).args(["-b", &s.bootstrap(), "-C", "-t", "big", "-e", "-q"]), None);
-        got = sorted_lines(&String::from_utf8_lossy(&o.stdout));
-        if got.len() >= want.len() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let got = consume_until(&kcat, &s, "big", want.len(), Duration::from_secs(30));
     let mut want = want;
     want.sort();
     assert_eq!(got, want);
@@ -460,15 +466,7 @@ fn an_idle_topic_partition_stops_holding_windows_back() {
         "kcat -P",
     );
     // Topic outputs are visible once a checkpoint commits them (every 10 s).
-    let mut got = Vec::new();
-    for _ in 0..60 {
-        let o = run(Command::new(&kcat).args(["-b", &s.bootstrap(), "-C", "-t", "counts", "-e", "-q"]), None);
-        got = sorted_lines(&String::from_utf8_lossy(&o.stdout));
-        if !got.is_empty() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    let got = consume_until(&kcat, &s, "counts", 1, Duration::from_secs(60));
     assert_eq!(got, [r#"{"id":2,"ts":0}"#], "the first window, and only it (the second is still open)");
 }
 
