@@ -153,17 +153,21 @@ async fn accept_loop(listener: TcpListener, broker: Shared, mut stop: watch::Rec
 
 /// The logged reason of a failed TLS handshake, with what the client likely lacks.
 fn handshake_failed(e: &std::io::Error) -> String {
-    let text = e.to_string();
-    let hint = if text.contains("InvalidContentType") || text.contains("corrupt message") {
-        " (the client did not start TLS: it needs security.protocol=SSL or SASL_SSL)"
-    } else if text.contains("no certificates") {
-        " (--tls-client-ca requires a client certificate: ssl.certificate.location and ssl.key.location)"
-    } else if text.contains("UnknownCA") || text.contains("BadCertificate") {
-        " (the client does not trust this server's certificate: give it the CA with ssl.ca.location)"
-    } else {
-        ""
+    use rustls::{AlertDescription as Alert, Error as Tls, InvalidMessage};
+    let tls = e.get_ref().and_then(|inner| inner.downcast_ref::<Tls>());
+    let hint = match tls {
+        Some(Tls::InvalidMessage(InvalidMessage::InvalidContentType)) => {
+            " (the client did not start TLS: it needs security.protocol=SSL or SASL_SSL)"
+        }
+        Some(Tls::NoCertificatesPresented) => {
+            " (--tls-client-ca requires a client certificate: ssl.certificate.location and ssl.key.location)"
+        }
+        Some(Tls::AlertReceived(Alert::UnknownCA | Alert::BadCertificate)) => {
+            " (the client does not trust this server's certificate: give it the CA with ssl.ca.location)"
+        }
+        _ => "",
     };
-    format!("TLS handshake failed: {text}{hint}")
+    format!("TLS handshake failed: {e}{hint}")
 }
 
 /// Why a connection ended early.
@@ -263,4 +267,23 @@ async fn read_frame<R: AsyncRead + Unpin>(
         }
     }
     Ok(buf.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::handshake_failed;
+    use rustls::{AlertDescription, Error, InvalidMessage};
+
+    /// The hints read rustls' error as tokio-rustls hands it over (inside the io error).
+    #[test]
+    fn failed_handshakes_say_what_the_client_lacks() {
+        let io = |e: Error| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        let plain = handshake_failed(&io(Error::InvalidMessage(InvalidMessage::InvalidContentType)));
+        assert!(plain.contains("did not start TLS"), "{plain}");
+        assert!(handshake_failed(&io(Error::NoCertificatesPresented)).contains("requires a client certificate"));
+        let ca = handshake_failed(&io(Error::AlertReceived(AlertDescription::UnknownCA)));
+        assert!(ca.contains("does not trust"), "{ca}");
+        let other = handshake_failed(&std::io::Error::other("reset"));
+        assert_eq!(other, "TLS handshake failed: reset");
+    }
 }
