@@ -307,7 +307,11 @@ impl AccStore {
                     // Grow by an eighth, not double: the slab is most of a window
                     // operator's memory, and copying it on growth is cheap next to
                     // filling it.
-                    self.words.reserve_exact((self.words.len() / 8).max(w * 256));
+                    // (A new buffer, advised before it is first written: see advise_huge.)
+                    let mut grown = Vec::with_capacity(self.words.len() + (self.words.len() / 8).max(w * 256));
+                    super::slots::advise_huge(&grown);
+                    grown.extend_from_slice(&self.words);
+                    self.words = grown;
                 }
                 self.words.resize(self.words.len() + w, 0);
                 (self.words.len() / w - 1) as u32

@@ -8,7 +8,7 @@
 //! - **Aligned windows** (tumbling, sliding): one slot per (key, window) in the
 //!   [`AccStore`] slab, holding the window's end, its key bytes (inline up to a few
 //!   words, else out of line), its revision and the accumulator words, and one
-//!   `hashbrown` table of slot ids over (key, end). A record costs one probe of that
+//!   [`SlotIndex`] of slot ids over (key, end). A record costs one probe of that
 //!   table and an update of the slot it finds, in the same cache lines. Windows share
 //!   their bounds across keys, so firing is by group: a `BTreeMap` from window end to
 //!   the slots of that end, in insertion order. Timers per key are not needed.
@@ -32,7 +32,6 @@ use super::spill::SpillStore;
 use super::stamp::{WM_MAX, WM_MIN};
 use flow_compiler::ir::{self, Window};
 use flow_types::row::{Batch, BatchBuilder, Layout, RowRef, SlotKind};
-use hashbrown::HashTable;
 use rustc_hash::FxHasher;
 use smallvec::SmallVec;
 use std::cmp::Reverse;
@@ -62,10 +61,15 @@ impl WindowSpec {
     }
 }
 
-/// Interned keys: bytes stored once, looked up by hash.
+/// Interned keys beyond which the session path prefetches (fewer stay in the caches).
+const PREFETCH_KEYS: usize = 16 * 1024;
+
+/// Interned keys: bytes stored once, looked up by hash in a [`SlotIndex`] (which,
+/// unlike a hashbrown table, lets the session path prefetch a key's bucket and entry
+/// rows ahead).
 #[derive(Default)]
 pub(crate) struct KeyTable {
-    table: HashTable<u32>,
+    index: SlotIndex,
     keys: Vec<Box<[u8]>>,
     hashes: Vec<u64>,
     refs: Vec<u32>,
@@ -79,11 +83,22 @@ fn hash_bytes(b: &[u8]) -> u64 {
 }
 
 impl KeyTable {
+    /// The hash the table files `key` under.
+    #[inline]
+    pub(crate) fn hash(key: &[u8]) -> u64 {
+        mix(hash_bytes(key))
+    }
+
     /// The id of `key`, interning it if new.
     pub(crate) fn intern(&mut self, key: &[u8]) -> u32 {
-        let h = hash_bytes(key);
+        self.intern_hashed(key, KeyTable::hash(key))
+    }
+
+    /// [`KeyTable::intern`] of a key whose [`KeyTable::hash`] is `h`.
+    #[inline]
+    pub(crate) fn intern_hashed(&mut self, key: &[u8], h: u64) -> u32 {
         let keys = &self.keys;
-        if let Some(&id) = self.table.find(h, |&id| &*keys[id as usize] == key) {
+        if let Some(id) = self.index.find(h, |id| &*keys[id as usize] == key) {
             return id;
         }
         let id = match self.free.pop() {
@@ -100,15 +115,31 @@ impl KeyTable {
                 (self.keys.len() - 1) as u32
             }
         };
-        let hashes = &self.hashes;
-        self.table.insert_unique(h, id, |&i| hashes[i as usize]);
+        self.index.insert(h, id);
         id
     }
 
     /// The id of `key` if it is interned.
     pub(crate) fn find(&self, key: &[u8]) -> Option<u32> {
         let keys = &self.keys;
-        self.table.find(hash_bytes(key), |&id| &*keys[id as usize] == key).copied()
+        self.index.find(KeyTable::hash(key), |id| &*keys[id as usize] == key)
+    }
+
+    /// Keys interned.
+    fn len(&self) -> usize {
+        self.keys.len() - self.free.len()
+    }
+
+    /// Asks the CPU to load the bucket of hash `h` (a hint).
+    #[inline]
+    fn prefetch_hash(&self, h: u64) {
+        self.index.prefetch(h);
+    }
+
+    /// The id a lookup of hash `h` most likely finds (for prefetching).
+    #[inline]
+    fn candidate(&self, h: u64) -> Option<u32> {
+        self.index.candidate(h)
     }
 
     pub(crate) fn retain(&mut self, id: u32) {
@@ -120,10 +151,7 @@ impl KeyTable {
         let r = &mut self.refs[id as usize];
         *r -= 1;
         if *r == 0 {
-            let h = self.hashes[id as usize];
-            if let Ok(e) = self.table.find_entry(h, |&i| i == id) {
-                e.remove();
-            }
+            self.index.remove(self.hashes[id as usize], id);
             self.keys[id as usize] = Box::default();
             self.free.push(id);
         }
@@ -154,7 +182,7 @@ impl KeyTable {
     }
 
     fn bytes(&self) -> usize {
-        self.table.capacity() * 5
+        self.index.bytes()
             + self.keys.capacity() * 16
             + self.keys.iter().map(|k| k.len()).sum::<usize>()
             + self.hashes.capacity() * 8
@@ -740,31 +768,49 @@ impl WindowOp {
             Window::Session { .. } => (0, 0),
         };
         let aligned = !matches!(spec.window, Window::Session { .. });
-        if aligned {
-            // First pass: every row's key and hash, so that the second can prefetch the
-            // bucket of its latest window 16 rows ahead, and the slot that bucket points
-            // to 8 rows ahead (see slots.rs).
-            self.batch_keys.clear();
-            self.batch_rows.clear();
-            for r in 0..batch.len {
-                let row = batch.row(r);
+        // First pass: every row's key and hash, so that the second can prefetch ahead:
+        // for aligned windows the bucket of a row's latest window 16 rows ahead and the
+        // slot that bucket points to 8 rows ahead (see slots.rs); for sessions the key's
+        // bucket 16 rows ahead, its entries 8 ahead, its bytes and accumulator 4 ahead.
+        self.batch_keys.clear();
+        self.batch_rows.clear();
+        // (Keys are hashed in a loop of their own: a hash reading the words of a key
+        // just written byte-wise would stall on store forwarding.)
+        for r in 0..batch.len {
+            let row = batch.row(r);
+            let at = self.batch_keys.len();
+            encode_key(&row, &spec.key_fields, &self.kinds, &mut self.batch_keys);
+            let len = self.batch_keys.len() - at;
+            let cur = CurKey { at: at as u32, len: len as u32 };
+            if aligned {
                 let ts = row.i64(spec.ts_field).saturating_add(spec.ts_offset);
-                let at = self.batch_keys.len();
-                encode_key(&row, &spec.key_fields, &self.kinds, &mut self.batch_keys);
-                let len = self.batch_keys.len() - at;
                 self.batch_keys.resize(at + len.div_ceil(8) * 8, 0);
-                let kh = key_hash(len, words_of(&self.batch_keys[at..]));
                 let end = (ts - ts.rem_euclid(slide)).saturating_add(size);
-                let cur = CurKey { at: at as u32, len: len as u32 };
-                self.batch_rows.push((cur, kh, cell_hash(kh, end)));
+                self.batch_rows.push((cur, 0, end as u64));
+            } else {
+                self.batch_rows.push((cur, 0, 0));
+            }
+        }
+        for (cur, kh, h) in &mut self.batch_rows {
+            if aligned {
+                *kh = key_hash(cur.len as usize, words_of(cur.padded(&self.batch_keys)));
+                *h = cell_hash(*kh, *h as i64);
+            } else {
+                *kh = KeyTable::hash(cur.bytes(&self.batch_keys));
+                *h = *kh;
             }
         }
         // Rows ahead whose bucket, and whose slot, are prefetched.
         const BUCKET_AHEAD: usize = 16;
         const SLOT_AHEAD: usize = 8;
-        if aligned {
-            for r in 0..BUCKET_AHEAD.min(batch.len) {
+        const BYTES_AHEAD: usize = 4;
+        // Sessions of few keys stay in the caches: prefetching them only costs.
+        let ahead = aligned || self.keys.len() > PREFETCH_KEYS;
+        for r in 0..BUCKET_AHEAD.min(batch.len) {
+            if aligned {
                 self.cells.prefetch(self.batch_rows[r].2);
+            } else if ahead {
+                self.keys.prefetch_hash(self.batch_rows[r].1);
             }
         }
         for r in 0..batch.len {
@@ -775,6 +821,24 @@ impl WindowOp {
                 if r + SLOT_AHEAD < batch.len {
                     if let Some(id) = self.cells.candidate(self.batch_rows[r + SLOT_AHEAD].2) {
                         self.accs.prefetch(id);
+                    }
+                }
+            } else if ahead {
+                if r + BUCKET_AHEAD < batch.len {
+                    self.keys.prefetch_hash(self.batch_rows[r + BUCKET_AHEAD].1);
+                }
+                if r + SLOT_AHEAD < batch.len {
+                    if let Some(id) = self.keys.candidate(self.batch_rows[r + SLOT_AHEAD].1) {
+                        self.keys.prefetch(id);
+                        self.sessions.prefetch(id);
+                    }
+                }
+                if r + BYTES_AHEAD < batch.len {
+                    if let Some(id) = self.keys.candidate(self.batch_rows[r + BYTES_AHEAD].1) {
+                        self.keys.prefetch_bytes(id);
+                        if let Some(list) = self.sessions.get(&id) {
+                            self.accs.prefetch(list[0].win.acc);
+                        }
                     }
                 }
             }
@@ -793,9 +857,8 @@ impl WindowOp {
                 self.aligned(cur, kh, &row, ts, stamp, size, slide, &mut outcome, r)?
             } else {
                 let Window::Session { gap_ms } = spec.window else { unreachable!("session") };
-                self.scratch.clear();
-                encode_key(&row, &spec.key_fields, &self.kinds, &mut self.scratch);
-                let key = self.keys.intern(&self.scratch);
+                let (cur, h, _) = self.batch_rows[r];
+                let key = self.keys.intern_hashed(cur.bytes(&self.batch_keys), h);
                 let taken = self.session(key, &row, ts, stamp, gap_ms, &mut outcome, r)?;
                 if !taken {
                     self.keys.forget_if_unused(key);
