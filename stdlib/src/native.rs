@@ -11,6 +11,13 @@
 //! meaning depends on the static type (see [`Slot`]). Strings and encoded lists or
 //! records are (pointer, length) pairs; those a helper makes live in
 //! [`NativeCtx::scratch`] until the batch ends.
+//!
+//! The string scalars of [`FastScalar`] work on the bytes: every string slot holds
+//! valid UTF-8 (only builders that checked it write string slots, see
+//! `flow_types::row`), and on valid UTF-8 counting the bytes that do not continue a
+//! character, byte-wise substring search and replacing byte-wise matches give exactly
+//! what the `str` methods give (a valid needle matches only at character boundaries),
+//! without validating each argument again on every call.
 
 use crate::ops::{self, Arith};
 use flow_types::row::{decode_value, encode_value};
@@ -107,12 +114,18 @@ impl FastScalar {
     }
 }
 
+/// Bytes per chunk of [`NativeCtx::scratch`] (a longer value gets a chunk of its own).
+const SCRATCH_CHUNK: usize = 16 * 1024;
+
 /// The state compiled code threads through helper calls during one batch.
 #[derive(Debug, Default)]
 pub struct NativeCtx {
     pub sites: Arc<[Site]>,
-    /// Strings and encoded values made by helpers during this batch.
-    pub scratch: Vec<Box<[u8]>>,
+    /// Strings and encoded values made by helpers during this batch, in chunks that
+    /// are never reallocated once written (slots point into them).
+    pub scratch: Vec<Vec<u8>>,
+    /// A reused buffer for building a helper's string before it is kept.
+    build: Vec<u8>,
     /// The message of the last failed helper call.
     pub error: Option<String>,
     /// The output batch's new arena bytes and where they start in its arena.
@@ -125,9 +138,27 @@ impl NativeCtx {
         NativeCtx { sites, ..NativeCtx::default() }
     }
 
-    fn keep(&mut self, bytes: Box<[u8]>) -> Slot {
-        let s = Slot { null: 0, a: bytes.as_ptr() as u64, b: bytes.len() as u64 };
-        self.scratch.push(bytes);
+    /// A copy of `bytes` kept until the batch ends, as a slot.
+    fn keep(&mut self, bytes: &[u8]) -> Slot {
+        let n = bytes.len();
+        let room = self.scratch.last().is_some_and(|c| c.capacity() - c.len() >= n);
+        if !room {
+            self.scratch.push(Vec::with_capacity(n.max(SCRATCH_CHUNK)));
+        }
+        let chunk = self.scratch.last_mut().expect("a chunk with room");
+        let at = chunk.len();
+        // Within capacity: the chunk does not move, so earlier slots stay valid.
+        chunk.extend_from_slice(bytes);
+        Slot { null: 0, a: chunk[at..].as_ptr() as u64, b: n as u64 }
+    }
+
+    /// The bytes `fill` writes, kept until the batch ends, as a slot.
+    fn keep_built(&mut self, fill: impl FnOnce(&mut Vec<u8>)) -> Slot {
+        let mut buf = std::mem::take(&mut self.build);
+        buf.clear();
+        fill(&mut buf);
+        let s = self.keep(&buf);
+        self.build = buf;
         s
     }
 
@@ -143,12 +174,8 @@ impl NativeCtx {
                 Kind::Decimal { precision, .. } if precision <= 18 => word(*units as i64 as u64),
                 _ => Slot { null: 0, a: *units as u64, b: (*units >> 64) as u64 },
             },
-            Value::String(s) => self.keep(s.as_bytes().into()),
-            Value::List(_) | Value::Record(_) => {
-                let mut buf = Vec::new();
-                encode_value(v, &mut buf);
-                self.keep(buf.into_boxed_slice())
-            }
+            Value::String(s) => self.keep(s.as_bytes()),
+            Value::List(_) | Value::Record(_) => self.keep_built(|buf| encode_value(v, buf)),
         }
     }
 }
@@ -292,29 +319,51 @@ fn scalar_slots(site: &Site, slots: &[Slot], ctx: &mut NativeCtx) -> Option<Resu
     }
     let int = |v: i64| Some(Ok(Slot { null: 0, a: v as u64, b: 0 }));
     let bool_ = |v: bool| Some(Ok(Slot { null: 0, a: u64::from(v), b: 0 }));
-    // The same reading as `from_slot`: a slot's bytes as UTF-8, or "" if they are not.
-    let text = |i: usize| -> &str {
+    // A string slot's bytes: valid UTF-8 (see the module docs).
+    let bytes = |i: usize| -> &[u8] {
         let s = &slots[i];
         if s.b == 0 {
-            return "";
+            return &[];
         }
         // SAFETY: a string slot points at `b` readable bytes (flow_op's contract).
-        let bytes = unsafe { std::slice::from_raw_parts(s.a as *const u8, s.b as usize) };
-        std::str::from_utf8(bytes).unwrap_or("")
+        unsafe { std::slice::from_raw_parts(s.a as *const u8, s.b as usize) }
     };
     match fast {
         FastScalar::Hour => int(crate::time::hour(slots[0].a as i64)),
         FastScalar::DayOfWeek => int(crate::time::day_of_week(slots[0].a as i64)),
-        FastScalar::Length => int(text(0).chars().count() as i64),
-        FastScalar::Contains => bool_(text(0).contains(text(1))),
-        FastScalar::StartsWith => bool_(text(0).starts_with(text(1))),
-        FastScalar::EndsWith => bool_(text(0).ends_with(text(1))),
+        FastScalar::Length => int(char_count(bytes(0)) as i64),
+        FastScalar::Contains => bool_(memchr::memmem::find(bytes(0), bytes(1)).is_some()),
+        FastScalar::StartsWith => bool_(bytes(0).starts_with(bytes(1))),
+        FastScalar::EndsWith => bool_(bytes(0).ends_with(bytes(1))),
         FastScalar::Replace => {
-            let (from, to) = (text(1), text(2));
-            let out = if from.is_empty() { text(0).to_string() } else { text(0).replace(from, to) };
-            Some(Ok(ctx.keep(out.into_bytes().into_boxed_slice())))
+            let (s, from, to) = (bytes(0), bytes(1), bytes(2));
+            Some(Ok(ctx.keep_built(|out| replace_bytes(s, from, to, out))))
         }
     }
+}
+
+/// The number of characters in valid UTF-8: the bytes that do not continue one
+/// (`str::chars().count()`, without the validation).
+pub fn char_count(b: &[u8]) -> usize {
+    b.iter().filter(|&&x| (x as i8) >= -0x40).count()
+}
+
+/// `s` with every non-overlapping occurrence of `from`, left to right, replaced by
+/// `to`, appended to `out` (flow's `replace`: an empty `from` replaces nothing). On
+/// valid UTF-8 this is `str::replace`.
+pub fn replace_bytes(s: &[u8], from: &[u8], to: &[u8], out: &mut Vec<u8>) {
+    let mut last = 0;
+    let mut put = |at: usize, out: &mut Vec<u8>| {
+        out.extend_from_slice(&s[last..at]);
+        out.extend_from_slice(to);
+        last = at + from.len();
+    };
+    match from {
+        [] => {}
+        [b] => memchr::memchr_iter(*b, s).for_each(|at| put(at, out)),
+        _ => memchr::memmem::find_iter(s, from).for_each(|at| put(at, out)),
+    }
+    out.extend_from_slice(&s[last..]);
 }
 
 /// Decimal arithmetic straight from and to slots (what [`apply`] does for
@@ -447,6 +496,39 @@ mod tests {
             let rc = unsafe { flow_op(&mut ctx, 0, slots.as_ptr(), slots.len() as u64, &mut out) };
             assert_eq!(rc, 0, "{name}{values:?}");
             assert_eq!(unsafe { from_slot(&out, &ret) }, want, "{name}{values:?}");
+        }
+    }
+
+    /// Many helper results in one batch: each slot still reads back what was kept
+    /// (chunks never move once written), across chunk boundaries and long values.
+    #[test]
+    fn kept_slots_stay_valid_across_chunks() {
+        let mut ctx = NativeCtx::default();
+        let t = Type::string();
+        let values: Vec<Value> =
+            (0..3000).map(|i| Value::String("x".repeat(i % 40 + (i % 500 == 0) as usize * 20_000).into())).collect();
+        let slots: Vec<Slot> = values.iter().map(|v| ctx.to_slot(v, &t)).collect();
+        assert!(ctx.scratch.len() > 2, "{} chunks", ctx.scratch.len());
+        for (s, v) in slots.iter().zip(&values) {
+            assert_eq!(unsafe { from_slot(s, &t) }, *v);
+        }
+    }
+
+    proptest::proptest! {
+        /// The byte-wise string scalars give what the `str` methods give, on any
+        /// valid UTF-8 (needles drawn from the haystack's own characters too).
+        #[test]
+        fn byte_wise_strings_match_str(s in "\\PC{0,40}", from in "\\PC{0,3}", to in "\\PC{0,3}", at in 0usize..40, n in 0usize..4) {
+            let chars: Vec<char> = s.chars().collect();
+            let inner: String = chars.iter().skip(at.min(chars.len())).take(n).collect();
+            for from in [from.as_str(), inner.as_str()] {
+                let mut out = Vec::new();
+                replace_bytes(s.as_bytes(), from.as_bytes(), to.as_bytes(), &mut out);
+                let want = if from.is_empty() { s.clone() } else { s.replace(from, &to) };
+                proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), want);
+                proptest::prop_assert_eq!(memchr::memmem::find(s.as_bytes(), from.as_bytes()).is_some(), s.contains(from));
+            }
+            proptest::prop_assert_eq!(char_count(s.as_bytes()), s.chars().count());
         }
     }
 
