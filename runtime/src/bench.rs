@@ -218,20 +218,24 @@ impl Nexmark {
 
     /// Generates `events` bids and runs them through the query; results are dropped.
     pub fn run(&self, events: u64) -> Result<Measured, String> {
-        let Connector::Generator { kind, seed, keys, .. } = &self.program.sources[0].connector else {
+        let src = &self.program.sources[0];
+        let Connector::Generator { kind, seed, keys, .. } = &src.connector else {
             return Err("the bid source is not a generator".into());
         };
+        let spec =
+            generate::GenSpec { kind: *kind, seed: *seed, count: Some(events as i64), keys: *keys, rate_per_s: None };
+        // The fields the query reads, as `flowc run` fills them.
+        let wanted = crate::run::source::fields_wanted(&self.program.pipelines[0], src);
         let started = Instant::now();
         if let Some(w) = &self.window {
             let mut op = WindowOp::new(w.head.spec.clone(), &w.head.op_input, 1);
-            let rows_out = w.run(&mut op, &mut |f| {
-                generate::generate(*kind, *seed, Some(events as i64), *keys, None, &self.layout, &mut |b| f(b))
-            })?;
+            let rows_out =
+                w.run(&mut op, &mut |f| generate::generate(spec, &self.layout, wanted.as_deref(), &mut |b| f(b)))?;
             return Ok(Measured { events, rows_out, bytes: 0, elapsed: started.elapsed() });
         }
         let mut rows_out = 0u64;
         let mut error = None;
-        generate::generate(*kind, *seed, Some(events as i64), *keys, None, &self.layout, &mut |batch| {
+        generate::generate(spec, &self.layout, wanted.as_deref(), &mut |batch| {
             match &self.stage {
                 Some(st) => {
                     let mut out = stage::output_builder(st.as_ref(), &batch);
@@ -483,7 +487,14 @@ source gen: Txn = generator(transactions)",
     )?;
     let layout = Arc::new(Layout::new(program.sources[0].schema.clone()));
     let mut text = String::new();
-    generate::generate(ir::GeneratorKind::Transactions, 42, Some(n as i64), None, None, &layout, &mut |b| {
+    let spec = generate::GenSpec {
+        kind: ir::GeneratorKind::Transactions,
+        seed: 42,
+        count: Some(n as i64),
+        keys: None,
+        rate_per_s: None,
+    };
+    generate::generate(spec, &layout, None, &mut |b| {
         for i in 0..b.len {
             format::encode_json_row(&b.row(i), &mut text);
             text.push('\n');

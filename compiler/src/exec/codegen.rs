@@ -23,7 +23,7 @@
 //! every operation that could trap or fail (division, overflow, helpers) is masked
 //! by the null flags; stores write zero for nulls.
 
-use super::stage::{shares_arena, Stage, StageSpec};
+use super::stage::{mark_fields, shares_arena, Stage, StageSpec};
 use super::{CompileError, EvalError};
 use crate::ir::{self, BinOp, Expr, ExprKind, OpKind, UnOp};
 use crate::source::Span;
@@ -433,17 +433,6 @@ fn build(
     let Gen { fb, sites, errs, lits, .. } = g;
     fb.finalize(module.target_config());
     Ok((id, Built { sites: sites.into(), errs, lits }))
-}
-
-fn mark_fields(e: &Expr, used: &mut [bool]) {
-    if let ExprKind::Field(i) = e.kind {
-        if let Some(u) = used.get_mut(i) {
-            *u = true;
-        }
-    }
-    for c in super::stage::children(e) {
-        mark_fields(c, used);
-    }
 }
 
 impl<'b> Gen<'_, 'b> {

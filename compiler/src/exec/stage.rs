@@ -48,6 +48,38 @@ pub fn fused_stages(p: &ir::Pipeline) -> Vec<StageSpec> {
     out
 }
 
+/// The fields of its input a pipeline reads, when that is known to be fewer than all:
+/// those its leading filters and its first projection use. `None` when the record
+/// can leave the pipeline whole (no projection comes first, so a sink, a window's
+/// late output or another operator may take all of it). A source may leave the
+/// other fields unfilled (projection push-down).
+pub fn input_fields_read(p: &ir::Pipeline) -> Option<Vec<bool>> {
+    let mut used = vec![false; p.input_schema.fields.len()];
+    for op in &p.ops {
+        match &op.kind {
+            OpKind::Filter(c) => mark_fields(c, &mut used),
+            OpKind::Project(items) => {
+                items.iter().for_each(|(_, e)| mark_fields(e, &mut used));
+                return Some(used);
+            }
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// Marks in `used` the input fields `e` reads.
+pub(crate) fn mark_fields(e: &Expr, used: &mut [bool]) {
+    if let ExprKind::Field(i) = e.kind {
+        if let Some(u) = used.get_mut(i) {
+            *u = true;
+        }
+    }
+    for c in children(e) {
+        mark_fields(c, used);
+    }
+}
+
 /// A compiled or interpreted stage.
 pub trait Stage: Send + Sync {
     /// Runs every row of `input`, appending the rows that pass to `out` (made by
@@ -282,6 +314,23 @@ pub(crate) mod tests {
             Value::Float(price),
             Value::Timestamp(1_700_000_000_000),
         ]
+    }
+
+    #[test]
+    fn fields_read_stop_at_the_first_projection() {
+        let read = |ops: &str| {
+            let (_, p) = spec_of(&format!("{TXN}pipeline p = from s {ops} -> o"));
+            input_fields_read(&p.pipelines[0])
+        };
+        // id, amount, n, price, ts: the filter reads n, the projection id and price.
+        assert_eq!(
+            read("| where n > 1 | select { id, p2: price * 2.0 } | where p2 > 1.0"),
+            Some(vec![true, false, true, true, false])
+        );
+        // No projection, or another operator first: the record may leave whole.
+        assert_eq!(read("| where n > 1"), None);
+        assert_eq!(read(""), None);
+        assert_eq!(read("| key_by id | aggregate { c: count() }"), None);
     }
 
     pub(crate) fn run_stage(stage: &dyn Stage, input: &Batch) -> (Vec<Vec<Value>>, Option<EvalError>) {

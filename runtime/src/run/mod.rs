@@ -31,7 +31,7 @@ mod io;
 mod kafka;
 mod slots;
 mod snapshot;
-mod source;
+pub(crate) mod source;
 pub(crate) mod spill;
 pub mod stamp;
 pub(crate) mod window;

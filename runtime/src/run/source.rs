@@ -149,7 +149,7 @@ pub(super) fn read_input(
         at: &at,
         on_commit: &on_commit,
     };
-    let result = read(program, input, layout, shared, opts, group, &hooks, &failed, resume, &file_index);
+    let result = read(program, input, layout, shared, opts, group, &hooks, &failed, resume, &file_index, &c.pipeline);
     let flushed = dead.as_ref().map_or(Ok(()), |d| d.flush());
     // What it leaves every later checkpoint: where it stopped; that a bounded input
     // (files, a generator) ended; where a topic was read to (a later run goes on
@@ -227,6 +227,16 @@ fn stamper(
     Ok(Some(super::stamp::Stamper::new(stamped, &time, delay, idle, &parts)))
 }
 
+/// The fields of `src` pipeline `p` (which reads it) needs filled, when fewer than
+/// all: those it reads and the event time (see `input_fields_read`).
+pub(crate) fn fields_wanted(p: &ir::Pipeline, src: &ir::Source) -> Option<Vec<bool>> {
+    let mut w = flow_compiler::exec::stage::input_fields_read(p)?;
+    if let Some(et) = &src.event_time {
+        *w.get_mut(et.field)? = true;
+    }
+    Some(w)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn read(
     program: &ir::Program,
@@ -239,6 +249,7 @@ fn read(
     failed: &Arc<AtomicBool>,
     resume: Option<Position>,
     file_index: &std::cell::Cell<Option<usize>>,
+    pipeline: &str,
 ) -> Result<(), RunError> {
     let (feed, send_acked, tick, stopping, at) = (hooks.feed, hooks.send_acked, hooks.tick, hooks.stopping, hooks.at);
     let (send, bad) = (feed.send, feed.bad);
@@ -316,7 +327,20 @@ fn read(
                         _ => 0,
                     };
                     let mut records = skip;
-                    crate::generate::generate(*kind, *seed, *count, *keys, *rate_per_s, &layout, &mut |b| {
+                    let wanted = program
+                        .pipelines
+                        .iter()
+                        .find(|p| p.name == pipeline && p.input == *input)
+                        .and_then(|p| fields_wanted(p, src))
+                        .filter(|w| w.len() == layout.record.fields.len());
+                    let spec = crate::generate::GenSpec {
+                        kind: *kind,
+                        seed: *seed,
+                        count: *count,
+                        keys: *keys,
+                        rate_per_s: *rate_per_s,
+                    };
+                    crate::generate::generate(spec, &layout, wanted.as_deref(), &mut |b| {
                         if skip >= b.len as u64 {
                             skip -= b.len as u64;
                             return true;
