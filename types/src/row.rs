@@ -333,6 +333,15 @@ impl BatchBuilder {
         self.rows[row * w + field / 8] &= !(1 << (field % 8));
     }
 
+    /// Sets the null bits of `mask` (bit `f` of byte `f / 8` for field `f`, as the
+    /// row's bitmap) in a row whose slots of those fields are still zero.
+    pub fn or_null_bits(&mut self, row: usize, mask: &[u8]) {
+        let w = self.layout.width as usize;
+        for (b, m) in self.rows[row * w..row * w + mask.len()].iter_mut().zip(mask) {
+            *b |= m;
+        }
+    }
+
     pub fn set_null(&mut self, row: usize, field: usize) {
         let w = self.layout.width as usize;
         self.rows[row * w + field / 8] |= 1 << (field % 8);

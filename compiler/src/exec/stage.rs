@@ -49,17 +49,31 @@ pub fn fused_stages(p: &ir::Pipeline) -> Vec<StageSpec> {
 }
 
 /// The fields of its input a pipeline reads, when that is known to be fewer than all:
-/// those its leading filters and its first projection use. `None` when the record
-/// can leave the pipeline whole (no projection comes first, so a sink, a window's
-/// late output or another operator may take all of it). A source may leave the
-/// other fields unfilled (projection push-down).
+/// those its leading filters and `key_by`s use, and then its first projection, or its
+/// first aggregate (windowed or not: its keys and arguments) when that routes no late
+/// records anywhere. `None` when the record can leave the pipeline whole (no such
+/// operator comes first, so a sink, a window's late output or another operator may
+/// take all of it). A source may leave the other fields unfilled (projection
+/// push-down); the event time is the caller's to add.
 pub fn input_fields_read(p: &ir::Pipeline) -> Option<Vec<bool>> {
-    let mut used = vec![false; p.input_schema.fields.len()];
+    let n = p.input_schema.fields.len();
+    let mut used = vec![false; n];
     for op in &p.ops {
         match &op.kind {
             OpKind::Filter(c) => mark_fields(c, &mut used),
             OpKind::Project(items) => {
                 items.iter().for_each(|(_, e)| mark_fields(e, &mut used));
+                return Some(used);
+            }
+            // key_by passes its input on as it is (its names label the keys).
+            OpKind::KeyBy(keys) if op.output.fields == p.input_schema.fields => {
+                keys.iter().for_each(|(_, e)| mark_fields(e, &mut used));
+                if let Some(et) = &op.event_time {
+                    *used.get_mut(et.field)? = true;
+                }
+            }
+            OpKind::WindowAggregate { late: None, aggs, .. } | OpKind::Aggregate { aggs, .. } => {
+                aggs.iter().filter_map(|a| a.arg.as_ref()).for_each(|e| mark_fields(e, &mut used));
                 return Some(used);
             }
             _ => return None,
@@ -330,7 +344,23 @@ pub(crate) mod tests {
         // No projection, or another operator first: the record may leave whole.
         assert_eq!(read("| where n > 1"), None);
         assert_eq!(read(""), None);
-        assert_eq!(read("| key_by id | aggregate { c: count() }"), None);
+        // An aggregate reads its keys and arguments (and, windowed, the event time,
+        // which the caller adds), unless late records go somewhere whole.
+        assert_eq!(
+            read("| key_by id | aggregate { c: count(), m: max(price) }"),
+            Some(vec![true, false, false, true, false])
+        );
+        assert_eq!(read("| key_by id | where n > 1"), None);
+        let windowed = |late: &str| {
+            let (_, p) = spec_of(&format!(
+                "schema W {{ k: string, v: int, x: string, ts: timestamp }}\n\
+                 source s: W = stdin() event_time ts watermark 1s\nsink o = stdout()\nsink l = stdout()\n\
+                 pipeline p = from s | key_by k | window tumbling(1m){late} | aggregate {{ c: sum(v) }} -> o"
+            ));
+            input_fields_read(&p.pipelines[0])
+        };
+        assert_eq!(windowed(""), Some(vec![true, true, false, true]));
+        assert_eq!(windowed(" allowed_lateness 5s late -> l"), None);
     }
 
     pub(crate) fn run_stage(stage: &dyn Stage, input: &Batch) -> (Vec<Vec<Value>>, Option<EvalError>) {

@@ -332,6 +332,12 @@ fn read(
                         .iter()
                         .find(|p| p.name == pipeline && p.input == *input)
                         .and_then(|p| fields_wanted(p, src))
+                        // (An event-time pipeline's input ends with the hidden `$wm`,
+                        // which the stamper adds after the generator.)
+                        .map(|mut w| {
+                            w.truncate(layout.record.fields.len());
+                            w
+                        })
                         .filter(|w| w.len() == layout.record.fields.len());
                     let spec = crate::generate::GenSpec {
                         kind: *kind,
