@@ -310,14 +310,18 @@ impl Nexmark {
                 let auction = FIRST_AUCTION_ID + (auctions - 1 - r.below(recent_auctions) as i64).max(0);
                 let recent_persons = persons.clamp(1, 100) as u64;
                 let bidder = FIRST_PERSON_ID + (persons - 1 - r.below(recent_persons) as i64).max(0);
-                // Nexmark's PriceGenerator: round(10^(6u) * 100), u uniform in [0, 1).
-                let u = (r.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-                let price = ((u * 6.0 * std::f64::consts::LN_10).exp() * 100.0).round() as i64;
+                // Nexmark's PriceGenerator: round(10^(6u) * 100), u uniform in [0, 1);
+                // drawn always (the draws after it stay the same), computed if wanted.
+                let price_draw = r.next_u64();
                 let c = r.below(NEXMARK_CHANNELS.len() as u64) as usize;
                 let channel_id = r.below(1000);
                 w.int(0, auction);
                 w.int(1, bidder);
-                w.int(2, price);
+                if w.want(2) {
+                    let u = (price_draw >> 11) as f64 / (1u64 << 53) as f64;
+                    let price = ((u * 6.0 * std::f64::consts::LN_10).exp() * 100.0).round() as i64;
+                    w.int(2, price);
+                }
                 w.str(3, NEXMARK_CHANNELS[c]);
                 w.fmt(4, |s| {
                     s.push_str("https://www.nexmark.com/");
