@@ -235,59 +235,55 @@ pipeline p = from gen | where amount > 500.00 -> out
     assert!((2000..3500).contains(&n), "{n} of 5000 above 500.00");
 }
 
+/// Runs `pipeline` (its text after `pipeline p = from bids`) over 20,000 generated
+/// Nexmark bids; the sorted lines it wrote to the sink `out` (a sink `l` exists too).
+fn run_over_bids(pipeline: &str) -> Vec<String> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let flow = format!(
+        r#"
+schema Bid {{ auction: int, bidder: int, price: int, channel: string, url: string, date_time: timestamp, extra: string }}
+source bids: Bid = generator(nexmark, stream: bids, count: 20000, seed: 3) event_time date_time watermark 4s
+sink out = file("out.jsonl")
+sink l = file("late.jsonl")
+pipeline p = from bids {pipeline}
+"#
+    );
+    std::fs::write(dir.path().join("g.flow"), flow).expect("write");
+    let o = flowc(dir.path(), &["run", "g.flow", "--data-dir", "data"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    sorted_lines(&dir.path().join("out.jsonl"))
+}
+
 #[test]
 fn a_projection_pushed_into_a_generator_changes_no_result() {
     // `where | select` reads few of the bid's fields, so the generator fills only those
     // (and the event time); behind `key_by` the whole record is generated. Same output.
-    let run = |head: &str| {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let flow = format!(
-            r#"
-schema Bid {{ auction: int, bidder: int, price: int, channel: string, url: string, date_time: timestamp, extra: string }}
-source bids: Bid = generator(nexmark, stream: bids, count: 20000, seed: 3) event_time date_time watermark 4s
-sink out = file("out.jsonl")
-pipeline p = from bids {head}
+    let query = |head: &str| {
+        run_over_bids(&format!(
+            r#"{head}
     | where price > 10000 and not starts_with(extra, "f")
     | select {{ auction, c: length(extra) - length(replace(extra, "c", "")), hour: hour(date_time) }}
-    -> out
-"#
-        );
-        std::fs::write(dir.path().join("g.flow"), flow).expect("write");
-        let o = flowc(dir.path(), &["run", "g.flow", "--data-dir", "data"]);
-        assert!(o.status.success(), "{}", text(&o.stderr));
-        sorted_lines(&dir.path().join("out.jsonl"))
+    -> out"#
+        ))
     };
-    let pushed = run("");
-    let whole = run("| key_by bidder");
+    let pushed = query("");
     assert!(pushed.len() > 1000, "{}", pushed.len());
-    assert_eq!(pushed, whole);
+    assert_eq!(pushed, query("| key_by bidder"));
 }
 
 #[test]
 fn a_projection_pushed_into_a_generator_under_a_window_changes_no_result() {
     // The window reads its key, its aggregates' arguments and the event time; with a
     // late output the whole record may leave, so every field is generated. Same results.
-    let run = |late: &str| {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let flow = format!(
-            r#"
-schema Bid {{ auction: int, bidder: int, price: int, channel: string, url: string, date_time: timestamp, extra: string }}
-source bids: Bid = generator(nexmark, stream: bids, count: 30000, seed: 5) event_time date_time watermark 4s
-sink out = file("out.jsonl")
-sink l = file("late.jsonl")
-pipeline p = from bids | key_by auction | window sliding(10s, every: 2s){late}
-    | aggregate {{ n: count(), top: max(price), e: max(extra) }} -> out
-"#
-        );
-        std::fs::write(dir.path().join("g.flow"), flow).expect("write");
-        let o = flowc(dir.path(), &["run", "g.flow", "--data-dir", "data"]);
-        assert!(o.status.success(), "{}", text(&o.stderr));
-        sorted_lines(&dir.path().join("out.jsonl"))
+    let query = |late: &str| {
+        run_over_bids(&format!(
+            "| key_by auction | window sliding(10s, every: 2s){late}
+    | aggregate {{ n: count(), top: max(price), e: max(extra) }} -> out"
+        ))
     };
-    let pushed = run("");
-    let whole = run(" late -> l");
+    let pushed = query("");
     assert!(pushed.len() > 1000, "{}", pushed.len());
-    assert_eq!(pushed, whole);
+    assert_eq!(pushed, query(" late -> l"));
 }
 
 /// Sorted lines of a file (parallel runs write in any order).
