@@ -829,6 +829,15 @@ impl<'b> Gen<'_, 'b> {
             let null = self.ins().bor(s.null, p.null);
             return Ok(V { null, a: eq, b: None });
         }
+        if name == "length" && vals.len() == 1 && matches!(args[0].ty.kind, Kind::String) {
+            // Inline: the bytes that do not continue a character (valid UTF-8: the
+            // characters), eight at a time. A null string's length is never read.
+            let s = vals[0];
+            let zero = self.iconst(types::I64, 0);
+            let n = self.ins().select(s.null, zero, s.b.expect("len"));
+            let count = self.char_count(s.a, n);
+            return Ok(V { null: s.null, a: count, b: None });
+        }
         if name == "hour" && vals.len() == 1 {
             // Inline: ms.rem_euclid(one day) / one hour (no trap: constant divisors).
             let t = vals[0];
@@ -879,6 +888,55 @@ impl<'b> Gen<'_, 'b> {
 
     /// Bytes `[a, a+n)` and `[b, b+n)` are equal; only read when `guard` is set
     /// (the result is 0 otherwise). An inline byte loop, 8 bytes at a time.
+    /// The characters of the `n` bytes of valid UTF-8 at `p`: the bytes that are not
+    /// `10xxxxxx`, counted a word at a time (bit 7 set and bit 6 clear marks a
+    /// continuation byte; popcnt counts them), then byte by byte.
+    fn char_count(&mut self, p: CV, n: CV) -> CV {
+        use types::{I64, I8};
+        let head = self.fb.create_block();
+        let j = self.fb.append_block_param(head, I64);
+        let acc = self.fb.append_block_param(head, I64);
+        let words = self.fb.create_block();
+        let tail = self.fb.create_block();
+        let tj = self.fb.append_block_param(tail, I64);
+        let tacc = self.fb.append_block_param(tail, I64);
+        let tail_body = self.fb.create_block();
+        let done = self.fb.create_block();
+        let res = self.fb.append_block_param(done, I64);
+        let zero = self.iconst(I64, 0);
+        self.ins().jump(head, &[BlockArg::Value(zero), BlockArg::Value(zero)]);
+        self.fb.switch_to_block(head);
+        let j8 = self.ins().iadd_imm_s(j, 8);
+        let room = self.ins().icmp(IntCC::UnsignedLessThanOrEqual, j8, n);
+        self.ins().brif(room, words, &[], tail, &[BlockArg::Value(j), BlockArg::Value(acc)]);
+        self.fb.switch_to_block(words);
+        let fl = MemFlags::new().with_notrap().with_readonly();
+        let pj = self.ins().iadd(p, j);
+        let w = self.ins().load(I64, fl, pj, 0);
+        let shifted = self.ins().ishl_imm_u(w, 1);
+        let not_bit6 = self.ins().bnot(shifted);
+        let cont = self.ins().band(w, not_bit6);
+        let cont = self.ins().band_imm_s(cont, 0x8080_8080_8080_8080u64 as i64);
+        let conts = self.ins().popcnt(cont);
+        let eight = self.iconst(I64, 8);
+        let chars = self.ins().isub(eight, conts);
+        let acc8 = self.ins().iadd(acc, chars);
+        self.ins().jump(head, &[BlockArg::Value(j8), BlockArg::Value(acc8)]);
+        self.fb.switch_to_block(tail);
+        let more = self.ins().icmp(IntCC::UnsignedLessThan, tj, n);
+        self.ins().brif(more, tail_body, &[], done, &[BlockArg::Value(tacc)]);
+        self.fb.switch_to_block(tail_body);
+        let pj = self.ins().iadd(p, tj);
+        let b = self.ins().load(I8, fl, pj, 0);
+        let starts = self.ins().icmp_imm_s(IntCC::SignedGreaterThanOrEqual, b, -64);
+        let one = self.ins().uextend(I64, starts);
+        let tacc1 = self.ins().iadd(tacc, one);
+        let tj1 = self.ins().iadd_imm_s(tj, 1);
+        self.ins().jump(tail, &[BlockArg::Value(tj1), BlockArg::Value(tacc1)]);
+        self.fb.switch_to_block(done);
+        res
+    }
+
     fn bytes_eq_guarded(&mut self, guard: CV, a: CV, b: CV, n: CV) -> CV {
         use types::{I64, I8};
         let head = self.fb.create_block();
