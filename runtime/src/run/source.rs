@@ -331,6 +331,14 @@ fn read(
                         .pipelines
                         .iter()
                         .find(|p| p.name == pipeline && p.input == *input)
+                        // A union or join of the same input takes its records whole.
+                        .filter(|p| {
+                            !p.ops.iter().any(|op| match &op.kind {
+                                ir::OpKind::Union(others) => others.contains(input),
+                                ir::OpKind::Join { other, .. } => other == input,
+                                _ => false,
+                            })
+                        })
                         .and_then(|p| fields_wanted(p, src))
                         // (An event-time pipeline's input ends with the hidden `$wm`,
                         // which the stamper adds after the generator.)

@@ -676,9 +676,14 @@ fn slide_start(memo: &mut (i64, i64), ts: i64, slide: i64) -> i64 {
     if ts >= memo.0 && ts < memo.1 {
         return memo.0;
     }
-    let start = ts.saturating_sub(ts.rem_euclid(slide));
-    *memo = (start, start.saturating_add(slide));
-    start
+    match ts.checked_sub(ts.rem_euclid(slide)) {
+        Some(start) => {
+            *memo = (start, start.saturating_add(slide));
+            start
+        }
+        // Clamped, not a step boundary: not remembered.
+        None => i64::MIN,
+    }
 }
 
 fn gone_at(end: i64, lateness: i64) -> i64 {
