@@ -14,10 +14,10 @@
 //!
 //! The string scalars of [`FastScalar`] work on the bytes: every string slot holds
 //! valid UTF-8 (only builders that checked it write string slots, see
-//! `flow_types::row`), and on valid UTF-8 counting the bytes that do not continue a
-//! character, byte-wise substring search and replacing byte-wise matches give exactly
-//! what the `str` methods give (a valid needle matches only at character boundaries),
-//! without validating each argument again on every call.
+//! `flow_types::row`), and on valid UTF-8 byte-wise substring search and replacing
+//! byte-wise matches give exactly what the `str` methods give (a valid needle matches
+//! only at character boundaries), without validating each argument again on every
+//! call. (`hour`, `starts_with` and `length` never get here: the JIT emits them inline.)
 
 use crate::ops::{self, Arith};
 use flow_types::row::{decode_value, encode_value};
@@ -86,11 +86,8 @@ impl Site {
 /// Stdlib scalars computed on slots without building values (`scalar_slots`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FastScalar {
-    Hour,
     DayOfWeek,
-    Length,
     Contains,
-    StartsWith,
     EndsWith,
     Replace,
 }
@@ -102,11 +99,8 @@ impl FastScalar {
         let kinds: Vec<&Kind> = args.iter().map(|t| &t.kind).collect();
         use Kind::{String as S, Timestamp as T};
         Some(match (*name, kinds.as_slice()) {
-            ("hour", [T]) => FastScalar::Hour,
             ("day_of_week", [T]) => FastScalar::DayOfWeek,
-            ("length", [S]) => FastScalar::Length,
             ("contains", [S, S]) => FastScalar::Contains,
-            ("starts_with", [S, S]) => FastScalar::StartsWith,
             ("ends_with", [S, S]) => FastScalar::EndsWith,
             ("replace", [S, S, S]) => FastScalar::Replace,
             _ => return None,
@@ -329,23 +323,14 @@ fn scalar_slots(site: &Site, slots: &[Slot], ctx: &mut NativeCtx) -> Option<Resu
         unsafe { std::slice::from_raw_parts(s.a as *const u8, s.b as usize) }
     };
     match fast {
-        FastScalar::Hour => int(crate::time::hour(slots[0].a as i64)),
         FastScalar::DayOfWeek => int(crate::time::day_of_week(slots[0].a as i64)),
-        FastScalar::Length => int(char_count(bytes(0)) as i64),
         FastScalar::Contains => bool_(memchr::memmem::find(bytes(0), bytes(1)).is_some()),
-        FastScalar::StartsWith => bool_(bytes(0).starts_with(bytes(1))),
         FastScalar::EndsWith => bool_(bytes(0).ends_with(bytes(1))),
         FastScalar::Replace => {
             let (s, from, to) = (bytes(0), bytes(1), bytes(2));
             Some(Ok(ctx.keep_built(|out| replace_bytes(s, from, to, out))))
         }
     }
-}
-
-/// The number of characters in valid UTF-8: the bytes that do not continue one
-/// (`str::chars().count()`, without the validation).
-pub fn char_count(b: &[u8]) -> usize {
-    b.iter().filter(|&&x| (x as i8) >= -0x40).count()
 }
 
 /// `s` with every non-overlapping occurrence of `from`, left to right, replaced by
@@ -476,14 +461,9 @@ mod tests {
             ("replace", vec![s.clone(); 3], s.clone(), vec![st("aaaa"), st("aa"), st("a")]),
             ("replace", vec![s.clone(); 3], s.clone(), vec![st("héllo🌍"), st("🌍"), st("")]),
             ("replace", vec![s.clone(); 3], s.clone(), vec![st(""), st("x"), st("y")]),
-            ("length", vec![s.clone()], Type::int(), vec![st("héllo🌍")]),
-            ("length", vec![s.clone()], Type::int(), vec![st("")]),
             ("contains", vec![s.clone(); 2], Type::bool(), vec![st("abc"), st("")]),
             ("contains", vec![s.clone(); 2], Type::bool(), vec![st("abc"), st("bd")]),
-            ("starts_with", vec![s.clone(); 2], Type::bool(), vec![st("héllo"), st("hé")]),
             ("ends_with", vec![s.clone(); 2], Type::bool(), vec![st("héllo"), st("lo")]),
-            ("hour", vec![t.clone()], Type::int(), vec![ts(-1)]),
-            ("hour", vec![t.clone()], Type::int(), vec![ts(86_400_000 * 3 + 3_600_000 * 23 + 1)]),
             ("day_of_week", vec![t.clone()], Type::int(), vec![ts(-86_400_000 * 10)]),
         ];
         for (name, args, ret, values) in cases {
@@ -528,7 +508,6 @@ mod tests {
                 proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), want);
                 proptest::prop_assert_eq!(memchr::memmem::find(s.as_bytes(), from.as_bytes()).is_some(), s.contains(from));
             }
-            proptest::prop_assert_eq!(char_count(s.as_bytes()), s.chars().count());
         }
     }
 

@@ -886,8 +886,6 @@ impl<'b> Gen<'_, 'b> {
         })
     }
 
-    /// Bytes `[a, a+n)` and `[b, b+n)` are equal; only read when `guard` is set
-    /// (the result is 0 otherwise). An inline byte loop, 8 bytes at a time.
     /// The characters of the `n` bytes of valid UTF-8 at `p`: the bytes that are not
     /// `10xxxxxx`, counted a word at a time (bit 7 set and bit 6 clear marks a
     /// continuation byte; popcnt counts them), then byte by byte.
@@ -937,6 +935,8 @@ impl<'b> Gen<'_, 'b> {
         res
     }
 
+    /// Bytes `[a, a+n)` and `[b, b+n)` are equal; only read when `guard` is set
+    /// (the result is 0 otherwise). An inline byte loop, 8 bytes at a time.
     fn bytes_eq_guarded(&mut self, guard: CV, a: CV, b: CV, n: CV) -> CV {
         use types::{I64, I8};
         let head = self.fb.create_block();

@@ -665,7 +665,6 @@ impl Changes {
     }
 }
 
-/// `end - 1 + lateness`, saturating (the watermark at which a window is gone).
 /// `ts - ts.rem_euclid(slide)`: the start of the last window step at or before `ts`
 /// (i64::MIN where that lies below it).
 /// `memo` holds the last step found (`[start, start + slide)`, initially empty); a
@@ -686,6 +685,7 @@ fn slide_start(memo: &mut (i64, i64), ts: i64, slide: i64) -> i64 {
     }
 }
 
+/// `end - 1 + lateness`, saturating (the watermark at which a window is gone).
 fn gone_at(end: i64, lateness: i64) -> i64 {
     end.saturating_sub(1).saturating_add(lateness)
 }
