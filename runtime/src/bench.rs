@@ -21,7 +21,7 @@ use crate::run::head::HeadRt;
 use crate::run::stamp::{self, Stamper};
 use crate::run::window::WindowOp;
 use flow_compiler::exec::stage::{self, Stage, StageSpec};
-use flow_compiler::ir::{self, Connector, OpKind};
+use flow_compiler::ir::{self, OpKind};
 use flow_types::row::{Batch, BatchBuilder, Layout};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -219,13 +219,11 @@ impl Nexmark {
     /// Generates `events` bids and runs them through the query; results are dropped.
     pub fn run(&self, events: u64) -> Result<Measured, String> {
         let src = &self.program.sources[0];
-        let Connector::Generator { kind, seed, keys, .. } = &src.connector else {
-            return Err("the bid source is not a generator".into());
-        };
-        let spec =
-            generate::GenSpec { kind: *kind, seed: *seed, count: Some(events as i64), keys: *keys, rate_per_s: None };
+        let spec = generate::GenSpec::of(&src.connector).ok_or("the bid source is not a generator")?;
+        let spec = generate::GenSpec { count: Some(events as i64), rate_per_s: None, ..spec };
         // The fields the query reads, as `flowc run` fills them.
-        let wanted = crate::run::source::fields_wanted(&self.program.pipelines[0], src);
+        let p = &self.program.pipelines[0];
+        let wanted = crate::run::source::fields_wanted(&self.program, &p.name, &p.input, src);
         let started = Instant::now();
         if let Some(w) = &self.window {
             let mut op = WindowOp::new(w.head.spec.clone(), &w.head.op_input, 1);

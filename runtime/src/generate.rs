@@ -362,6 +362,18 @@ pub struct GenSpec {
     pub rate_per_s: Option<i64>,
 }
 
+impl GenSpec {
+    /// The spec of a `generator(...)` connector; `None` for other connectors.
+    pub fn of(c: &flow_compiler::ir::Connector) -> Option<GenSpec> {
+        match *c {
+            flow_compiler::ir::Connector::Generator { kind, rate_per_s, seed, count, keys } => {
+                Some(GenSpec { kind, seed, count, keys, rate_per_s })
+            }
+            _ => None,
+        }
+    }
+}
+
 /// Generates records into batches of `layout`, calling `emit` per batch until the
 /// spec's count (forever without one) or until `emit` returns false. With `wanted`
 /// (per field of `layout`), the fields not wanted are not generated but left null:
@@ -378,6 +390,9 @@ pub fn generate(
     let produced = flow_compiler::check::generator_fields(kind);
     // Map the generator's fields to the schema's, once.
     let mut map: Vec<Option<(usize, bool)>> = vec![None; produced.len()];
+    // The null bits of the fields not generated, set in each row at once (its slots
+    // stay zero); empty when every field is.
+    let mut skipped = Vec::new();
     for (to, f) in layout.record.fields.iter().enumerate() {
         let from = produced
             .iter()
@@ -385,17 +400,11 @@ pub fn generate(
             .ok_or_else(|| format!("the generator does not produce `{}`", f.name))?;
         if wanted.is_none_or(|w| w.get(to).copied().unwrap_or(true)) {
             map[from] = Some((to, fast_path(&produced[from].1, &f.ty)));
-        }
-    }
-    // The null bits of the fields not generated, set in each row at once (its slots
-    // stay zero).
-    let mut skipped = vec![0u8; layout.record.fields.len().div_ceil(8)];
-    for to in 0..layout.record.fields.len() {
-        if !map.iter().flatten().any(|(t, _)| *t == to) {
+        } else {
+            skipped.resize(layout.record.fields.len().div_ceil(8), 0u8);
             skipped[to / 8] |= 1 << (to % 8);
         }
     }
-    let skipped = if skipped.iter().any(|&m| m != 0) { skipped } else { Vec::new() };
     let mut transactions =
         Transactions { rng: Rng::new(seed as u64), i: 0, accounts: keys.unwrap_or(10_000).max(1) as u64 };
     let mut nexmark = Nexmark { seed: Rng::new(seed as u64).0, i: 0, want: kind };

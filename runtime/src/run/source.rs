@@ -227,14 +227,36 @@ fn stamper(
     Ok(Some(super::stamp::Stamper::new(stamped, &time, delay, idle, &parts)))
 }
 
-/// The fields of `src` pipeline `p` (which reads it) needs filled, when fewer than
-/// all: those it reads and the event time (see `input_fields_read`).
-pub(crate) fn fields_wanted(p: &ir::Pipeline, src: &ir::Source) -> Option<Vec<bool>> {
+/// The fields of source `src` that pipeline `pipeline`, reading it as `input`, needs
+/// filled (per field of the source's schema), when fewer than all: those
+/// `input_fields_read` finds and the event time. `None` (every field) when that is not
+/// known, or when a union or join of the pipeline takes the same input again whole.
+pub(crate) fn fields_wanted(
+    program: &ir::Program,
+    pipeline: &str,
+    input: &ir::Input,
+    src: &ir::Source,
+) -> Option<Vec<bool>> {
+    let p = program.pipelines.iter().find(|p| p.name == pipeline && p.input == *input)?;
+    let again = p.ops.iter().any(|op| match &op.kind {
+        ir::OpKind::Union(others) => others.contains(input),
+        ir::OpKind::Join { other, .. } => other == input,
+        _ => false,
+    });
+    if again {
+        return None;
+    }
     let mut w = flow_compiler::exec::stage::input_fields_read(p)?;
     if let Some(et) = &src.event_time {
         *w.get_mut(et.field)? = true;
     }
-    Some(w)
+    // An event-time pipeline's input ends with the hidden `$wm`, which the stamper adds
+    // after the source.
+    let n = src.schema.fields.len();
+    (w.len() >= n).then(|| {
+        w.truncate(n);
+        w
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -315,7 +337,7 @@ fn read(
                         _ => read_json_lines(stdin.lock(), "stdin", &layout, feed, 1, (0, 1))?,
                     }
                 }
-                Connector::Generator { kind, rate_per_s, seed, count, keys } => {
+                Connector::Generator { count, .. } => {
                     if let Some(c) = count {
                         feed.live.records_total.fetch_add((*c).max(0) as u64, Ordering::Relaxed);
                     }
@@ -327,33 +349,9 @@ fn read(
                         _ => 0,
                     };
                     let mut records = skip;
-                    let wanted = program
-                        .pipelines
-                        .iter()
-                        .find(|p| p.name == pipeline && p.input == *input)
-                        // A union or join of the same input takes its records whole.
-                        .filter(|p| {
-                            !p.ops.iter().any(|op| match &op.kind {
-                                ir::OpKind::Union(others) => others.contains(input),
-                                ir::OpKind::Join { other, .. } => other == input,
-                                _ => false,
-                            })
-                        })
-                        .and_then(|p| fields_wanted(p, src))
-                        // (An event-time pipeline's input ends with the hidden `$wm`,
-                        // which the stamper adds after the generator.)
-                        .map(|mut w| {
-                            w.truncate(layout.record.fields.len());
-                            w
-                        })
-                        .filter(|w| w.len() == layout.record.fields.len());
-                    let spec = crate::generate::GenSpec {
-                        kind: *kind,
-                        seed: *seed,
-                        count: *count,
-                        keys: *keys,
-                        rate_per_s: *rate_per_s,
-                    };
+                    let wanted = fields_wanted(program, pipeline, input, src);
+                    let spec = crate::generate::GenSpec::of(&src.connector)
+                        .ok_or_else(|| RunError::Setup(format!("source `{name}` is not a generator")))?;
                     crate::generate::generate(spec, &layout, wanted.as_deref(), &mut |b| {
                         if skip >= b.len as u64 {
                             skip -= b.len as u64;
