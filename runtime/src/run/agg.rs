@@ -266,6 +266,11 @@ impl AccStore {
         id as usize * self.stride + self.header
     }
 
+    /// Slots allocated so far (free ones included): ids are below this.
+    pub fn slots(&self) -> u32 {
+        (self.words.len() / self.stride.max(1)) as u32
+    }
+
     /// Slot `id`'s header words.
     #[inline]
     pub fn header(&self, id: u32) -> &[u64] {

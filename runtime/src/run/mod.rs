@@ -34,6 +34,7 @@ mod snapshot;
 pub(crate) mod source;
 pub(crate) mod spill;
 pub mod stamp;
+mod timers;
 pub(crate) mod window;
 
 use crate::log::{LogDir, Topic, TopicConfig};

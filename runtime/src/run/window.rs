@@ -2,20 +2,22 @@
 //!
 //! One [`WindowOp`] per stage instance owns the state of the keys hashed to it:
 //!
-//! - **Keys** are encoded as bytes (the key fields' slots, nulls marked). Session
-//!   windows intern them in a [`KeyTable`] and refer to them by a `u32` id; a key whose
-//!   last window is gone is forgotten.
+//! - **Keys** are encoded as bytes (the key fields' slots, nulls marked) and held in
+//!   the slots of the [`AccStore`] slab, inline up to a few words (else out of line).
 //! - **Aligned windows** (tumbling, sliding): one slot per (key, window) in the
-//!   [`AccStore`] slab, holding the window's end, its key bytes (inline up to a few
-//!   words, else out of line), its revision and the accumulator words, and one
-//!   [`SlotIndex`] of slot ids over (key, end). A record costs one probe of that
-//!   table and an update of the slot it finds, in the same cache lines. Windows share
-//!   their bounds across keys, so firing is by group: a `BTreeMap` from window end to
-//!   the slots of that end, in insertion order. Timers per key are not needed.
-//! - **Session windows** are per key: a short list of open sessions per key, and
-//!   timers by due time (a `BTreeMap` from time to the keys due then: the distinct due
-//!   times in flight are far fewer than the sessions, so this beats a heap of one entry
-//!   per session), checked lazily (a timer whose session has moved on re-arms it).
+//!   [`AccStore`] slab, holding the window's end, its key bytes, its revision and the
+//!   accumulator words, and one [`SlotIndex`] of slot ids over (key, end). A record
+//!   costs one probe of that table and an update of the slot it finds, in the same
+//!   cache lines. Windows share their bounds across keys, so firing is by group: a
+//!   `BTreeMap` from window end to the slots of that end, in insertion order. Timers
+//!   per key are not needed.
+//! - **Session windows** are per key: one slot per key, holding its key bytes, its
+//!   first open session (bounds, revision, flags) and that session's accumulator, and
+//!   a [`SlotIndex`] over the key alone, so a record costs one probe and one slot, as
+//!   for aligned windows. A key's further open sessions (out-of-order input opens them)
+//!   are kept aside, each with an accumulator slot of its own. Timers by due time
+//!   ([`Timers`]: coarse buckets of due times, small enough to stay cached) are
+//!   checked lazily: a timer whose session has moved on re-arms it.
 //! - **Accumulators** live in an [`AccStore`] slab (`agg.rs`).
 //!
 //! Time follows `semantics.md`: a record is judged against its own watermark (the
@@ -30,9 +32,10 @@ use super::slots::{mix, SlotIndex};
 use super::snapshot::{Generation, Reader, Writer};
 use super::spill::SpillStore;
 use super::stamp::{WM_MAX, WM_MIN};
+use super::timers::Timers;
 use flow_compiler::ir::{self, Window};
 use flow_types::row::{Batch, BatchBuilder, Layout, RowRef, SlotKind};
-use rustc_hash::FxHasher;
+use rustc_hash::{FxHashMap, FxHasher};
 use smallvec::SmallVec;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
@@ -61,12 +64,12 @@ impl WindowSpec {
     }
 }
 
-/// Interned keys beyond which the session path prefetches (fewer stay in the caches).
+/// Session keys in memory beyond which the session path prefetches (fewer stay in the
+/// caches).
 const PREFETCH_KEYS: usize = 16 * 1024;
 
-/// Interned keys: bytes stored once, looked up by hash in a [`SlotIndex`] (which,
-/// unlike a hashbrown table, lets the session path prefetch a key's bucket and entry
-/// rows ahead).
+/// Interned keys (of keyed aggregates without windows): bytes stored once, looked up
+/// by hash in a [`SlotIndex`].
 #[derive(Default)]
 pub(crate) struct KeyTable {
     index: SlotIndex,
@@ -125,23 +128,6 @@ impl KeyTable {
         self.index.find(KeyTable::hash(key), |id| &*keys[id as usize] == key)
     }
 
-    /// Keys interned.
-    fn len(&self) -> usize {
-        self.keys.len() - self.free.len()
-    }
-
-    /// Asks the CPU to load the bucket of hash `h` (a hint).
-    #[inline]
-    fn prefetch_hash(&self, h: u64) {
-        self.index.prefetch(h);
-    }
-
-    /// The id a lookup of hash `h` most likely finds (for prefetching).
-    #[inline]
-    fn candidate(&self, h: u64) -> Option<u32> {
-        self.index.candidate(h)
-    }
-
     pub(crate) fn retain(&mut self, id: u32) {
         self.refs[id as usize] += 1;
     }
@@ -167,26 +153,6 @@ impl KeyTable {
 
     pub(crate) fn key(&self, id: u32) -> &[u8] {
         &self.keys[id as usize]
-    }
-
-    /// Asks the CPU to load key `id`'s entry (a hint; any id).
-    fn prefetch(&self, id: u32) {
-        super::slots::prefetch_ptr(self.keys.as_ptr().wrapping_add(id as usize));
-    }
-
-    /// Asks the CPU to load key `id`'s bytes (a hint; reads the entry).
-    fn prefetch_bytes(&self, id: u32) {
-        if let Some(k) = self.keys.get(id as usize) {
-            super::slots::prefetch_ptr(k.as_ptr());
-        }
-    }
-
-    fn bytes(&self) -> usize {
-        self.index.bytes()
-            + self.keys.capacity() * 16
-            + self.keys.iter().map(|k| k.len()).sum::<usize>()
-            + self.hashes.capacity() * 8
-            + self.refs.capacity() * 4
     }
 }
 
@@ -353,62 +319,6 @@ struct Group {
 /// A key's open sessions.
 type Sessions = SmallVec<[Session; 1]>;
 
-/// Open sessions by key id: a vector, not a map, since the key table's ids are dense
-/// (it reuses them), so finding a key's sessions costs no probe.
-#[derive(Default)]
-struct SessionTable {
-    lists: Vec<Sessions>,
-}
-
-impl SessionTable {
-    fn contains_key(&self, k: &u32) -> bool {
-        self.lists.get(*k as usize).is_some_and(|l| !l.is_empty())
-    }
-
-    fn get(&self, k: &u32) -> Option<&Sessions> {
-        self.lists.get(*k as usize).filter(|l| !l.is_empty())
-    }
-
-    fn get_mut(&mut self, k: &u32) -> Option<&mut Sessions> {
-        self.lists.get_mut(*k as usize).filter(|l| !l.is_empty())
-    }
-
-    /// Key `k`'s list, empty if it has none.
-    fn list_mut(&mut self, k: u32) -> &mut Sessions {
-        if self.lists.len() <= k as usize {
-            self.lists.resize_with(k as usize + 1, Sessions::new);
-        }
-        &mut self.lists[k as usize]
-    }
-
-    fn insert(&mut self, k: u32, list: Sessions) {
-        *self.list_mut(k) = list;
-    }
-
-    /// Asks the CPU to load key `k`'s list (a hint).
-    fn prefetch(&self, k: u32) {
-        super::slots::prefetch_ptr(self.lists.as_ptr().wrapping_add(k as usize));
-    }
-
-    fn remove(&mut self, k: &u32) -> Option<Sessions> {
-        self.get_mut(k).map(std::mem::take)
-    }
-
-    fn iter(&self) -> impl Iterator<Item = (u32, &Sessions)> {
-        self.lists.iter().enumerate().filter(|(_, l)| !l.is_empty()).map(|(i, l)| (i as u32, l))
-    }
-
-    fn bytes(&self) -> usize {
-        self.lists.capacity() * std::mem::size_of::<Sessions>()
-            + self
-                .lists
-                .iter()
-                .filter(|l| l.spilled())
-                .map(|l| l.capacity() * std::mem::size_of::<Session>())
-                .sum::<usize>()
-    }
-}
-
 #[derive(Clone, Copy, Debug)]
 struct Session {
     start: i64,
@@ -420,11 +330,14 @@ struct Session {
 
 /// Header words of an aligned window's slot in the [`AccStore`]: its end,
 const H_END: usize = 0;
-/// one word of metadata: its key's length (bits 0..16; an out-of-line key's is in its
-/// box), when it was last updated (bits 16..32: the batch count, wrapping), results
+/// one word of metadata: its key's length (bits 0..13; an out-of-line key's is in its
+/// box; bits 13..16 are sessions' [`FIRED`], [`EXTRA`] and [`LIVE`]), when it was last updated (bits 16..32: the batch count, wrapping), results
 /// emitted (bits 32..61: the next one's revision), [`CHANGED`], [`DIRTY`] and [`LONG`];
 const H_META: usize = 1;
 /// then its key bytes, zero-padded words (or, if [`LONG`], an index into `long_keys`).
+/// A session key's slot has the same three, for the key's first open session (its
+/// end, its revision, ...), then that session's start and, with `emit every`, its
+/// next early result (`WindowOp::s_start`, `s_next`); its accumulator is the slot's.
 const H_KEY: usize = 2;
 const USED_SHIFT: u32 = 16;
 const REV_SHIFT: u32 = 32;
@@ -439,8 +352,15 @@ const LONG: u64 = 1 << 63;
 /// The most key bytes a header holds.
 const INLINE_KEY_MAX: usize = 4096;
 
+/// Session key slots only: the key's first session has fired;
+const FIRED: u64 = 1 << 13;
+/// the key has open sessions besides (in `WindowOp::extra`);
+const EXTRA: u64 = 1 << 14;
+/// the slot holds a key (a timer may name a slot freed since).
+const LIVE: u64 = 1 << 15;
+
 fn meta_len(m: u64) -> usize {
-    (m & 0xFFFF) as usize
+    (m & 0x1FFF) as usize
 }
 
 fn meta_rev(m: u64) -> u32 {
@@ -513,17 +433,49 @@ impl CurKey {
     }
 }
 
-/// Out-of-line keys of aligned windows (those longer than the header holds).
+/// Out-of-line keys of slots (those longer than the header holds).
 #[derive(Default)]
 struct LongKeys {
     keys: Vec<Box<[u8]>>,
     free: Vec<u32>,
 }
 
-/// The hash of slot `id`'s window (for the table's growth and removals).
+impl LongKeys {
+    /// Stores `key`; returns its index.
+    fn add(&mut self, key: &[u8]) -> u32 {
+        let k: Box<[u8]> = key.into();
+        match self.free.pop() {
+            Some(i) => {
+                self.keys[i as usize] = k;
+                i
+            }
+            None => {
+                self.keys.push(k);
+                (self.keys.len() - 1) as u32
+            }
+        }
+    }
+
+    fn remove(&mut self, i: u32) {
+        self.keys[i as usize] = Box::default();
+        self.free.push(i);
+    }
+}
+
+/// The hash of slot `id`'s window (for removals).
 fn slot_hash(accs: &AccStore, long: &LongKeys, id: u32) -> u64 {
+    cell_hash(slot_key_hash(accs, long, id), accs.header(id)[H_END] as i64)
+}
+
+/// The slot hash of session key slot `id`.
+fn key_slot_hash(accs: &AccStore, long: &LongKeys, id: u32) -> u64 {
+    mix(slot_key_hash(accs, long, id))
+}
+
+/// The [`key_hash`] of slot `id`'s key.
+fn slot_key_hash(accs: &AccStore, long: &LongKeys, id: u32) -> u64 {
     let h = accs.header(id);
-    let kh = if h[H_META] & LONG == 0 {
+    if h[H_META] & LONG == 0 {
         let len = meta_len(h[H_META]);
         key_hash(len, h[H_KEY..H_KEY + len.div_ceil(8)].iter().copied())
     } else {
@@ -531,8 +483,7 @@ fn slot_hash(accs: &AccStore, long: &LongKeys, id: u32) -> u64 {
         let mut w = Vec::new();
         pad_words(key, &mut w);
         key_hash(key.len(), w.into_iter())
-    };
-    cell_hash(kh, h[H_END] as i64)
+    }
 }
 
 /// Slot `id`'s key bytes, into `out`.
@@ -564,9 +515,8 @@ pub(crate) struct WindowOp {
     spec: Arc<WindowSpec>,
     kinds: Vec<SlotKind>,
     key_kinds: Vec<SlotKind>,
-    keys: KeyTable,
     accs: AccStore,
-    /// Aligned windows in memory: slot ids by (key, end).
+    /// Aligned windows in memory: slot ids by (key, end). Sessions: key slots by key.
     cells: SlotIndex,
     /// The batch being processed: its rows' encoded keys, and per row the key's bytes in
     /// `batch_keys`, its hash and the hash of its latest window (aligned windows).
@@ -581,9 +531,16 @@ pub(crate) struct WindowOp {
     probe: Vec<u64>,
     keybuf: Vec<u8>,
     groups: BTreeMap<i64, Group>,
-    /// Open sessions by key: nearly always one, kept inline.
-    sessions: SessionTable,
-    timers: BTreeMap<i64, Vec<u32>>,
+    /// Sessions: a key's open sessions past its first (which its slot holds), by key
+    /// slot; a key has some only when [`EXTRA`] is set in its slot.
+    extra: FxHashMap<u32, Sessions>,
+    /// Sessions: the header words of a key slot's first session's start, and of its
+    /// next early result (with `emit every` only).
+    s_start: usize,
+    s_next: Option<usize>,
+    /// Sessions: key slots due at a watermark (see `advance`), and a scratch for them.
+    timers: Timers,
+    due_keys: Vec<u32>,
     /// Watermark per upstream instance, and their minimum.
     channels: Vec<i64>,
     pub wm: i64,
@@ -710,14 +667,15 @@ impl WindowOp {
             })
             .sum();
         let key_words = key_bytes.min(INLINE_KEY_MAX).div_ceil(8).max(1);
+        let s_start = H_KEY + key_words;
+        let s_next = spec.emit_every.map(|_| s_start + 1);
         let accs = match spec.window {
-            Window::Session { .. } => AccStore::new(acc),
+            Window::Session { .. } => AccStore::with_header(acc, s_start + 1 + usize::from(s_next.is_some())),
             _ => AccStore::with_header(acc, H_KEY + key_words),
         };
         WindowOp {
             kinds,
             key_kinds,
-            keys: KeyTable::default(),
             accs,
             cells: SlotIndex::default(),
             batch_keys: Vec::new(),
@@ -728,8 +686,14 @@ impl WindowOp {
             probe: Vec::new(),
             keybuf: Vec::new(),
             groups: BTreeMap::new(),
-            sessions: SessionTable::default(),
-            timers: BTreeMap::new(),
+            extra: FxHashMap::default(),
+            s_start,
+            s_next,
+            timers: match spec.window {
+                Window::Session { gap_ms } => Timers::for_gap(gap_ms),
+                _ => Timers::default(),
+            },
+            due_keys: Vec::new(),
             channels: vec![WM_MIN; upstream.max(1)],
             wm: WM_MIN,
             next_due: WM_MAX,
@@ -760,14 +724,19 @@ impl WindowOp {
 
     /// Windows in memory, windows spilled, and the bytes the in-memory state holds.
     pub fn state_size(&self) -> (usize, usize, usize) {
-        let bytes = self.keys.bytes()
-            + self.accs.bytes()
+        let bytes = self.accs.bytes()
             + self.cells.bytes()
             + self.long_keys.keys.capacity() * 16
             + self.long_keys.keys.iter().map(|k| k.len()).sum::<usize>()
             + self.groups.values().map(|g| g.order.capacity() * 4 + 96).sum::<usize>()
-            + self.sessions.bytes()
-            + self.timers.values().map(|v| v.capacity() * 4 + 64).sum::<usize>();
+            + self.extra.capacity() * (4 + std::mem::size_of::<Sessions>())
+            + self
+                .extra
+                .values()
+                .filter(|l| l.spilled())
+                .map(|l| l.capacity() * std::mem::size_of::<Session>())
+                .sum::<usize>()
+            + self.timers.bytes();
         (self.hot, self.spilled, bytes)
     }
 
@@ -791,10 +760,9 @@ impl WindowOp {
             Window::Session { .. } => (0, 0),
         };
         let aligned = !matches!(spec.window, Window::Session { .. });
-        // First pass: every row's key and hash, so that the second can prefetch ahead:
-        // for aligned windows the bucket of a row's latest window 16 rows ahead and the
-        // slot that bucket points to 8 rows ahead (see slots.rs); for sessions the key's
-        // bucket 16 rows ahead, its entries 8 ahead, its bytes and accumulator 4 ahead.
+        // First pass: every row's key and hash, so that the second can prefetch ahead
+        // the bucket of a row's slot (its latest aligned window, or its session key) 16
+        // rows ahead and the slot that bucket points to 8 rows ahead (see slots.rs).
         self.batch_keys.clear();
         self.batch_rows.clear();
         // (Keys are hashed in a loop of their own: a hash reading the words of a key
@@ -805,9 +773,9 @@ impl WindowOp {
             encode_key(&row, &spec.key_fields, &self.kinds, &mut self.batch_keys);
             let len = self.batch_keys.len() - at;
             let cur = CurKey { at: at as u32, len: len as u32 };
+            self.batch_keys.resize(at + len.div_ceil(8) * 8, 0);
             if aligned {
                 let ts = row.i64(spec.ts_field).saturating_add(spec.ts_offset);
-                self.batch_keys.resize(at + len.div_ceil(8) * 8, 0);
                 let end = slide_start(&mut self.slide_memo, ts, slide).saturating_add(size);
                 self.batch_rows.push((cur, 0, end as u64));
             } else {
@@ -815,53 +783,27 @@ impl WindowOp {
             }
         }
         for (cur, kh, h) in &mut self.batch_rows {
-            if aligned {
-                *kh = key_hash(cur.len as usize, words_of(cur.padded(&self.batch_keys)));
-                *h = cell_hash(*kh, *h as i64);
-            } else {
-                *kh = KeyTable::hash(cur.bytes(&self.batch_keys));
-                *h = *kh;
-            }
+            *kh = key_hash(cur.len as usize, words_of(cur.padded(&self.batch_keys)));
+            *h = if aligned { cell_hash(*kh, *h as i64) } else { mix(*kh) };
         }
         // Rows ahead whose bucket, and whose slot, are prefetched.
         const BUCKET_AHEAD: usize = 16;
         const SLOT_AHEAD: usize = 8;
-        const BYTES_AHEAD: usize = 4;
         // Sessions of few keys stay in the caches: prefetching them only costs.
-        let ahead = aligned || self.keys.len() > PREFETCH_KEYS;
-        for r in 0..BUCKET_AHEAD.min(batch.len) {
-            if aligned {
+        let ahead = aligned || self.hot > PREFETCH_KEYS;
+        if ahead {
+            for r in 0..BUCKET_AHEAD.min(batch.len) {
                 self.cells.prefetch(self.batch_rows[r].2);
-            } else if ahead {
-                self.keys.prefetch_hash(self.batch_rows[r].1);
             }
         }
         for r in 0..batch.len {
-            if aligned {
+            if ahead {
                 if r + BUCKET_AHEAD < batch.len {
                     self.cells.prefetch(self.batch_rows[r + BUCKET_AHEAD].2);
                 }
                 if r + SLOT_AHEAD < batch.len {
                     if let Some(id) = self.cells.candidate(self.batch_rows[r + SLOT_AHEAD].2) {
                         self.accs.prefetch(id);
-                    }
-                }
-            } else if ahead {
-                if r + BUCKET_AHEAD < batch.len {
-                    self.keys.prefetch_hash(self.batch_rows[r + BUCKET_AHEAD].1);
-                }
-                if r + SLOT_AHEAD < batch.len {
-                    if let Some(id) = self.keys.candidate(self.batch_rows[r + SLOT_AHEAD].1) {
-                        self.keys.prefetch(id);
-                        self.sessions.prefetch(id);
-                    }
-                }
-                if r + BYTES_AHEAD < batch.len {
-                    if let Some(id) = self.keys.candidate(self.batch_rows[r + BYTES_AHEAD].1) {
-                        self.keys.prefetch_bytes(id);
-                        if let Some(list) = self.sessions.get(&id) {
-                            self.accs.prefetch(list[0].win.acc);
-                        }
                     }
                 }
             }
@@ -880,13 +822,8 @@ impl WindowOp {
                 self.aligned(cur, kh, &row, ts, stamp, size, slide, &mut outcome, r)?
             } else {
                 let Window::Session { gap_ms } = spec.window else { unreachable!("session") };
-                let (cur, h, _) = self.batch_rows[r];
-                let key = self.keys.intern_hashed(cur.bytes(&self.batch_keys), h);
-                let taken = self.session(key, &row, ts, stamp, gap_ms, &mut outcome, r)?;
-                if !taken {
-                    self.keys.forget_if_unused(key);
-                }
-                taken
+                let (cur, _, h) = self.batch_rows[r];
+                self.session(cur, h, &row, ts, stamp, gap_ms, &mut outcome, r)?
             };
             if !taken && outcome.failed.last().is_none_or(|(i, _)| *i != r) {
                 self.late += 1;
@@ -956,21 +893,7 @@ impl WindowOp {
     fn register_cell(&mut self, id: u32, kh: u64, end: i64, emitted: u32, dirty: bool, changed: bool) {
         let len = self.scratch.len();
         let long = len > self.key_words * 8;
-        let lix = if long {
-            let k: Box<[u8]> = self.scratch.as_slice().into();
-            match self.long_keys.free.pop() {
-                Some(i) => {
-                    self.long_keys.keys[i as usize] = k;
-                    i
-                }
-                None => {
-                    self.long_keys.keys.push(k);
-                    (self.long_keys.keys.len() - 1) as u32
-                }
-            }
-        } else {
-            0
-        };
+        let lix = if long { self.long_keys.add(&self.scratch) } else { 0 };
         let epoch = self.epoch;
         let h = self.accs.header_mut(id);
         h[H_END] = end as u64;
@@ -1016,8 +939,7 @@ impl WindowOp {
         h[H_META] &= !CHANGED;
         if h[H_META] & LONG != 0 {
             let i = h[H_KEY] as u32;
-            self.long_keys.keys[i as usize] = Box::default();
-            self.long_keys.free.push(i);
+            self.long_keys.remove(i);
         }
         self.accs.free(id);
         self.hot -= 1;
@@ -1144,28 +1066,176 @@ impl WindowOp {
         Ok(taken)
     }
 
-    /// Key `key`'s open sessions, read back from the store if they were spilled.
-    fn sessions_of(&mut self, key: u32) -> Result<(), String> {
-        if self.sessions.contains_key(&key) || self.spilled == 0 {
-            return Ok(());
-        }
-        let skey = session_key(self.keys.key(key));
-        let Some(bytes) = self.store()?.take(&skey)? else { return Ok(()) };
-        let list = decode_sessions(&mut self.accs, &bytes, self.epoch)?;
-        for s in &list {
-            self.keys.retain(key);
-            self.timers.entry(s.due(self.spec.lateness)).or_default().push(key);
-        }
-        self.hot += 1;
-        self.spilled -= 1;
-        self.sessions.insert(key, list);
-        Ok(())
+    /// The slot of session key `cur` (whose slot hash is `h`), if it has sessions in
+    /// memory.
+    #[inline]
+    fn find_key(&self, cur: CurKey, h: u64) -> Option<u32> {
+        let (accs, long) = (&self.accs, &self.long_keys);
+        let key = cur.bytes(&self.batch_keys);
+        let probe = cur.padded(&self.batch_keys);
+        let n = probe.len() / 8;
+        let len = key.len() as u64;
+        self.cells.find(h, |id| {
+            let hd = accs.header(id);
+            if hd[H_META] & LONG == 0 {
+                meta_len(hd[H_META]) as u64 == len && hd[H_KEY..H_KEY + n].iter().copied().eq(words_of(probe))
+            } else {
+                *long.keys[hd[H_KEY] as usize] == key[..]
+            }
+        })
     }
 
+    /// The slot of the session key in `scratch` and `probe` (whose slot hash is `h`),
+    /// if it has sessions in memory.
+    fn find_loaded_key(&self, h: u64) -> Option<u32> {
+        let (accs, long, key, probe) = (&self.accs, &self.long_keys, &self.scratch, &self.probe);
+        self.cells.find(h, |id| {
+            let hd = accs.header(id);
+            if hd[H_META] & LONG == 0 {
+                meta_len(hd[H_META]) == key.len() && hd[H_KEY..H_KEY + probe.len()] == probe[..]
+            } else {
+                *long.keys[hd[H_KEY] as usize] == key[..]
+            }
+        })
+    }
+
+    /// Loads session key `kb` into `scratch` and `probe`; returns its slot hash.
+    fn load_key_bytes(&mut self, kb: &[u8]) -> u64 {
+        self.scratch.clear();
+        self.scratch.extend_from_slice(kb);
+        self.probe.clear();
+        pad_words(kb, &mut self.probe);
+        mix(key_hash(kb.len(), self.probe.iter().copied()))
+    }
+
+    /// The first session of key slot `id`.
+    fn primary(&self, id: u32) -> Session {
+        let h = self.accs.header(id);
+        let m = h[H_META];
+        Session {
+            start: h[self.s_start] as i64,
+            end: h[H_END] as i64,
+            win: Win { acc: id, emitted: meta_rev(m), dirty: m & DIRTY != 0, used: u32::from(meta_used(m)) },
+            fired: m & FIRED != 0,
+            next_early: self.s_next.map_or(WM_MAX, |at| h[at] as i64),
+        }
+    }
+
+    /// Key slot `id`'s open sessions, its own first.
+    fn list_of(&self, id: u32) -> Sessions {
+        let mut list = Sessions::new();
+        list.push(self.primary(id));
+        if self.accs.header(id)[H_META] & EXTRA != 0 {
+            if let Some(more) = self.extra.get(&id) {
+                list.extend(more.iter().copied());
+            }
+        }
+        list
+    }
+
+    /// Makes `list` (not empty) key slot `id`'s open sessions. The session whose
+    /// accumulator is the slot's stays in the slot; if there is none (it was dropped),
+    /// the first one's accumulator moves into the slot.
+    fn put_list(&mut self, id: u32, mut list: Sessions) {
+        debug_assert!(!list.is_empty(), "a key slot holds at least one session");
+        let own = match list.iter().position(|s| s.win.acc == id) {
+            Some(i) => i,
+            None => {
+                let a = list[0].win.acc;
+                // The slot's accumulator (a dropped session's) goes with slot `a`.
+                self.accs.swap_acc(id, a);
+                self.accs.free(a);
+                list[0].win.acc = id;
+                0
+            }
+        };
+        list.swap(0, own);
+        let (first, s_start, s_next) = (list[0], self.s_start, self.s_next);
+        let h = self.accs.header_mut(id);
+        let keep = h[H_META] & (0x1FFF | LIVE | LONG | CHANGED);
+        h[H_END] = first.end as u64;
+        h[s_start] = first.start as u64;
+        if let Some(at) = s_next {
+            h[at] = first.next_early as u64;
+        }
+        h[H_META] = keep
+            | (u64::from(first.win.used as u16) << USED_SHIFT)
+            | ((u64::from(first.win.emitted) & REV_MASK) << REV_SHIFT)
+            | if first.win.dirty { DIRTY } else { 0 }
+            | if first.fired { FIRED } else { 0 }
+            | if list.len() > 1 { EXTRA } else { 0 };
+        if list.len() > 1 {
+            self.extra.insert(id, list[1..].iter().copied().collect());
+        } else if keep & LIVE != 0 {
+            self.extra.remove(&id);
+        }
+    }
+
+    /// Makes `list` (not empty) the sessions of the key in `scratch` and `probe`, new
+    /// in memory, whose slot hash is `h`; its first session's slot becomes the key's.
+    fn new_key(&mut self, h: u64, list: Sessions) -> u32 {
+        let id = list[0].win.acc;
+        let len = self.scratch.len();
+        let long = len > self.key_words * 8;
+        let lix = if long { self.long_keys.add(&self.scratch) } else { 0 };
+        let hd = self.accs.header_mut(id);
+        hd[H_META] = (if long { LONG } else { len as u64 }) | LIVE;
+        if long {
+            hd[H_KEY] = u64::from(lix);
+        } else {
+            hd[H_KEY..H_KEY + self.probe.len()].copy_from_slice(&self.probe);
+        }
+        self.cells.insert(h, id);
+        self.hot += 1;
+        self.put_list(id, list);
+        id
+    }
+
+    /// Forgets key slot `id`, whose sessions are gone (their other accumulators freed).
+    fn drop_key(&mut self, id: u32) {
+        let h = key_slot_hash(&self.accs, &self.long_keys, id);
+        self.cells.remove(h, id);
+        let hd = self.accs.header_mut(id);
+        let m = hd[H_META];
+        hd[H_META] = 0;
+        if m & LONG != 0 {
+            let i = hd[H_KEY] as u32;
+            self.long_keys.remove(i);
+        }
+        if m & EXTRA != 0 {
+            self.extra.remove(&id);
+        }
+        self.accs.free(id);
+        self.hot -= 1;
+    }
+
+    /// The sessions of the key in `scratch` and `probe` (slot hash `h`) read back from
+    /// the store into memory, if they were spilled; returns its slot.
+    fn key_from_store(&mut self, h: u64) -> Result<Option<u32>, String> {
+        if self.spilled == 0 {
+            return Ok(None);
+        }
+        let skey = session_key(&self.scratch);
+        let Some(bytes) = self.store()?.take(&skey)? else { return Ok(None) };
+        let list = decode_sessions(&mut self.accs, &bytes, self.epoch)?;
+        if list.is_empty() {
+            return Err("spilled sessions hold none".into());
+        }
+        self.spilled -= 1;
+        let id = self.new_key(h, list);
+        for s in self.list_of(id) {
+            self.timers.push(s.due(self.spec.lateness), id);
+        }
+        Ok(Some(id))
+    }
+
+    /// Adds a record of key `cur` (slot hash `h`) to the session it opens, extends or
+    /// bridges; false if it is late for that session.
     #[allow(clippy::too_many_arguments)]
     fn session(
         &mut self,
-        key: u32,
+        cur: CurKey,
+        h: u64,
         row: &RowRef,
         ts: i64,
         stamp: i64,
@@ -1174,11 +1244,43 @@ impl WindowOp {
         r: usize,
     ) -> Result<bool, String> {
         let lateness = self.spec.lateness;
-        self.sessions_of(key)?;
         let (mut start, mut end) = (ts, ts.saturating_add(gap));
-        let empty = Sessions::new();
-        let list = self.sessions.get(&key).unwrap_or(&empty);
-        // Open sessions this record overlaps or touches, merged into one window.
+        let mut found = self.find_key(cur, h);
+        if let Some(id) = found {
+            // The common case: the key's one session, not fired, takes the record.
+            let hd = self.accs.header(id);
+            let m = hd[H_META];
+            let (s_start, s_end) = (hd[self.s_start] as i64, hd[H_END] as i64);
+            if m & (EXTRA | FIRED) == 0 && s_start <= end && s_end >= start {
+                let (start, end) = (s_start.min(start), s_end.max(end));
+                if gone_at(end, lateness) <= stamp {
+                    return Ok(false);
+                }
+                if let Err(e) = self.accs.update(id, row, ts) {
+                    outcome.failed.push((r, e));
+                    return Ok(false);
+                }
+                let (epoch, at) = (self.epoch, self.s_start);
+                let hd = self.accs.header_mut(id);
+                hd[at] = start as u64;
+                hd[H_END] = end as u64;
+                hd[H_META] = (m & !(0xFFFF << USED_SHIFT)) | (u64::from(epoch as u16) << USED_SHIFT) | DIRTY;
+                // It only grew: its timer stays (see below).
+                if self.changes.on() {
+                    self.changes.key(id);
+                }
+                return Ok(true);
+            }
+        } else if self.spilled > 0 {
+            self.load_key(cur);
+            found = self.key_from_store(h)?;
+        }
+        let mut list = match found {
+            Some(id) => self.list_of(id),
+            None => Sessions::new(),
+        };
+        // Open sessions this record overlaps or touches, merged into one window: into
+        // the key slot's own, if it is one of them (it stays in the slot).
         let hit: SmallVec<[usize; 4]> =
             list.iter().enumerate().filter(|(_, s)| s.start <= end && s.end >= start).map(|(i, _)| i).collect();
         // Open sessions never touch each other, so only the record joins them.
@@ -1189,20 +1291,19 @@ impl WindowOp {
         if gone_at(end, lateness) <= stamp {
             return Ok(false);
         }
-        let fresh = hit.is_empty();
-        let target = if fresh {
-            Session {
+        let into = hit.iter().copied().find(|&i| Some(list[i].win.acc) == found).or(hit.first().copied());
+        let target = match into {
+            Some(i) => list[i],
+            None => Session {
                 start,
                 end,
                 win: Win { acc: self.accs.alloc(), emitted: 0, dirty: false, used: 0 },
                 fired: false,
                 next_early: self.spec.emit_every.map_or(WM_MAX, |d| start.saturating_add(d)),
-            }
-        } else {
-            list[hit[0]]
+            },
         };
         if let Err(e) = self.accs.update(target.win.acc, row, ts) {
-            if fresh {
+            if into.is_none() {
                 self.accs.free(target.win.acc);
             }
             outcome.failed.push((r, e));
@@ -1213,48 +1314,70 @@ impl WindowOp {
         merged.end = end;
         merged.win.dirty = true;
         merged.win.used = self.epoch;
-        if !self.sessions.contains_key(&key) {
-            self.hot += 1;
-        }
-        let list = self.sessions.list_mut(key);
-        // Fold the other hit sessions into the first.
-        for &i in hit.iter().skip(1).rev() {
-            let other = list.remove(i);
+        // Fold the other hit sessions into it.
+        for &i in &hit {
+            if Some(i) == into {
+                continue;
+            }
+            let other = list[i];
             self.accs.merge(merged.win.acc, other.win.acc).map_err(|e| e.to_string())?;
             self.accs.free(other.win.acc);
             merged.win.emitted = merged.win.emitted.max(other.win.emitted);
             merged.fired |= other.fired;
             merged.next_early = merged.next_early.min(other.next_early);
-            self.keys.release(key);
         }
-        let idx = if fresh {
-            list.push(merged);
-            self.keys.retain(key);
-            list.len() - 1
-        } else {
-            list[hit[0]] = merged;
-            hit[0]
+        let folded: SmallVec<[u32; 4]> = hit.iter().filter(|&&i| Some(i) != into).map(|&i| list[i].win.acc).collect();
+        list.retain(|s| !folded.contains(&s.win.acc));
+        let idx = match list.iter().position(|s| s.win.acc == merged.win.acc) {
+            Some(i) => {
+                list[i] = merged;
+                i
+            }
+            None => {
+                list.push(merged);
+                list.len() - 1
+            }
         };
         // A record that lands in a session that had fired (within allowed lateness) is
         // an update, emitted now; the session fires again at its end if that moved on.
         if merged.fired {
-            self.emit_id(key, merged.start, merged.end, merged.win)?;
-            let wm = self.wm;
-            let s = &mut self.sessions.get_mut(&key).expect("sessions")[idx];
+            let key = cur.bytes(&self.batch_keys);
+            emit_row(
+                &mut self.results,
+                &self.spec,
+                &self.key_kinds,
+                &self.accs,
+                self.emit_stamp,
+                key,
+                merged.start,
+                merged.end,
+                merged.win,
+            )?;
+            let s = &mut list[idx];
             s.win.emitted += 1;
             s.win.dirty = false;
-            s.fired = s.end - 1 <= wm;
+            s.fired = s.end - 1 <= self.wm;
         }
         // A session that only grew keeps its timer: the earlier entry pops first and
         // fire_sessions re-arms it at its current due time. New sessions and ones that
         // fired (whose due time may have moved earlier) get an entry now.
-        let due = self.sessions.get(&key).expect("sessions")[idx].due(lateness);
-        if fresh || merged.fired {
-            self.timers.entry(due).or_default().push(key);
+        let due = list[idx].due(lateness);
+        let id = match found {
+            Some(id) => {
+                self.put_list(id, list);
+                id
+            }
+            None => {
+                self.load_key(cur);
+                self.new_key(h, list)
+            }
+        };
+        if into.is_none() || merged.fired {
+            self.timers.push(due, id);
         }
         self.next_due = self.next_due.min(due);
         if self.changes.on() {
-            self.changes.key(key);
+            self.changes.key(id);
         }
         Ok(true)
     }
@@ -1276,32 +1399,24 @@ impl WindowOp {
                         break;
                     }
                     let Some(Reverse((_, kb))) = self.spill_timers.pop() else { break };
-                    let key = self.keys.intern(&kb);
-                    self.sessions_of(key)?;
-                    self.keys.forget_if_unused(key);
-                }
-                while let Some(e) = self.timers.first_entry() {
-                    if *e.key() > wm {
-                        next_due = next_due.min(*e.key());
-                        break;
+                    let h = self.load_key_bytes(&kb);
+                    if self.find_loaded_key(h).is_none() {
+                        self.key_from_store(h)?;
                     }
-                    let keys = e.remove();
-                    // The keys due are random: prefetch their session lists and key
-                    // bytes 8 ahead, and (through the lists, by then in the cache) their
-                    // accumulators 4 ahead.
+                }
+                let mut keys = std::mem::take(&mut self.due_keys);
+                while self.timers.pop_due(wm, &mut keys) {
+                    // The keys due are random: prefetch their slots 4 ahead.
                     for (i, &key) in keys.iter().enumerate() {
-                        if let Some(&k) = keys.get(i + 8) {
-                            self.sessions.prefetch(k);
-                            self.keys.prefetch(k);
-                        }
                         if let Some(&k) = keys.get(i + 4) {
-                            if let Some(list) = self.sessions.get(&k) {
-                                self.accs.prefetch(list[0].win.acc);
-                            }
-                            self.keys.prefetch_bytes(k);
+                            self.accs.prefetch(k);
                         }
                         self.fire_sessions(key)?;
                     }
+                }
+                self.due_keys = keys;
+                if let Some(at) = self.timers.first_due() {
+                    next_due = next_due.min(at);
                 }
             }
             Window::Tumbling { size_ms } | Window::Sliding { size_ms, .. } => {
@@ -1416,34 +1531,49 @@ impl WindowOp {
         Ok(())
     }
 
-    /// Fires, updates early and drops the sessions of `key` the watermark has passed.
+    /// Fires, updates early and drops the sessions of key slot `key` the watermark has
+    /// passed.
     fn fire_sessions(&mut self, key: u32) -> Result<(), String> {
+        if self.accs.header(key)[H_META] & LIVE == 0 {
+            // A stale timer: the key went since.
+            return Ok(());
+        }
         let wm = self.wm;
         let lateness = self.spec.lateness;
         let every = self.spec.emit_every;
-        let Some(list) = self.sessions.get_mut(&key) else { return Ok(()) };
-        let mut list = std::mem::take(list);
+        let mut list = self.list_of(key);
         let mut changed = false;
+        let mut key_read = false;
         let mut i = 0;
         while i < list.len() {
-            let s = &mut list[i];
-            if !s.fired && s.end - 1 <= wm {
-                changed = true;
-                s.fired = true;
-                let (st, en, w) = (s.start, s.end, s.win);
-                self.emit_id(key, st, en, w)?;
+            let s = list[i];
+            let final_ = !s.fired && s.end - 1 <= wm;
+            let early = !final_ && !s.fired && s.next_early - 1 <= wm;
+            if (final_ || (early && s.win.dirty)) && !key_read {
+                slot_key(&self.accs, &self.long_keys, key, &mut self.keybuf);
+                key_read = true;
+            }
+            if final_ || (early && s.win.dirty) {
+                emit_row(
+                    &mut self.results,
+                    &self.spec,
+                    &self.key_kinds,
+                    &self.accs,
+                    self.emit_stamp,
+                    &self.keybuf,
+                    s.start,
+                    s.end,
+                    s.win,
+                )?;
                 let s = &mut list[i];
                 s.win.emitted += 1;
                 s.win.dirty = false;
-            } else if !s.fired && s.next_early - 1 <= wm {
+            }
+            if final_ {
                 changed = true;
-                if s.win.dirty {
-                    let (st, en, w) = (s.start, s.end, s.win);
-                    self.emit_id(key, st, en, w)?;
-                    let s = &mut list[i];
-                    s.win.emitted += 1;
-                    s.win.dirty = false;
-                }
+                list[i].fired = true;
+            } else if early {
+                changed = true;
                 let s = &mut list[i];
                 while s.next_early - 1 <= wm {
                     s.next_early = s.next_early.saturating_add(every.unwrap_or(i64::MAX));
@@ -1453,25 +1583,32 @@ impl WindowOp {
             if s.fired && gone_at(s.end, lateness) <= wm {
                 changed = true;
                 if list.len() == 1 && self.changes.on() {
-                    // The key's last session: it goes (its bytes go with the last reference).
-                    self.changes.removed(self.keys.key(key));
+                    // The key's last session: it goes.
+                    if !key_read {
+                        slot_key(&self.accs, &self.long_keys, key, &mut self.keybuf);
+                        key_read = true;
+                    }
+                    self.changes.removed(&self.keybuf);
                     if let Some(f) = self.changes.keys.get_mut(key as usize) {
                         *f = false;
                     }
                     changed = false;
                 }
-                self.accs.free(s.win.acc);
-                self.keys.release(key);
+                // The slot's own accumulator goes with the slot (or its next session's
+                // moves in: put_list).
+                if s.win.acc != key {
+                    self.accs.free(s.win.acc);
+                }
                 list.remove(i);
                 continue;
             }
-            self.timers.entry(s.due(lateness)).or_default().push(key);
+            self.timers.push(s.due(lateness), key);
             i += 1;
         }
         if list.is_empty() {
-            self.hot -= 1;
+            self.drop_key(key);
         } else {
-            self.sessions.insert(key, list);
+            self.put_list(key, list);
             if changed && self.changes.on() {
                 self.changes.key(key);
             }
@@ -1493,14 +1630,21 @@ impl WindowOp {
         let mut buf = Vec::new();
         match self.spec.window {
             Window::Session { .. } => {
-                let mut cands: Vec<(u32, u32)> =
-                    self.sessions.iter().map(|(k, l)| (l.iter().map(|s| s.win.used).max().unwrap_or(0), k)).collect();
+                // Oldest first: by batches since the key's last update (wrapping).
+                let mut cands: Vec<(u16, u32)> = Vec::with_capacity(self.hot);
+                for id in 0..self.accs.slots() {
+                    let m = self.accs.header(id)[H_META];
+                    if m & LIVE != 0 {
+                        cands.push((u16::MAX - (self.epoch as u16).wrapping_sub(meta_used(m)), id));
+                    }
+                }
                 cands.sort_unstable();
+                let mut kb = Vec::new();
                 for &(_, key) in cands.iter().take(n) {
-                    let Some(list) = self.sessions.remove(&key) else { continue };
+                    let list = self.list_of(key);
                     buf.clear();
                     encode_sessions(&self.accs, &list, &mut buf);
-                    let kb: Box<[u8]> = self.keys.key(key).into();
+                    slot_key(&self.accs, &self.long_keys, key, &mut kb);
                     let due = list.iter().map(|s| s.due(self.spec.lateness)).min().unwrap_or(WM_MAX);
                     let skey = session_key(&kb);
                     self.store()?.put(&skey, &buf)?;
@@ -1509,13 +1653,14 @@ impl WindowOp {
                         *f = false;
                         self.changes.out.insert(skey);
                     }
-                    self.spill_timers.push(Reverse((due, kb)));
+                    self.spill_timers.push(Reverse((due, kb.as_slice().into())));
                     self.next_due = self.next_due.min(due);
                     for s in &list {
-                        self.accs.free(s.win.acc);
-                        self.keys.release(key);
+                        if s.win.acc != key {
+                            self.accs.free(s.win.acc);
+                        }
                     }
-                    self.hot -= 1;
+                    self.drop_key(key);
                     self.spilled += 1;
                 }
             }
@@ -1562,12 +1707,6 @@ impl WindowOp {
     fn emit(&mut self, key: &[u8], start: i64, end: i64, w: Win) -> Result<(), String> {
         emit_row(&mut self.results, &self.spec, &self.key_kinds, &self.accs, self.emit_stamp, key, start, end, w)
     }
-
-    /// [`WindowOp::emit`] for an interned key (no copy of its bytes).
-    fn emit_id(&mut self, key: u32, start: i64, end: i64, w: Win) -> Result<(), String> {
-        let kb = self.keys.key(key);
-        emit_row(&mut self.results, &self.spec, &self.key_kinds, &self.accs, self.emit_stamp, kb, start, end, w)
-    }
 }
 
 /// Snapshot kinds (`snapshot.rs`): aligned windows, and sessions.
@@ -1588,8 +1727,8 @@ const SNAP_SESSION: u8 = b'S';
 /// - sessions: per key, its key bytes and its sessions ([`encode_sessions`]: start,
 ///   end, next early result, fired, revision, dirty flag, accumulator).
 ///
-/// What is derived is rebuilt on restore rather than stored: the slot index, interned
-/// key ids, out-of-line keys, session timers (one per session at its due time: a timer
+/// What is derived is rebuilt on restore rather than stored: the slot index, key
+/// slots, out-of-line keys, session timers (one per session at its due time: a timer
 /// only ever makes the operator look at its key's sessions, so the stale entries of
 /// the snapshotted operator make no difference), the next due watermark, and which
 /// windows are spilled (a restored operator with a store spills down to its own budget).
@@ -1611,10 +1750,15 @@ impl WindowOp {
         };
         if session {
             let spilled = spilled(b"S")?;
-            w.count(self.sessions.iter().count() + spilled.len(), "session keys")?;
-            for (key, list) in self.sessions.iter() {
-                w.bytes(self.keys.key(key), "key")?;
-                w.bytes_with("sessions", |o| encode_sessions(&self.accs, list, o))?;
+            w.count(self.hot + spilled.len(), "session keys")?;
+            let mut kb = Vec::new();
+            for id in 0..self.accs.slots() {
+                if self.accs.header(id)[H_META] & LIVE != 0 {
+                    slot_key(&self.accs, &self.long_keys, id, &mut kb);
+                    let list = self.list_of(id);
+                    w.bytes(&kb, "key")?;
+                    w.bytes_with("sessions", |o| encode_sessions(&self.accs, &list, o))?;
+                }
             }
             for (k, v) in &spilled {
                 w.bytes(k.get(1..).unwrap_or_default(), "key")?;
@@ -1712,8 +1856,8 @@ impl WindowOp {
                 let kb = r.bytes("key")?;
                 let blob = r.bytes("sessions")?;
                 check_key(kb, &self.key_kinds)?;
-                let key = self.keys.intern(kb);
-                if self.sessions.contains_key(&key) {
+                let h = self.load_key_bytes(kb);
+                if self.find_loaded_key(h).is_some() {
                     return Err("window snapshot holds a key's sessions twice".into());
                 }
                 let list = decode_sessions(&mut self.accs, blob, self.epoch)?;
@@ -1724,13 +1868,13 @@ impl WindowOp {
                     if s.end == i64::MIN || s.start > s.end || s.next_early == i64::MIN || s.win.emitted == u32::MAX {
                         return Err(format!("window snapshot holds a bad session [{}, {})", s.start, s.end));
                     }
-                    self.keys.retain(key);
+                }
+                let key = self.new_key(h, list);
+                for s in self.list_of(key) {
                     let due = s.due(lateness);
-                    self.timers.entry(due).or_default().push(key);
+                    self.timers.push(due, key);
                     next_due = next_due.min(due);
                 }
-                self.sessions.insert(key, list);
-                self.hot += 1;
             }
         } else {
             let size = match self.spec.window {
@@ -1995,13 +2139,14 @@ impl WindowOp {
             let mut n = 0;
             for skey in &out {
                 let kb = skey.get(1..).unwrap_or_default();
-                if let Some(id) = self.keys.find(kb).filter(|id| self.sessions.contains_key(id)) {
+                let h = self.load_key_bytes(kb);
+                if let Some(id) = self.find_loaded_key(h) {
                     if let Some(f) = self.changes.keys.get_mut(id as usize) {
                         *f = false;
                     }
-                    let list = self.sessions.get(&id).expect("sessions");
+                    let list = self.list_of(id);
                     w.bytes(kb, "key")?;
-                    w.bytes_with("sessions", |o| encode_sessions(&self.accs, list, o))?;
+                    w.bytes_with("sessions", |o| encode_sessions(&self.accs, &list, o))?;
                     n += 1;
                 } else if self.spilled > 0 {
                     if let Some(v) = self.stored(skey)? {
@@ -2013,12 +2158,15 @@ impl WindowOp {
                 // Else dropped since: among the removed keys.
             }
             let ids = std::mem::take(&mut self.changes.key_ids);
+            let mut kb = Vec::new();
             for &id in &ids {
                 let Some(f) = self.changes.keys.get_mut(id as usize).filter(|f| **f) else { continue };
                 *f = false;
-                if let Some(list) = self.sessions.get(&id) {
-                    w.bytes(self.keys.key(id), "key")?;
-                    w.bytes_with("sessions", |o| encode_sessions(&self.accs, list, o))?;
+                if self.accs.header(id)[H_META] & LIVE != 0 {
+                    slot_key(&self.accs, &self.long_keys, id, &mut kb);
+                    let list = self.list_of(id);
+                    w.bytes(&kb, "key")?;
+                    w.bytes_with("sessions", |o| encode_sessions(&self.accs, &list, o))?;
                     n += 1;
                 }
             }
@@ -2192,26 +2340,13 @@ impl WindowOp {
         for _ in 0..n {
             let kb = r.bytes("key")?;
             check_key(kb, &self.key_kinds)?;
-            let key = self.keys.intern(kb);
-            self.sessions_of(key)?;
-            match self.sessions.remove(&key) {
-                Some(list) => {
-                    for s in &list {
-                        self.accs.free(s.win.acc);
-                        self.keys.release(key);
-                    }
-                    self.hot -= 1;
-                }
-                None => self.keys.forget_if_unused(key),
-            }
+            self.forget_key(kb)?;
         }
         let n = r.count(8, "changed keys")?;
         for _ in 0..n {
             let kb = r.bytes("key")?;
             let blob = r.bytes("sessions")?;
             check_key(kb, &self.key_kinds)?;
-            let key = self.keys.intern(kb);
-            self.sessions_of(key)?;
             let list = decode_sessions(&mut self.accs, blob, self.epoch)?;
             if list.is_empty() {
                 return Err("window delta holds a key without sessions".into());
@@ -2221,22 +2356,51 @@ impl WindowOp {
                     return Err(format!("window delta holds a bad session [{}, {})", s.start, s.end));
                 }
             }
-            for s in &list {
-                self.keys.retain(key);
+            let h = self.load_key_bytes(kb);
+            let key = match self.find_loaded_key(h) {
+                Some(id) => {
+                    // The old sessions go; the slot stays the key's (its timers too).
+                    for s in self.list_of(id) {
+                        if s.win.acc != id {
+                            self.accs.free(s.win.acc);
+                        }
+                    }
+                    self.put_list(id, list);
+                    id
+                }
+                None => {
+                    if self.spilled > 0 && self.store()?.take(&session_key(kb))?.is_some() {
+                        self.spilled -= 1;
+                    }
+                    self.new_key(h, list)
+                }
+            };
+            for s in self.list_of(key) {
                 let due = s.due(lateness);
-                self.timers.entry(due).or_default().push(key);
+                self.timers.push(due, key);
                 self.next_due = self.next_due.min(due);
             }
-            match self.sessions.remove(&key) {
-                Some(old) => {
-                    for s in &old {
+        }
+        Ok(())
+    }
+
+    /// Drops session key `kb`'s sessions, in memory or spilled.
+    fn forget_key(&mut self, kb: &[u8]) -> Result<(), String> {
+        let h = self.load_key_bytes(kb);
+        match self.find_loaded_key(h) {
+            Some(id) => {
+                for s in self.list_of(id) {
+                    if s.win.acc != id {
                         self.accs.free(s.win.acc);
-                        self.keys.release(key);
                     }
                 }
-                None => self.hot += 1,
+                self.drop_key(id);
             }
-            self.sessions.insert(key, list);
+            None => {
+                if self.spilled > 0 && self.store()?.take(&session_key(kb))?.is_some() {
+                    self.spilled -= 1;
+                }
+            }
         }
         Ok(())
     }
