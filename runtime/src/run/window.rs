@@ -1152,6 +1152,7 @@ impl WindowOp {
         list.swap(0, own);
         let (first, s_start, s_next) = (list[0], self.s_start, self.s_next);
         let h = self.accs.header_mut(id);
+        let had_more = h[H_META] & EXTRA != 0;
         let keep = h[H_META] & (0x1FFF | LIVE | LONG | CHANGED);
         h[H_END] = first.end as u64;
         h[s_start] = first.start as u64;
@@ -1166,7 +1167,7 @@ impl WindowOp {
             | if list.len() > 1 { EXTRA } else { 0 };
         if list.len() > 1 {
             self.extra.insert(id, list[1..].iter().copied().collect());
-        } else if keep & LIVE != 0 {
+        } else if had_more {
             self.extra.remove(&id);
         }
     }
@@ -1406,10 +1407,17 @@ impl WindowOp {
                 }
                 let mut keys = std::mem::take(&mut self.due_keys);
                 while self.timers.pop_due(wm, &mut keys) {
-                    // The keys due are random: prefetch their slots 4 ahead.
+                    // The keys due are random: prefetch their slots 8 ahead and, from
+                    // the slots (by then cached), the index buckets that dropping them
+                    // writes 4 ahead.
                     for (i, &key) in keys.iter().enumerate() {
-                        if let Some(&k) = keys.get(i + 4) {
+                        if let Some(&k) = keys.get(i + 8) {
                             self.accs.prefetch(k);
+                        }
+                        if let Some(&k) = keys.get(i + 4) {
+                            if self.accs.header(k)[H_META] & LIVE != 0 {
+                                self.cells.prefetch(key_slot_hash(&self.accs, &self.long_keys, k));
+                            }
                         }
                         self.fire_sessions(key)?;
                     }
