@@ -305,8 +305,28 @@ pipeline big = from bank | where amount > 1000.00 | select { id } -> other
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    let sp = flowc(dir.path()).args(["savepoint", "create", "sp", "--data-dir", "data", "--timeout", "30"]).output();
-    let sp = sp.unwrap();
+    // Paused while the request is made, so that on a loaded machine the run cannot
+    // reach its end before it looks for the request (it looks every 10 ms).
+    let signal = |sig: &str| {
+        let ok = Command::new("kill").args([sig, &child.id().to_string()]).status().is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig}");
+    };
+    signal("-STOP");
+    let sp = flowc(dir.path())
+        .args(["savepoint", "create", "sp", "--data-dir", "data", "--timeout", "30"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let request = checkpoints.join("savepoint-request");
+    for _ in 0..3000 {
+        if request.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    signal("-CONT");
+    let sp = sp.wait_with_output().unwrap();
     let _ = child.kill();
     let _ = child.wait();
     assert!(sp.status.success(), "savepoint create: {}", text(&sp.stderr));
