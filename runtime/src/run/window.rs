@@ -1150,7 +1150,19 @@ impl WindowOp {
             }
         };
         list.swap(0, own);
-        let (first, s_start, s_next) = (list[0], self.s_start, self.s_next);
+        let had_more = self.write_first(id, &list[0], list.len() > 1);
+        if list.len() > 1 {
+            self.extra.insert(id, list[1..].iter().copied().collect());
+        } else if had_more {
+            self.extra.remove(&id);
+        }
+    }
+
+    /// Writes `first` (whose accumulator is the slot's) into key slot `id` as its first
+    /// session, flagged as having `more`; returns whether it had more before.
+    #[inline]
+    fn write_first(&mut self, id: u32, first: &Session, more: bool) -> bool {
+        let (s_start, s_next) = (self.s_start, self.s_next);
         let h = self.accs.header_mut(id);
         let had_more = h[H_META] & EXTRA != 0;
         let keep = h[H_META] & (0x1FFF | LIVE | LONG | CHANGED);
@@ -1164,12 +1176,8 @@ impl WindowOp {
             | ((u64::from(first.win.emitted) & REV_MASK) << REV_SHIFT)
             | if first.win.dirty { DIRTY } else { 0 }
             | if first.fired { FIRED } else { 0 }
-            | if list.len() > 1 { EXTRA } else { 0 };
-        if list.len() > 1 {
-            self.extra.insert(id, list[1..].iter().copied().collect());
-        } else if had_more {
-            self.extra.remove(&id);
-        }
+            | if more { EXTRA } else { 0 };
+        had_more
     }
 
     /// Makes `list` (not empty) the sessions of the key in `scratch` and `probe`, new
@@ -1275,6 +1283,47 @@ impl WindowOp {
         } else if self.spilled > 0 {
             self.load_key(cur);
             found = self.key_from_store(h)?;
+        }
+        if found.is_none() {
+            // A new key: its first session, straight into a new slot.
+            if gone_at(end, lateness) <= stamp {
+                return Ok(false);
+            }
+            let id = self.accs.alloc();
+            if let Err(e) = self.accs.update(id, row, ts) {
+                self.accs.free(id);
+                outcome.failed.push((r, e));
+                return Ok(false);
+            }
+            let key = cur.bytes(&self.batch_keys);
+            let long = key.len() > self.key_words * 8;
+            let lix = if long { self.long_keys.add(key) } else { 0 };
+            let hd = self.accs.header_mut(id);
+            hd[H_META] = (if long { LONG } else { key.len() as u64 }) | LIVE;
+            if long {
+                hd[H_KEY] = u64::from(lix);
+            } else {
+                for (w, x) in hd[H_KEY..].iter_mut().zip(words_of(cur.padded(&self.batch_keys))) {
+                    *w = x;
+                }
+            }
+            self.cells.insert(h, id);
+            self.hot += 1;
+            let s = Session {
+                start,
+                end,
+                win: Win { acc: id, emitted: 0, dirty: true, used: self.epoch },
+                fired: false,
+                next_early: self.spec.emit_every.map_or(WM_MAX, |d| start.saturating_add(d)),
+            };
+            self.write_first(id, &s, false);
+            let due = s.due(lateness);
+            self.timers.push(due, id);
+            self.next_due = self.next_due.min(due);
+            if self.changes.on() {
+                self.changes.key(id);
+            }
+            return Ok(true);
         }
         let mut list = match found {
             Some(id) => self.list_of(id),
@@ -1546,6 +1595,9 @@ impl WindowOp {
             // A stale timer: the key went since.
             return Ok(());
         }
+        if self.accs.header(key)[H_META] & EXTRA == 0 {
+            return self.fire_one(key);
+        }
         let wm = self.wm;
         let lateness = self.spec.lateness;
         let every = self.spec.emit_every;
@@ -1620,6 +1672,64 @@ impl WindowOp {
             if changed && self.changes.on() {
                 self.changes.key(key);
             }
+        }
+        Ok(())
+    }
+
+    /// [`WindowOp::fire_sessions`] of a key with one open session (nearly every key),
+    /// on its slot alone.
+    fn fire_one(&mut self, key: u32) -> Result<(), String> {
+        let wm = self.wm;
+        let lateness = self.spec.lateness;
+        let mut s = self.primary(key);
+        let final_ = !s.fired && s.end - 1 <= wm;
+        let early = !final_ && !s.fired && s.next_early - 1 <= wm;
+        let gone = s.fired && gone_at(s.end, lateness) <= wm;
+        if !(final_ || early || gone) {
+            // A timer the session moved past: set again at its due time.
+            self.timers.push(s.due(lateness), key);
+            return Ok(());
+        }
+        if final_ || (early && s.win.dirty) {
+            slot_key(&self.accs, &self.long_keys, key, &mut self.keybuf);
+            emit_row(
+                &mut self.results,
+                &self.spec,
+                &self.key_kinds,
+                &self.accs,
+                self.emit_stamp,
+                &self.keybuf,
+                s.start,
+                s.end,
+                s.win,
+            )?;
+            s.win.emitted += 1;
+            s.win.dirty = false;
+        }
+        if final_ {
+            s.fired = true;
+        } else if early {
+            let every = self.spec.emit_every.unwrap_or(i64::MAX);
+            while s.next_early - 1 <= wm {
+                s.next_early = s.next_early.saturating_add(every);
+            }
+        }
+        if s.fired && gone_at(s.end, lateness) <= wm {
+            if self.changes.on() {
+                // The key's last session: it goes.
+                slot_key(&self.accs, &self.long_keys, key, &mut self.keybuf);
+                self.changes.removed(&self.keybuf);
+                if let Some(f) = self.changes.keys.get_mut(key as usize) {
+                    *f = false;
+                }
+            }
+            self.drop_key(key);
+            return Ok(());
+        }
+        self.timers.push(s.due(lateness), key);
+        self.write_first(key, &s, false);
+        if self.changes.on() {
+            self.changes.key(key);
         }
         Ok(())
     }
