@@ -315,12 +315,14 @@ impl BatchBuilder {
     }
 
     /// Appends a zeroed row (all fields non-null zero) and returns its index.
+    #[inline]
     pub fn push_row(&mut self) -> usize {
         self.rows.resize(self.rows.len() + self.layout.width as usize, 0);
         self.len += 1;
         self.len - 1
     }
 
+    #[inline]
     fn slot_mut(&mut self, row: usize, field: usize, n: usize) -> &mut [u8] {
         let w = self.layout.width as usize;
         let o = row * w + self.layout.offsets[field] as usize;
@@ -349,14 +351,17 @@ impl BatchBuilder {
         self.slot_mut(row, field, n).fill(0);
     }
 
+    #[inline]
     pub fn set_i64(&mut self, row: usize, field: usize, v: i64) {
         self.slot_mut(row, field, 8).copy_from_slice(&v.to_le_bytes());
     }
 
+    #[inline]
     pub fn set_f64(&mut self, row: usize, field: usize, v: f64) {
         self.slot_mut(row, field, 8).copy_from_slice(&v.to_bits().to_le_bytes());
     }
 
+    #[inline]
     pub fn set_i128(&mut self, row: usize, field: usize, v: i128) {
         self.slot_mut(row, field, 16).copy_from_slice(&v.to_le_bytes());
     }
@@ -372,6 +377,7 @@ impl BatchBuilder {
     }
 
     /// Sets an arena slot to (offset, len) already in the arena.
+    #[inline]
     pub fn set_span(&mut self, row: usize, field: usize, offset: u32, len: u32) {
         let s = self.slot_mut(row, field, 8);
         s[0..4].copy_from_slice(&offset.to_le_bytes());
