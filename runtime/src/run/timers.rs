@@ -205,6 +205,13 @@ impl Timers {
         n > 0
     }
 
+    /// Up to `n` of the ids due next, for prefetching: those of the front bucket, as
+    /// [`Timers::first_due`] or [`Timers::pop_due`] left it.
+    pub fn next_ids(&self, n: usize) -> impl Iterator<Item = u32> + '_ {
+        let front = if self.sorted { self.ring.front().map(|v| &v[self.gone.min(v.len())..]) } else { None };
+        front.unwrap_or_default().iter().take(n).map(|&(_, id)| id)
+    }
+
     /// The earliest watermark a timer is set at.
     pub fn first_due(&mut self) -> Option<i64> {
         if let Some((&at, _)) = self.past.first_key_value() {
@@ -256,6 +263,22 @@ mod tests {
         assert_eq!(out, [1]);
         assert!(t.is_empty());
         assert_eq!(t.first_due(), None);
+    }
+
+    #[test]
+    fn the_ids_due_next_are_those_popped_next() {
+        let mut t = Timers::for_gap(1000);
+        for (at, id) in [(10, 1), (30, 3), (20, 2), (40, 4), (5000, 9)] {
+            t.push(at, id);
+        }
+        let mut out = Vec::new();
+        assert!(t.pop_due(15, &mut out));
+        assert_eq!(out, [1]);
+        assert_eq!(t.first_due(), Some(20));
+        assert_eq!(t.next_ids(2).collect::<Vec<_>>(), [2, 3]);
+        assert!(t.pop_due(20, &mut out));
+        assert_eq!(out, [2]);
+        assert_eq!(t.next_ids(5).collect::<Vec<_>>(), [3], "only the front bucket is looked at");
     }
 
     proptest! {

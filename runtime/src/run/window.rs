@@ -1475,6 +1475,11 @@ impl WindowOp {
                 if let Some(at) = self.timers.first_due() {
                     next_due = next_due.min(at);
                 }
+                // The keys due next, at a later watermark (most often the next
+                // record's): their slots are on the way by then.
+                for k in self.timers.next_ids(16) {
+                    self.accs.prefetch(k);
+                }
             }
             Window::Tumbling { size_ms } | Window::Sliding { size_ms, .. } => {
                 let lateness = self.spec.lateness;
