@@ -967,17 +967,7 @@ impl WindowOp {
         slot_key(&self.accs, &self.long_keys, id, &mut self.keybuf);
         let m = self.accs.header(id)[H_META];
         let w = Win { acc: id, emitted: meta_rev(m), dirty: false, used: 0 };
-        emit_row(
-            &mut self.results,
-            &self.spec,
-            &self.key_kinds,
-            &self.accs,
-            self.emit_stamp,
-            &self.keybuf,
-            start,
-            end,
-            w,
-        )?;
+        self.emit_keybuf(start, end, w)?;
         let next = u64::from(meta_rev(m).wrapping_add(1)) & REV_MASK;
         let track = self.changes.track;
         self.accs.header_mut(id)[H_META] = (m & !(DIRTY | (REV_MASK << REV_SHIFT))) | (next << REV_SHIFT) | track;
@@ -1603,60 +1593,19 @@ impl WindowOp {
         if self.accs.header(key)[H_META] & EXTRA == 0 {
             return self.fire_one(key);
         }
-        let wm = self.wm;
         let lateness = self.spec.lateness;
-        let every = self.spec.emit_every;
         let mut list = self.list_of(key);
         let mut changed = false;
         let mut key_read = false;
         let mut i = 0;
         while i < list.len() {
-            let s = list[i];
-            let final_ = !s.fired && s.end - 1 <= wm;
-            let early = !final_ && !s.fired && s.next_early - 1 <= wm;
-            if (final_ || (early && s.win.dirty)) && !key_read {
-                slot_key(&self.accs, &self.long_keys, key, &mut self.keybuf);
-                key_read = true;
-            }
-            if final_ || (early && s.win.dirty) {
-                emit_row(
-                    &mut self.results,
-                    &self.spec,
-                    &self.key_kinds,
-                    &self.accs,
-                    self.emit_stamp,
-                    &self.keybuf,
-                    s.start,
-                    s.end,
-                    s.win,
-                )?;
-                let s = &mut list[i];
-                s.win.emitted += 1;
-                s.win.dirty = false;
-            }
-            if final_ {
-                changed = true;
-                list[i].fired = true;
-            } else if early {
-                changed = true;
-                let s = &mut list[i];
-                while s.next_early - 1 <= wm {
-                    s.next_early = s.next_early.saturating_add(every.unwrap_or(i64::MAX));
-                }
-            }
-            let s = list[i];
-            if s.fired && gone_at(s.end, lateness) <= wm {
+            let mut s = list[i];
+            changed |= self.due_step(key, &mut s, &mut key_read)?;
+            list[i] = s;
+            if s.fired && gone_at(s.end, lateness) <= self.wm {
                 changed = true;
                 if list.len() == 1 && self.changes.on() {
-                    // The key's last session: it goes.
-                    if !key_read {
-                        slot_key(&self.accs, &self.long_keys, key, &mut self.keybuf);
-                        key_read = true;
-                    }
-                    self.changes.removed(&self.keybuf);
-                    if let Some(f) = self.changes.keys.get_mut(key as usize) {
-                        *f = false;
-                    }
+                    self.last_session_goes(key, &mut key_read);
                     changed = false;
                 }
                 // The slot's own accumulator goes with the slot (or its next session's
@@ -1684,30 +1633,41 @@ impl WindowOp {
     /// [`WindowOp::fire_sessions`] of a key with one open session (nearly every key),
     /// on its slot alone.
     fn fire_one(&mut self, key: u32) -> Result<(), String> {
-        let wm = self.wm;
         let lateness = self.spec.lateness;
         let mut s = self.primary(key);
-        let final_ = !s.fired && s.end - 1 <= wm;
-        let early = !final_ && !s.fired && s.next_early - 1 <= wm;
-        let gone = s.fired && gone_at(s.end, lateness) <= wm;
-        if !(final_ || early || gone) {
-            // A timer the session moved past: set again at its due time.
-            self.timers.push(s.due(lateness), key);
+        let mut key_read = false;
+        let changed = self.due_step(key, &mut s, &mut key_read)?;
+        if s.fired && gone_at(s.end, lateness) <= self.wm {
+            if self.changes.on() {
+                self.last_session_goes(key, &mut key_read);
+            }
+            self.drop_key(key);
             return Ok(());
         }
+        // Due again later (a timer the session moved past is set again here).
+        self.timers.push(s.due(lateness), key);
+        if changed {
+            self.write_first(key, &s, false);
+            if self.changes.on() {
+                self.changes.key(key);
+            }
+        }
+        Ok(())
+    }
+
+    /// Fires session `s` of key slot `key`, or gives its early result, if the
+    /// watermark says so; returns whether it changed. `key_read`: `keybuf` holds the
+    /// key's bytes.
+    fn due_step(&mut self, key: u32, s: &mut Session, key_read: &mut bool) -> Result<bool, String> {
+        let wm = self.wm;
+        let final_ = !s.fired && s.end - 1 <= wm;
+        let early = !final_ && !s.fired && s.next_early - 1 <= wm;
         if final_ || (early && s.win.dirty) {
-            slot_key(&self.accs, &self.long_keys, key, &mut self.keybuf);
-            emit_row(
-                &mut self.results,
-                &self.spec,
-                &self.key_kinds,
-                &self.accs,
-                self.emit_stamp,
-                &self.keybuf,
-                s.start,
-                s.end,
-                s.win,
-            )?;
+            if !*key_read {
+                slot_key(&self.accs, &self.long_keys, key, &mut self.keybuf);
+                *key_read = true;
+            }
+            self.emit_keybuf(s.start, s.end, s.win)?;
             s.win.emitted += 1;
             s.win.dirty = false;
         }
@@ -1719,24 +1679,20 @@ impl WindowOp {
                 s.next_early = s.next_early.saturating_add(every);
             }
         }
-        if s.fired && gone_at(s.end, lateness) <= wm {
-            if self.changes.on() {
-                // The key's last session: it goes.
-                slot_key(&self.accs, &self.long_keys, key, &mut self.keybuf);
-                self.changes.removed(&self.keybuf);
-                if let Some(f) = self.changes.keys.get_mut(key as usize) {
-                    *f = false;
-                }
-            }
-            self.drop_key(key);
-            return Ok(());
+        Ok(final_ || early)
+    }
+
+    /// Records, for the next delta, that key slot `key`'s last session goes (its
+    /// bytes go with it). `key_read`: `keybuf` holds the key's bytes.
+    fn last_session_goes(&mut self, key: u32, key_read: &mut bool) {
+        if !*key_read {
+            slot_key(&self.accs, &self.long_keys, key, &mut self.keybuf);
+            *key_read = true;
         }
-        self.timers.push(s.due(lateness), key);
-        self.write_first(key, &s, false);
-        if self.changes.on() {
-            self.changes.key(key);
+        self.changes.removed(&self.keybuf);
+        if let Some(f) = self.changes.keys.get_mut(key as usize) {
+            *f = false;
         }
-        Ok(())
     }
 
     /// Moves the least recently updated windows to the store while more than the
@@ -1824,6 +1780,21 @@ impl WindowOp {
             }
         }
         Ok(())
+    }
+
+    /// Appends one result row for the key in `keybuf`.
+    fn emit_keybuf(&mut self, start: i64, end: i64, w: Win) -> Result<(), String> {
+        emit_row(
+            &mut self.results,
+            &self.spec,
+            &self.key_kinds,
+            &self.accs,
+            self.emit_stamp,
+            &self.keybuf,
+            start,
+            end,
+            w,
+        )
     }
 
     /// Appends one result row for the key with bytes `key`.
