@@ -2820,21 +2820,22 @@ mod tests {
                 // A second open session of b, beside the first.
                 ("b", 10, 30_000, 1_000),
                 ("a", 4, 8_000, 6_000),
+                ("a", 16, 9_500, 10_500),
                 ("a", 8, 9_000, 11_000),
             ];
             let (out, late) = run(&mut op, &rows, true);
             assert!(late.is_empty());
             // a: early results at 5_999 (its next early result, 1_000 + 5_000 - 1) and
-            // at 10_999 (every 5 s), each with the bounds it had then; the final one at
-            // the end of input. b: its first session's early result at 5_999, then it
+            // at 10_999 (every 5 s; not at 10_500), each with the bounds it had then;
+            // the final one at the end of input. b: its first session's early result at 5_999, then it
             // fires at 10_999 (its end - 1) as revision 1; the second session fires at
             // the end as revision 0.
             assert_eq!(
                 sorted(out),
                 vec![
                     ("a".into(), 1_000, 13_000, 2, 3, 0),
-                    ("a".into(), 1_000, 18_000, 3, 7, 1),
-                    ("a".into(), 1_000, 19_000, 4, 15, 2),
+                    ("a".into(), 1_000, 19_500, 4, 23, 1),
+                    ("a".into(), 1_000, 19_500, 5, 31, 2),
                     ("b".into(), 1_000, 11_000, 1, 1, 0),
                     ("b".into(), 1_000, 11_000, 1, 1, 1),
                     ("b".into(), 30_000, 40_000, 1, 10, 0),
