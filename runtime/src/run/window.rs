@@ -87,19 +87,13 @@ fn hash_bytes(b: &[u8]) -> u64 {
 
 impl KeyTable {
     /// The hash the table files `key` under.
-    #[inline]
-    pub(crate) fn hash(key: &[u8]) -> u64 {
+    fn hash(key: &[u8]) -> u64 {
         mix(hash_bytes(key))
     }
 
     /// The id of `key`, interning it if new.
     pub(crate) fn intern(&mut self, key: &[u8]) -> u32 {
-        self.intern_hashed(key, KeyTable::hash(key))
-    }
-
-    /// [`KeyTable::intern`] of a key whose [`KeyTable::hash`] is `h`.
-    #[inline]
-    pub(crate) fn intern_hashed(&mut self, key: &[u8], h: u64) -> u32 {
+        let h = KeyTable::hash(key);
         let keys = &self.keys;
         if let Some(id) = self.index.find(h, |id| &*keys[id as usize] == key) {
             return id;
@@ -331,8 +325,9 @@ struct Session {
 /// Header words of an aligned window's slot in the [`AccStore`]: its end,
 const H_END: usize = 0;
 /// one word of metadata: its key's length (bits 0..13; an out-of-line key's is in its
-/// box; bits 13..16 are sessions' [`FIRED`], [`EXTRA`] and [`LIVE`]), when it was last updated (bits 16..32: the batch count, wrapping), results
-/// emitted (bits 32..61: the next one's revision), [`CHANGED`], [`DIRTY`] and [`LONG`];
+/// box; bits 13..16 are sessions' [`FIRED`], [`EXTRA`] and [`LIVE`]), when it was last
+/// updated (bits 16..32: the batch count, wrapping), results emitted (bits 32..61: the
+/// next one's revision), [`CHANGED`], [`DIRTY`] and [`LONG`];
 const H_META: usize = 1;
 /// then its key bytes, zero-padded words (or, if [`LONG`], an index into `long_keys`).
 /// A session key's slot has the same three, for the key's first open session (its
@@ -483,6 +478,40 @@ fn slot_key_hash(accs: &AccStore, long: &LongKeys, id: u32) -> u64 {
         let mut w = Vec::new();
         pad_words(key, &mut w);
         key_hash(key.len(), w.into_iter())
+    }
+}
+
+/// Whether slot `id` holds key `key`, given also as zero-padded words.
+#[inline]
+fn slot_key_is(accs: &AccStore, long: &LongKeys, id: u32, key: &[u8], words: impl Iterator<Item = u64>) -> bool {
+    let h = accs.header(id);
+    if h[H_META] & LONG == 0 {
+        meta_len(h[H_META]) == key.len() && h[H_KEY..H_KEY + key.len().div_ceil(8)].iter().copied().eq(words)
+    } else {
+        *long.keys[h[H_KEY] as usize] == key[..]
+    }
+}
+
+/// Writes key `key` (also given as zero-padded words) into slot `id`'s header: inline
+/// if it fits in `key_words`, else out of line. Returns the metadata bits that say so
+/// (its length, or [`LONG`]), for the caller to put into [`H_META`].
+fn put_key(
+    accs: &mut AccStore,
+    long: &mut LongKeys,
+    key_words: usize,
+    id: u32,
+    key: &[u8],
+    words: impl Iterator<Item = u64>,
+) -> u64 {
+    let h = accs.header_mut(id);
+    if key.len() > key_words * 8 {
+        h[H_KEY] = u64::from(long.add(key));
+        LONG
+    } else {
+        for (w, x) in h[H_KEY..].iter_mut().zip(words) {
+            *w = x;
+        }
+        key.len() as u64
     }
 }
 
@@ -864,18 +893,9 @@ impl WindowOp {
     #[inline]
     fn find_cell(&self, cur: CurKey, kh: u64, end: i64) -> Option<u32> {
         let (accs, long) = (&self.accs, &self.long_keys);
-        let key = cur.bytes(&self.batch_keys);
-        let probe = cur.padded(&self.batch_keys);
-        let n = probe.len() / 8;
-        let len = key.len() as u64;
+        let (key, probe) = (cur.bytes(&self.batch_keys), cur.padded(&self.batch_keys));
         self.cells.find(cell_hash(kh, end), |id| {
-            let h = accs.header(id);
-            h[H_END] as i64 == end
-                && if h[H_META] & LONG == 0 {
-                    meta_len(h[H_META]) as u64 == len && h[H_KEY..H_KEY + n].iter().copied().eq(words_of(probe))
-                } else {
-                    *long.keys[h[H_KEY] as usize] == key[..]
-                }
+            accs.header(id)[H_END] as i64 == end && slot_key_is(accs, long, id, key, words_of(probe))
         })
     }
 
@@ -891,23 +911,16 @@ impl WindowOp {
     /// Makes slot `id` the current key's window ending at `end`: header, table, group.
     /// `changed`: a new window (a change to track), not one read back or restored.
     fn register_cell(&mut self, id: u32, kh: u64, end: i64, emitted: u32, dirty: bool, changed: bool) {
-        let len = self.scratch.len();
-        let long = len > self.key_words * 8;
-        let lix = if long { self.long_keys.add(&self.scratch) } else { 0 };
+        let key_bits =
+            put_key(&mut self.accs, &mut self.long_keys, self.key_words, id, &self.scratch, self.probe.iter().copied());
         let epoch = self.epoch;
         let h = self.accs.header_mut(id);
         h[H_END] = end as u64;
-        h[H_META] = (if long { 0 } else { len as u64 })
+        h[H_META] = key_bits
             | (u64::from(epoch as u16) << USED_SHIFT)
             | ((u64::from(emitted) & REV_MASK) << REV_SHIFT)
             | if dirty { DIRTY } else { 0 }
-            | if changed { self.changes.track } else { 0 }
-            | if long { LONG } else { 0 };
-        if long {
-            h[H_KEY] = u64::from(lix);
-        } else {
-            h[H_KEY..H_KEY + self.probe.len()].copy_from_slice(&self.probe);
-        }
+            | if changed { self.changes.track } else { 0 };
         self.cells.insert(cell_hash(kh, end), id);
         if changed && self.changes.on() {
             self.changes.slots.push(id);
@@ -1061,32 +1074,15 @@ impl WindowOp {
     #[inline]
     fn find_key(&self, cur: CurKey, h: u64) -> Option<u32> {
         let (accs, long) = (&self.accs, &self.long_keys);
-        let key = cur.bytes(&self.batch_keys);
-        let probe = cur.padded(&self.batch_keys);
-        let n = probe.len() / 8;
-        let len = key.len() as u64;
-        self.cells.find(h, |id| {
-            let hd = accs.header(id);
-            if hd[H_META] & LONG == 0 {
-                meta_len(hd[H_META]) as u64 == len && hd[H_KEY..H_KEY + n].iter().copied().eq(words_of(probe))
-            } else {
-                *long.keys[hd[H_KEY] as usize] == key[..]
-            }
-        })
+        let (key, probe) = (cur.bytes(&self.batch_keys), cur.padded(&self.batch_keys));
+        self.cells.find(h, |id| slot_key_is(accs, long, id, key, words_of(probe)))
     }
 
     /// The slot of the session key in `scratch` and `probe` (whose slot hash is `h`),
     /// if it has sessions in memory.
     fn find_loaded_key(&self, h: u64) -> Option<u32> {
         let (accs, long, key, probe) = (&self.accs, &self.long_keys, &self.scratch, &self.probe);
-        self.cells.find(h, |id| {
-            let hd = accs.header(id);
-            if hd[H_META] & LONG == 0 {
-                meta_len(hd[H_META]) == key.len() && hd[H_KEY..H_KEY + probe.len()] == probe[..]
-            } else {
-                *long.keys[hd[H_KEY] as usize] == key[..]
-            }
-        })
+        self.cells.find(h, |id| slot_key_is(accs, long, id, key, probe.iter().copied()))
     }
 
     /// Loads session key `kb` into `scratch` and `probe`; returns its slot hash.
@@ -1174,16 +1170,9 @@ impl WindowOp {
     /// in memory, whose slot hash is `h`; its first session's slot becomes the key's.
     fn new_key(&mut self, h: u64, list: Sessions) -> u32 {
         let id = list[0].win.acc;
-        let len = self.scratch.len();
-        let long = len > self.key_words * 8;
-        let lix = if long { self.long_keys.add(&self.scratch) } else { 0 };
-        let hd = self.accs.header_mut(id);
-        hd[H_META] = (if long { LONG } else { len as u64 }) | LIVE;
-        if long {
-            hd[H_KEY] = u64::from(lix);
-        } else {
-            hd[H_KEY..H_KEY + self.probe.len()].copy_from_slice(&self.probe);
-        }
+        let key_bits =
+            put_key(&mut self.accs, &mut self.long_keys, self.key_words, id, &self.scratch, self.probe.iter().copied());
+        self.accs.header_mut(id)[H_META] = key_bits | LIVE;
         self.cells.insert(h, id);
         self.hot += 1;
         self.put_list(id, list);
@@ -1274,51 +1263,14 @@ impl WindowOp {
             self.load_key(cur);
             found = self.key_from_store(h)?;
         }
-        if found.is_none() {
+        let Some(id) = found else {
             // A new key: its first session, straight into a new slot.
             if gone_at(end, lateness) <= stamp {
                 return Ok(false);
             }
-            let id = self.accs.alloc();
-            if let Err(e) = self.accs.update(id, row, ts) {
-                self.accs.free(id);
-                outcome.failed.push((r, e));
-                return Ok(false);
-            }
-            let key = cur.bytes(&self.batch_keys);
-            let long = key.len() > self.key_words * 8;
-            let lix = if long { self.long_keys.add(key) } else { 0 };
-            let hd = self.accs.header_mut(id);
-            hd[H_META] = (if long { LONG } else { key.len() as u64 }) | LIVE;
-            if long {
-                hd[H_KEY] = u64::from(lix);
-            } else {
-                for (w, x) in hd[H_KEY..].iter_mut().zip(words_of(cur.padded(&self.batch_keys))) {
-                    *w = x;
-                }
-            }
-            self.cells.insert(h, id);
-            self.hot += 1;
-            let s = Session {
-                start,
-                end,
-                win: Win { acc: id, emitted: 0, dirty: true, used: self.epoch },
-                fired: false,
-                next_early: self.spec.emit_every.map_or(WM_MAX, |d| start.saturating_add(d)),
-            };
-            self.write_first(id, &s, false);
-            let due = s.due(lateness);
-            self.timers.push(due, id);
-            self.next_due = self.next_due.min(due);
-            if self.changes.on() {
-                self.changes.key(id);
-            }
-            return Ok(true);
-        }
-        let mut list = match found {
-            Some(id) => self.list_of(id),
-            None => Sessions::new(),
+            return self.open_key(cur, h, row, ts, gap, outcome, r);
         };
+        let mut list = self.list_of(id);
         // Open sessions this record overlaps or touches, merged into one window: into
         // the key slot's own, if it is one of them (it stays in the slot).
         let hit: SmallVec<[usize; 4]> =
@@ -1331,7 +1283,7 @@ impl WindowOp {
         if gone_at(end, lateness) <= stamp {
             return Ok(false);
         }
-        let into = hit.iter().copied().find(|&i| Some(list[i].win.acc) == found).or(hit.first().copied());
+        let into = hit.iter().copied().find(|&i| list[i].win.acc == id).or(hit.first().copied());
         let target = match into {
             Some(i) => list[i],
             None => Session {
@@ -1381,18 +1333,9 @@ impl WindowOp {
         // A record that lands in a session that had fired (within allowed lateness) is
         // an update, emitted now; the session fires again at its end if that moved on.
         if merged.fired {
-            let key = cur.bytes(&self.batch_keys);
-            emit_row(
-                &mut self.results,
-                &self.spec,
-                &self.key_kinds,
-                &self.accs,
-                self.emit_stamp,
-                key,
-                merged.start,
-                merged.end,
-                merged.win,
-            )?;
+            self.keybuf.clear();
+            self.keybuf.extend_from_slice(cur.bytes(&self.batch_keys));
+            self.emit_keybuf(merged.start, merged.end, merged.win)?;
             let s = &mut list[idx];
             s.win.emitted += 1;
             s.win.dirty = false;
@@ -1402,19 +1345,51 @@ impl WindowOp {
         // fire_sessions re-arms it at its current due time. New sessions and ones that
         // fired (whose due time may have moved earlier) get an entry now.
         let due = list[idx].due(lateness);
-        let id = match found {
-            Some(id) => {
-                self.put_list(id, list);
-                id
-            }
-            None => {
-                self.load_key(cur);
-                self.new_key(h, list)
-            }
-        };
+        self.put_list(id, list);
         if into.is_none() || merged.fired {
             self.timers.push(due, id);
         }
+        self.next_due = self.next_due.min(due);
+        if self.changes.on() {
+            self.changes.key(id);
+        }
+        Ok(true)
+    }
+
+    /// Opens key `cur` (slot hash `h`), not in memory, with a record's session
+    /// `[ts, ts + gap)` in a new slot; false if the record's update failed.
+    #[allow(clippy::too_many_arguments)]
+    fn open_key(
+        &mut self,
+        cur: CurKey,
+        h: u64,
+        row: &RowRef,
+        ts: i64,
+        gap: i64,
+        outcome: &mut Outcome,
+        r: usize,
+    ) -> Result<bool, String> {
+        let id = self.accs.alloc();
+        if let Err(e) = self.accs.update(id, row, ts) {
+            self.accs.free(id);
+            outcome.failed.push((r, e));
+            return Ok(false);
+        }
+        let (key, words) = (cur.bytes(&self.batch_keys), words_of(cur.padded(&self.batch_keys)));
+        let key_bits = put_key(&mut self.accs, &mut self.long_keys, self.key_words, id, key, words);
+        self.accs.header_mut(id)[H_META] = key_bits | LIVE;
+        self.cells.insert(h, id);
+        self.hot += 1;
+        let s = Session {
+            start: ts,
+            end: ts.saturating_add(gap),
+            win: Win { acc: id, emitted: 0, dirty: true, used: self.epoch },
+            fired: false,
+            next_early: self.spec.emit_every.map_or(WM_MAX, |d| ts.saturating_add(d)),
+        };
+        self.write_first(id, &s, false);
+        let due = s.due(self.spec.lateness);
+        self.timers.push(due, id);
         self.next_due = self.next_due.min(due);
         if self.changes.on() {
             self.changes.key(id);
@@ -1586,11 +1561,12 @@ impl WindowOp {
     /// Fires, updates early and drops the sessions of key slot `key` the watermark has
     /// passed.
     fn fire_sessions(&mut self, key: u32) -> Result<(), String> {
-        if self.accs.header(key)[H_META] & LIVE == 0 {
+        let m = self.accs.header(key)[H_META];
+        if m & LIVE == 0 {
             // A stale timer: the key went since.
             return Ok(());
         }
-        if self.accs.header(key)[H_META] & EXTRA == 0 {
+        if m & EXTRA == 0 {
             return self.fire_one(key);
         }
         let lateness = self.spec.lateness;
@@ -2081,13 +2057,7 @@ impl WindowOp {
     fn find_loaded(&self, kh: u64, end: i64) -> Option<u32> {
         let (accs, long, key, probe) = (&self.accs, &self.long_keys, &self.scratch, &self.probe);
         self.cells.find(cell_hash(kh, end), |id| {
-            let h = accs.header(id);
-            h[H_END] as i64 == end
-                && if h[H_META] & LONG == 0 {
-                    meta_len(h[H_META]) == key.len() && h[H_KEY..H_KEY + probe.len()] == probe[..]
-                } else {
-                    *long.keys[h[H_KEY] as usize] == key[..]
-                }
+            accs.header(id)[H_END] as i64 == end && slot_key_is(accs, long, id, key, probe.iter().copied())
         })
     }
 }
@@ -2827,9 +2797,9 @@ mod tests {
             assert!(late.is_empty());
             // a: early results at 5_999 (its next early result, 1_000 + 5_000 - 1) and
             // at 10_999 (every 5 s; not at 10_500), each with the bounds it had then;
-            // the final one at the end of input. b: its first session's early result at 5_999, then it
-            // fires at 10_999 (its end - 1) as revision 1; the second session fires at
-            // the end as revision 0.
+            // the final one at the end of input. b: its first session's early result at
+            // 5_999, then it fires at 10_999 (its end - 1) as revision 1; the second
+            // session fires at the end as revision 0.
             assert_eq!(
                 sorted(out),
                 vec![
