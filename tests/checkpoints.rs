@@ -82,15 +82,25 @@ impl Rng {
     }
 }
 
+/// [`run_to_end`], and how long the run took.
+fn timed_run_to_end(dir: &Path, extra: &[&str]) -> (Output, Duration) {
+    let started = Instant::now();
+    let o = run_to_end(dir, extra);
+    (o, started.elapsed())
+}
+
 /// Starts the run up to `kills` times, SIGKILLing it after a random delay each time,
 /// then lets it finish; a start that finishes before its kill ends the test's input
 /// (a later start would be a new run). Returns how many kills hit a running process.
-fn crash_and_finish(dir: &Path, extra: &[&str], kills: usize, rng: &mut Rng) -> usize {
+/// `span`: how long an uninterrupted run took; the delays fall within it (a tenth to
+/// all of it), so that kills land mid-run however fast the machine is.
+fn crash_and_finish(dir: &Path, extra: &[&str], kills: usize, rng: &mut Rng, span: Duration) -> usize {
     let mut hit = 0;
+    let span = span.as_millis().max(20) as u64;
     for _ in 0..kills {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("runs.log")).expect("log");
         let mut child = flowc(dir).args(run_args(extra)).stdout(Stdio::null()).stderr(log).spawn().expect("spawn");
-        let delay = Duration::from_millis(100 + rng.next(700));
+        let delay = Duration::from_millis(span / 10 + rng.next(span * 9 / 10));
         let started = Instant::now();
         loop {
             if let Some(status) = child.try_wait().expect("wait") {
@@ -124,14 +134,14 @@ fn kills() -> usize {
 /// then a run killed `kills()` times, then one aborted at each fault point.
 fn crash_test(flow: &str, lines_in: usize, extra: &[&str]) {
     let reference = setup(flow, lines_in);
-    run_to_end(reference.path(), extra);
+    let (_, span) = timed_run_to_end(reference.path(), extra);
     let want = lines(&reference.path().join("out.jsonl"));
     assert!(!want.is_empty(), "the reference run wrote nothing");
 
     let seed = seed();
     let mut rng = Rng(seed);
     let dir = setup(flow, lines_in);
-    let hit = crash_and_finish(dir.path(), extra, kills(), &mut rng);
+    let hit = crash_and_finish(dir.path(), extra, kills(), &mut rng, span);
     let got = lines(&dir.path().join("out.jsonl"));
     assert_eq!(got.len(), want.len(), "record count differs after {hit} kills (FLOW_CRASH_SEED={seed})");
     if got != want {
@@ -215,12 +225,12 @@ pipeline w = from txns | key_by account | window tumbling(5s)
     crash_test(flow, 60_000, &[]);
     // The topic holds every approved record once, after kills too.
     let reference = setup(flow, 20_000);
-    run_to_end(reference.path(), &[]);
+    let (_, span) = timed_run_to_end(reference.path(), &[]);
     let want = topic_records(reference.path(), "txns");
     assert_eq!(want.len(), 20_000 - 20_000 / 13 - 1);
     let dir = setup(flow, 20_000);
     let mut rng = Rng(seed());
-    crash_and_finish(dir.path(), &[], 5, &mut rng);
+    crash_and_finish(dir.path(), &[], 5, &mut rng, span);
     assert!(topic_records(dir.path(), "txns") == want, "the topic's records differ after kills");
 }
 
@@ -396,13 +406,13 @@ pipeline w = from bank | key_by account | window tumbling(5s)
     };
     let reference = setup(flow, 1);
     disorder(reference.path());
-    let o = run_to_end(reference.path(), &[]);
+    let (o, span) = timed_run_to_end(reference.path(), &[]);
     assert!(text(&o.stderr).contains("late record"), "the input has no late records: {}", text(&o.stderr));
     let want = lines(&reference.path().join("out.jsonl"));
     let dir = setup(flow, 1);
     disorder(dir.path());
     let mut rng = Rng(seed());
-    let hit = crash_and_finish(dir.path(), &[], kills(), &mut rng);
+    let hit = crash_and_finish(dir.path(), &[], kills(), &mut rng, span);
     assert!(hit > 0, "no kill hit a running process");
     assert!(lines(&dir.path().join("out.jsonl")) == want, "window results differ after {hit} kills");
 }
