@@ -471,7 +471,9 @@ pipeline p = from s | key_by account | window {window} | aggregate {{ n: count()
                 }
             }
         }
-        // A key here is a flag, 4 length bytes and 12 characters; then the accumulator.
+        // The yardstick for a key here: its 12 characters, a 4-byte length and a null
+        // flag (a row holds it in 20 bytes and a null bit; the window state's key
+        // encoding, in 13); then the accumulator's words.
         peak.raw_bytes_per_window = 17 + h.spec.acc.width * 8;
         Ok(peak)
     }

@@ -260,6 +260,25 @@ impl AccStore {
         }
     }
 
+    /// Inserts `extra` zeroed header words at header word `at` of every slot (ids,
+    /// contents and free slots stay as they were): room for longer keys.
+    pub fn widen(&mut self, at: usize, extra: usize) {
+        assert!(at <= self.header, "header word {at} of {}", self.header);
+        let (old, stride) = (self.stride, self.stride + extra);
+        let slots = self.words.len() / old.max(1);
+        // Advised before it is first written: see advise_huge.
+        let mut words = Vec::with_capacity(slots * stride + (slots * stride / 32).max(stride * 256));
+        super::slots::advise_huge(&words);
+        for slot in self.words.chunks_exact(old) {
+            words.extend_from_slice(&slot[..at]);
+            words.resize(words.len() + extra, 0);
+            words.extend_from_slice(&slot[at..]);
+        }
+        self.words = words;
+        self.header += extra;
+        self.stride = stride;
+    }
+
     /// The first word of slot `id`'s accumulator.
     #[inline]
     fn base(&self, id: u32) -> usize {
@@ -315,14 +334,13 @@ impl AccStore {
             }
             None => {
                 if self.words.len() + w > self.words.capacity() {
-                    // Grow by an eighth, not double: the slab is most of a window
-                    // operator's memory, and copying it on growth is cheap next to
-                    // filling it.
-                    // (A new buffer, advised before it is first written: see advise_huge.)
-                    let mut grown = Vec::with_capacity(self.words.len() + (self.words.len() / 8).max(w * 256));
-                    super::slots::advise_huge(&grown);
-                    grown.extend_from_slice(&self.words);
-                    self.words = grown;
+                    // Grow by a 32nd, not double: the slab is most of a window
+                    // operator's memory. A large buffer is reallocated by remapping
+                    // its pages (glibc's realloc uses mremap), so nothing is copied.
+                    // (The new tail is advised before it is first written: see
+                    // advise_huge.)
+                    self.words.reserve_exact((self.words.len() / 32).max(w * 256));
+                    super::slots::advise_huge(&self.words);
                 }
                 self.words.resize(self.words.len() + w, 0);
                 (self.words.len() / w - 1) as u32
@@ -932,6 +950,36 @@ mod tests {
         assert_eq!(v[9], Value::String("c".into()), "last: ties go to the later arrival");
         assert_eq!(v[10], Value::Float(7.0 / 3.0));
         assert_eq!(v[11], Value::Float(1.5), "NaN is skipped once a number is seen");
+    }
+
+    /// Widening the header keeps every slot's header words (around the new ones, which
+    /// are zero), its accumulator with its extras, its id, and the free list.
+    #[test]
+    fn widening_the_header_keeps_every_slot() {
+        let aggs = vec![agg("count", Type::int()), agg("count_distinct", Type::int()), agg("min", Type::string())];
+        let args = [None, Some(2), Some(2)];
+        let (st0, input) = setup(&aggs, &args);
+        let mut st = AccStore::with_header(st0.layout, 3);
+        let b = rows(&input, &[(None, 0, "b", 0.0), (None, 0, "a", 0.0), (None, 0, "b", 0.0)]);
+        let ids: Vec<u32> = (0..300).map(|_| st.alloc()).collect();
+        for &id in &ids {
+            st.header_mut(id).copy_from_slice(&[u64::from(id), 7, u64::from(id) << 32]);
+            for r in 0..=(id as usize % 3) {
+                st.update(id, &b.row(r), 0).expect("update");
+            }
+        }
+        let before: Vec<Vec<Value>> = ids.iter().map(|&id| results(&st, id, &aggs)).collect();
+        st.free(ids[5]);
+        st.widen(2, 2);
+        for &id in &ids {
+            assert_eq!(st.header(id), [u64::from(id), 7, 0, 0, u64::from(id) << 32]);
+            if id != ids[5] {
+                assert_eq!(results(&st, id, &aggs), before[id as usize]);
+            }
+        }
+        assert_eq!(st.alloc(), ids[5], "the freed slot is reused");
+        assert_eq!(st.header(ids[5]), [0; 5]);
+        assert_eq!(st.alloc(), 300);
     }
 
     #[test]

@@ -15,8 +15,9 @@
 /// The first bytes of every snapshot.
 pub(crate) const MAGIC: &[u8; 4] = b"FLSN";
 /// The format's version; a snapshot of another version is refused. (2: snapshots carry
-/// their [`Generation`], and there are deltas.)
-pub(crate) const VERSION: u8 = 2;
+/// their [`Generation`], and there are deltas. 3: a key's last string field has no
+/// length of its own, see `window::encode_key`.)
+pub(crate) const VERSION: u8 = 3;
 
 /// Where an operator's state stands in its chain of snapshots: a full snapshot starts a
 /// new `chain` (a number drawn so that it is unlikely to repeat), and each snapshot or

@@ -3,7 +3,8 @@
 //! One [`WindowOp`] per stage instance owns the state of the keys hashed to it:
 //!
 //! - **Keys** are encoded as bytes (the key fields' slots, nulls marked) and held in
-//!   the slots of the [`AccStore`] slab, inline up to a few words (else out of line).
+//!   the slots of the [`AccStore`] slab, inline up to the slots' key room (else out of
+//!   line). The room grows with the keys seen (`WindowOp::fit_key`).
 //! - **Aligned windows** (tumbling, sliding): one slot per (key, window) in the
 //!   [`AccStore`] slab, holding the window's end, its key bytes, its revision and the
 //!   accumulator words, and one [`SlotIndex`] of slot ids over (key, end). A record
@@ -150,9 +151,13 @@ impl KeyTable {
     }
 }
 
-/// Appends the encoding of `row`'s key fields to `out`.
+/// Appends the encoding of `row`'s key fields to `out`: per field a null flag byte
+/// (0: null, then nothing) and its value: a string's length (`u32`) and bytes, a
+/// number's little-endian bytes. The last field's length is implied by the key's, so
+/// a key of one string is a flag and the string's bytes (state holds keys inline when
+/// they are short: four bytes less keeps more of them there).
 pub(crate) fn encode_key(row: &RowRef, fields: &[usize], kinds: &[SlotKind], out: &mut Vec<u8>) {
-    for &f in fields {
+    for (i, &f) in fields.iter().enumerate() {
         if row.is_null(f) {
             out.push(0);
             continue;
@@ -161,7 +166,9 @@ pub(crate) fn encode_key(row: &RowRef, fields: &[usize], kinds: &[SlotKind], out
         match kinds[f] {
             SlotKind::Str | SlotKind::Encoded => {
                 let b = row.encoded(f);
-                out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+                if i + 1 < fields.len() {
+                    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+                }
                 out.extend_from_slice(b);
             }
             SlotKind::Dec128 { .. } => out.extend_from_slice(&row.i128(f).to_le_bytes()),
@@ -192,13 +199,18 @@ fn key_part<'a>(key: &mut &'a [u8], n: usize) -> Result<&'a [u8], String> {
 }
 
 /// Splits the next field off an encoded key: `None` for a null, else its bytes (a
-/// string's without its length).
-fn key_field<'a>(key: &mut &'a [u8], kind: SlotKind) -> Result<Option<&'a [u8]>, String> {
+/// string's without its length). `last`: the key's last field (a string's length is
+/// what is left).
+fn key_field<'a>(key: &mut &'a [u8], kind: SlotKind, last: bool) -> Result<Option<&'a [u8]>, String> {
     let flag = key_part(key, 1)?[0];
     if flag == 0 {
         return Ok(None);
     }
+    if flag != 1 {
+        return Err(format!("bad null flag {flag} in key"));
+    }
     let n = match kind {
+        SlotKind::Str | SlotKind::Encoded if last => key.len(),
         SlotKind::Str | SlotKind::Encoded => {
             let mut len = [0u8; 4];
             len.copy_from_slice(key_part(key, 4)?);
@@ -213,8 +225,8 @@ fn key_field<'a>(key: &mut &'a [u8], kind: SlotKind) -> Result<Option<&'a [u8]>,
 /// Checks that `key` is a whole encoded key of fields of `kinds` (keys read back from
 /// a snapshot).
 pub(crate) fn check_key(mut key: &[u8], kinds: &[SlotKind]) -> Result<(), String> {
-    for &kind in kinds {
-        key_field(&mut key, kind)?;
+    for (i, &kind) in kinds.iter().enumerate() {
+        key_field(&mut key, kind, i + 1 == kinds.len())?;
     }
     if key.is_empty() {
         Ok(())
@@ -226,7 +238,7 @@ pub(crate) fn check_key(mut key: &[u8], kinds: &[SlotKind]) -> Result<(), String
 /// Writes an encoded key into fields `0..` of row `r`.
 pub(crate) fn decode_key(mut key: &[u8], kinds: &[SlotKind], out: &mut BatchBuilder, r: usize) -> Result<(), String> {
     for (f, &kind) in kinds.iter().enumerate() {
-        let Some(b) = key_field(&mut key, kind)? else {
+        let Some(b) = key_field(&mut key, kind, f + 1 == kinds.len())? else {
             out.set_null(r, f);
             continue;
         };
@@ -346,6 +358,8 @@ const DIRTY: u64 = 1 << 62;
 const LONG: u64 = 1 << 63;
 /// The most key bytes a header holds.
 const INLINE_KEY_MAX: usize = 4096;
+/// The most key bytes a header's room grows to for strings (see `WindowOp::fit_key`).
+const KEY_ROOM_MAX: usize = 64;
 
 /// Session key slots only: the key's first session has fired;
 const FIRED: u64 = 1 << 13;
@@ -686,11 +700,14 @@ impl WindowOp {
         let acc = spec.acc.clone();
         let key_kinds: Vec<SlotKind> = spec.key_fields.iter().map(|&f| kinds[f]).collect();
         let results = BatchBuilder::new(spec.result.clone());
-        // Room in the header for a key: fixed-width fields exactly, strings up to 19 bytes.
+        // Room in the header for a key: fixed-width fields exactly, strings' flags and
+        // lengths; room for their bytes comes as keys arrive (see `fit_key`).
         let key_bytes: usize = key_kinds
             .iter()
-            .map(|k| match k {
-                SlotKind::Str | SlotKind::Encoded => 24,
+            .enumerate()
+            .map(|(i, k)| match k {
+                SlotKind::Str | SlotKind::Encoded if i + 1 == key_kinds.len() => 1,
+                SlotKind::Str | SlotKind::Encoded => 5,
                 SlotKind::Dec128 { .. } => 17,
                 _ => 9,
             })
@@ -911,6 +928,7 @@ impl WindowOp {
     /// Makes slot `id` the current key's window ending at `end`: header, table, group.
     /// `changed`: a new window (a change to track), not one read back or restored.
     fn register_cell(&mut self, id: u32, kh: u64, end: i64, emitted: u32, dirty: bool, changed: bool) {
+        self.fit_key(self.scratch.len());
         let key_bits =
             put_key(&mut self.accs, &mut self.long_keys, self.key_words, id, &self.scratch, self.probe.iter().copied());
         let epoch = self.epoch;
@@ -943,14 +961,62 @@ impl WindowOp {
         self.hot += 1;
     }
 
+    /// Makes room in every slot for a key of `len` bytes inline, if more than an eighth
+    /// of the slots in memory would otherwise hold theirs out of line and it is at most
+    /// [`KEY_ROOM_MAX`] bytes: a slot's room for its key follows the keys seen, so that
+    /// short keys take no more than they need.
+    #[inline]
+    fn fit_key(&mut self, len: usize) {
+        if len <= self.key_words * 8 || len > KEY_ROOM_MAX {
+            return;
+        }
+        let long = self.long_keys.keys.len() - self.long_keys.free.len();
+        if (long + 1) * 8 > self.hot {
+            self.widen_keys(len.div_ceil(8));
+        }
+    }
+
+    /// Widens every slot's key room to `words` words, and moves the keys held out of
+    /// line that fit now into their slots.
+    #[cold]
+    fn widen_keys(&mut self, words: usize) {
+        let extra = words - self.key_words;
+        self.accs.widen(H_KEY + self.key_words, extra);
+        self.key_words = words;
+        self.s_start += extra;
+        if let Some(at) = &mut self.s_next {
+            *at += extra;
+        }
+        let mut padded = Vec::new();
+        for id in 0..self.accs.slots() {
+            let m = self.accs.header(id)[H_META];
+            if m & LONG == 0 {
+                continue;
+            }
+            let i = self.accs.header(id)[H_KEY] as u32;
+            let key = &self.long_keys.keys[i as usize];
+            if key.len() > words * 8 {
+                continue;
+            }
+            padded.clear();
+            pad_words(key, &mut padded);
+            let h = self.accs.header_mut(id);
+            h[H_META] = (m & !LONG) | key.len() as u64;
+            h[H_KEY..H_KEY + padded.len()].copy_from_slice(&padded);
+            self.long_keys.remove(i);
+        }
+    }
+
     /// Forgets slot `id` (an aligned window in memory): table, out-of-line key, words.
     /// Its group's order is the caller's.
     fn free_cell(&mut self, id: u32) {
         let hash = slot_hash(&self.accs, &self.long_keys, id);
         self.cells.remove(hash, id);
         let h = self.accs.header_mut(id);
-        h[H_META] &= !CHANGED;
-        if h[H_META] & LONG != 0 {
+        let m = h[H_META];
+        // (No slot but a live one says LONG: see `widen_keys`.)
+        h[H_META] &= !(CHANGED | LONG);
+        if m & LONG != 0 {
             let i = h[H_KEY] as u32;
             self.long_keys.remove(i);
         }
@@ -1170,6 +1236,7 @@ impl WindowOp {
     /// in memory, whose slot hash is `h`; its first session's slot becomes the key's.
     fn new_key(&mut self, h: u64, list: Sessions) -> u32 {
         let id = list[0].win.acc;
+        self.fit_key(self.scratch.len());
         let key_bits =
             put_key(&mut self.accs, &mut self.long_keys, self.key_words, id, &self.scratch, self.probe.iter().copied());
         self.accs.header_mut(id)[H_META] = key_bits | LIVE;
@@ -1375,6 +1442,7 @@ impl WindowOp {
             outcome.failed.push((r, e));
             return Ok(false);
         }
+        self.fit_key(cur.len as usize);
         let (key, words) = (cur.bytes(&self.batch_keys), words_of(cur.padded(&self.batch_keys)));
         let key_bits = put_key(&mut self.accs, &mut self.long_keys, self.key_words, id, key, words);
         self.accs.header_mut(id)[H_META] = key_bits | LIVE;
@@ -2656,6 +2724,63 @@ mod tests {
 
     const M: i64 = 60_000;
 
+    /// A slot's room for its key starts at a flag byte and grows with the keys seen:
+    /// to hold a longer key once more than an eighth of the slots would hold theirs out
+    /// of line, moving the out-of-line keys that fit into their slots. Results stay
+    /// right throughout.
+    #[test]
+    fn key_room_grows_with_the_keys() {
+        for window in [Window::Tumbling { size_ms: M }, Window::Session { gap_ms: M }] {
+            let mut op = WindowOp::new(spec(window, 0, None), &input(), 1);
+            assert_eq!(op.key_words, 1);
+            let long = |i: usize| format!("account-number-{i:04}");
+            let mut rows: Vec<(String, i64, i64, i64)> = (0..40).map(|i| (format!("k{i}"), 1, 10, 0)).collect();
+            // Eight short keys fit a word; the first longer one finds 40 slots, 0 long.
+            let (_, late) = run_owned(&mut op, &rows, false);
+            assert!(late.is_empty());
+            assert_eq!(op.key_words, 1);
+            rows.clear();
+            // 20-byte keys: five stay out of line, the sixth makes the room grow.
+            rows.extend((0..5).map(|i| (long(i), 2, 20, 0)));
+            let _ = run_owned(&mut op, &rows, false);
+            assert_eq!((op.key_words, op.long_keys.keys.len() - op.long_keys.free.len()), (1, 5));
+            rows.clear();
+            rows.extend((5..7).map(|i| (long(i), 2, 20, 0)));
+            // Keys too long for the room ever to hold stay out of line.
+            rows.push(("x".repeat(KEY_ROOM_MAX + 1), 3, 30, 0));
+            let _ = run_owned(&mut op, &rows, false);
+            assert_eq!((op.key_words, op.long_keys.keys.len() - op.long_keys.free.len()), (3, 1));
+            // Every key still finds its slot, moved or not: one window each.
+            rows.clear();
+            rows.extend((0..40).map(|i| (format!("k{i}"), 1, 40, 0)));
+            rows.extend((0..7).map(|i| (long(i), 2, 40, 0)));
+            rows.push(("x".repeat(KEY_ROOM_MAX + 1), 3, 40, 0));
+            let (out, _) = run_owned(&mut op, &rows, true);
+            assert_eq!(out.len(), 48, "{window:?}");
+            for (k, start, _, count, sum, _) in &out {
+                assert_eq!(*count, 2, "{k}");
+                assert_eq!(
+                    *sum,
+                    if k.starts_with('k') {
+                        2
+                    } else if k.starts_with('a') {
+                        4
+                    } else {
+                        6
+                    },
+                    "{k}"
+                );
+                assert!(matches!(window, Window::Session { .. }) || *start == 0);
+            }
+            assert_eq!(op.state_size().0, 0);
+        }
+    }
+
+    fn run_owned(op: &mut WindowOp, rows: &[(String, i64, i64, i64)], finish: bool) -> (Vec<Res>, Vec<usize>) {
+        let rows: Vec<(&str, i64, i64, i64)> = rows.iter().map(|(k, v, t, w)| (k.as_str(), *v, *t, *w)).collect();
+        run(op, &rows, finish)
+    }
+
     proptest::proptest! {
         /// The memo never changes the answer: any sequence of times, near the ends of
         /// i64 too, gives `ts - ts.rem_euclid(slide)` for each (clamped to i64::MIN).
@@ -2904,10 +3029,13 @@ mod tests {
             chunk in 1usize..64,
         ) {
             let (size, slide) = if sliding { (1_000, 300) } else { (1_000, 1_000) };
+            // Keys of every kind of length: empty, short, some that make the slots'
+            // key room grow, and some too long for it ever to hold (out of line).
             let key = |i: usize| match i % 4 {
                 0 => String::new(),
                 1 => format!("k{i}"),
-                _ => format!("a-rather-long-key-that-does-not-fit-inline-{i}"),
+                2 if i % 8 == 2 => format!("a-key-of-middling-length-{i}"),
+                _ => format!("a-rather-long-key-that-does-not-fit-inline-even-when-the-room-grows-{i}"),
             };
             // Stamps never decrease; a row's time may be behind its stamp (late).
             let mut stamp = WM_MIN;
@@ -2986,7 +3114,12 @@ mod tests {
             chunk in 1usize..64,
         ) {
             let gap = 500;
-            let key = |i: usize| if i % 3 == 2 { format!("a-rather-long-session-key-{i}") } else { format!("k{i}") };
+            let key = |i: usize| match i % 3 {
+                0 => format!("k{i}"),
+                1 if i % 6 == 1 => format!("a-middling-session-key-{i}"),
+                1 => format!("k{i}"),
+                _ => format!("a-rather-long-session-key-that-does-not-fit-inline-even-when-the-room-grows-{i}"),
+            };
             let mut stamp = WM_MIN;
             let rows: Vec<(String, i64, i64, i64)> = rows
                 .iter()
@@ -3096,7 +3229,8 @@ mod tests {
         let key = |i: usize| match i % 4 {
             0 if !session => String::new(),
             1 => format!("k{i}"),
-            2 => format!("a-rather-long-key-that-does-not-fit-inline-{i}"),
+            2 if i % 8 == 2 => format!("a-key-of-middling-length-{i}"),
+            2 => format!("a-rather-long-key-that-does-not-fit-inline-even-when-the-room-grows-{i}"),
             _ => format!("k{}", i % 7),
         };
         let mut stamp = WM_MIN;
