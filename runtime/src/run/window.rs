@@ -2735,12 +2735,14 @@ mod tests {
             assert_eq!(op.key_words, 1);
             let long = |i: usize| format!("account-number-{i:04}");
             let mut rows: Vec<(String, i64, i64, i64)> = (0..40).map(|i| (format!("k{i}"), 1, 10, 0)).collect();
-            // Eight short keys fit a word; the first longer one finds 40 slots, 0 long.
+            // Short keys (3 or 4 bytes) fit the first word.
             let (_, late) = run_owned(&mut op, &rows, false);
             assert!(late.is_empty());
             assert_eq!(op.key_words, 1);
             rows.clear();
-            // 20-byte keys: five stay out of line, the sixth makes the room grow.
+            // 20-byte keys: the first five go out of line (with n of them there already,
+            // (n + 1) * 8 is not over the 40-odd slots); the sixth (6 * 8 > 45) makes
+            // the room grow to three words, and the five move in.
             rows.extend((0..5).map(|i| (long(i), 2, 20, 0)));
             let _ = run_owned(&mut op, &rows, false);
             assert_eq!((op.key_words, op.long_keys.keys.len() - op.long_keys.free.len()), (1, 5));
