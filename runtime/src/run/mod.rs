@@ -273,7 +273,7 @@ pub fn unsupported(p: &ir::Pipeline) -> Option<Unsupported> {
         return Some(Unsupported {
             pipeline: p.name.clone(),
             span: op.span,
-            message: format!("{what} is not supported by this runtime yet (stateful operators arrive with event-time windows and state)"),
+            message: format!("{what} is not supported by this runtime yet"),
         });
     }
     None
