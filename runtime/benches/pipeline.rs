@@ -6,7 +6,10 @@
 //!   per second;
 //! - `windows/tumbling|session_memory|rocksdb`: count, sum and max by key over 100,000
 //!   keys from in-memory batches — events per second (`flowc bench windows` also
-//!   reports the state's bytes per window).
+//!   reports the state's bytes per window);
+//! - `snapshots/tumbling_full|tumbling_restore`: a checkpoint's full snapshot of the
+//!   open tumbling windows of 100,000 keys, and restoring it — windows per second
+//!   (`flowc bench checkpoints` also times deltas and the snapshot's share of a run).
 //!
 //! Run with `cargo bench -p flow-runtime --bench pipeline`; `flowc bench nexmark` and
 //! `flowc bench ingest` run the same code without criterion.
@@ -54,5 +57,20 @@ fn windows(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, nexmark, ingest, windows);
+/// A checkpoint's full snapshot of window state, and restoring it: the open tumbling
+/// windows of 100,000 keys.
+fn snapshots(c: &mut Criterion) {
+    let w = bench::WindowBench::new("tumbling(60s)", 100_000, 2_000_000, true).expect("prepares");
+    let mut fed = w.fed_windows().expect("feeds");
+    let windows = fed.windows() as u64;
+    let bytes = fed.snapshot().expect("snapshot");
+    let mut g = c.benchmark_group("snapshots");
+    g.throughput(Throughput::Elements(windows));
+    g.sample_size(20);
+    g.bench_function("tumbling_full", |b| b.iter(|| fed.snapshot().expect("snapshot")));
+    g.bench_function("tumbling_restore", |b| b.iter(|| fed.restore_fresh(&bytes).expect("restores")));
+    g.finish();
+}
+
+criterion_group!(benches, nexmark, ingest, windows, snapshots);
 criterion_main!(benches);

@@ -277,6 +277,32 @@ pub struct StateSize {
     pub raw_bytes_per_window: usize,
 }
 
+/// A window operator holding the state a [`WindowBench`] leaves open (see
+/// [`WindowBench::fed_windows`]).
+pub struct FedWindows {
+    op: WindowOp,
+    spec: Arc<crate::run::window::WindowSpec>,
+    input: Arc<Layout>,
+}
+
+impl FedWindows {
+    /// Windows in memory.
+    pub fn windows(&self) -> usize {
+        self.op.state_size().0
+    }
+
+    /// A full snapshot of the state, as a checkpoint takes it.
+    pub fn snapshot(&mut self) -> Result<Vec<u8>, String> {
+        self.op.snapshot()
+    }
+
+    /// Restores `bytes` (a [`FedWindows::snapshot`]) into a fresh operator.
+    pub fn restore_fresh(&self, bytes: &[u8]) -> Result<(), String> {
+        let mut fresh = WindowOp::new(self.spec.clone(), &self.input, 1);
+        fresh.restore(bytes)
+    }
+}
+
 impl WindowBench {
     /// `events` events over `keys` string keys (`acct-0000042`), 16 events per ms of
     /// event time, with decimal amounts; `window` is a .flow window spec such as
@@ -398,6 +424,14 @@ pipeline p = from s | key_by account | window {window} | aggregate {{ n: count()
             let _ = op.take_results();
         }
         Ok((op, stamper))
+    }
+
+    /// An operator fed every batch ([`WindowBench::fed`]), for benchmarks of what is
+    /// done with its state.
+    pub fn fed_windows(&self) -> Result<FedWindows, String> {
+        let (op, _) = self.fed()?;
+        let h = &self.windowed.head;
+        Ok(FedWindows { op, spec: h.spec.clone(), input: h.op_input.clone() })
     }
 
     /// Feeds every batch ([`WindowBench::fed`]), then times a full snapshot of the state, its size, and restoring it into a fresh
