@@ -126,6 +126,28 @@ fn seed() -> u64 {
     })
 }
 
+/// A fresh directory from `fresh` run with [`crash_and_finish`]; when no kill hit a
+/// running process (a run finished before its kill, as under a load that made the
+/// reference run slow), again in a fresh directory with delays half as long, up to
+/// five times. Returns the directory and the kills that hit.
+fn crash_until_hit(
+    fresh: &dyn Fn() -> tempfile::TempDir,
+    extra: &[&str],
+    rng: &mut Rng,
+    span: Duration,
+) -> (tempfile::TempDir, usize) {
+    let mut span = span;
+    for _ in 0..5 {
+        let dir = fresh();
+        let hit = crash_and_finish(dir.path(), extra, kills(), rng, span);
+        if hit > 0 {
+            return (dir, hit);
+        }
+        span /= 2;
+    }
+    panic!("no kill hit a running process, even with delays down to {span:?}");
+}
+
 fn kills() -> usize {
     std::env::var("FLOW_CRASH_KILLS").ok().and_then(|s| s.parse().ok()).unwrap_or(10)
 }
@@ -140,8 +162,7 @@ fn crash_test(flow: &str, lines_in: usize, extra: &[&str]) {
 
     let seed = seed();
     let mut rng = Rng(seed);
-    let dir = setup(flow, lines_in);
-    let hit = crash_and_finish(dir.path(), extra, kills(), &mut rng, span);
+    let (dir, hit) = crash_until_hit(&|| setup(flow, lines_in), extra, &mut rng, span);
     let got = lines(&dir.path().join("out.jsonl"));
     assert_eq!(got.len(), want.len(), "record count differs after {hit} kills (FLOW_CRASH_SEED={seed})");
     if got != want {
@@ -153,7 +174,6 @@ fn crash_test(flow: &str, lines_in: usize, extra: &[&str]) {
             kept.display()
         );
     }
-    assert!(hit > 0, "no kill hit a running process");
 
     for point in ["before-metadata", "after-metadata", "mid-commit", "after-commit"] {
         let dir = setup(flow, lines_in);
@@ -409,10 +429,12 @@ pipeline w = from bank | key_by account | window tumbling(5s)
     let (o, span) = timed_run_to_end(reference.path(), &[]);
     assert!(text(&o.stderr).contains("late record"), "the input has no late records: {}", text(&o.stderr));
     let want = lines(&reference.path().join("out.jsonl"));
-    let dir = setup(flow, 1);
-    disorder(dir.path());
+    let fresh = || {
+        let dir = setup(flow, 1);
+        disorder(dir.path());
+        dir
+    };
     let mut rng = Rng(seed());
-    let hit = crash_and_finish(dir.path(), &[], kills(), &mut rng, span);
-    assert!(hit > 0, "no kill hit a running process");
+    let (dir, hit) = crash_until_hit(&fresh, &[], &mut rng, span);
     assert!(lines(&dir.path().join("out.jsonl")) == want, "window results differ after {hit} kills");
 }
