@@ -169,7 +169,7 @@ pub(crate) fn encode_key(row: &RowRef, fields: &[usize], kinds: &[SlotKind], out
                 if i + 1 < fields.len() {
                     out.extend_from_slice(&(b.len() as u32).to_le_bytes());
                 }
-                out.extend_from_slice(b);
+                push_bytes(out, b);
             }
             SlotKind::Dec128 { .. } => out.extend_from_slice(&row.i128(f).to_le_bytes()),
             SlotKind::F64 => {
@@ -185,6 +185,21 @@ pub(crate) fn encode_key(row: &RowRef, fields: &[usize], kinds: &[SlotKind], out
             }
             _ => out.extend_from_slice(&row.i64(f).to_le_bytes()),
         }
+    }
+}
+
+/// Appends `b` to `out` a word at a time, then byte by byte: keys are short, and a
+/// call to memcpy for a dozen bytes cost more than the copy (3% of the tumbling path).
+#[inline]
+fn push_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    out.reserve(b.len());
+    let mut words = b.chunks_exact(8);
+    for w in &mut words {
+        let w: &[u8; 8] = w.try_into().expect("8 bytes");
+        out.extend_from_slice(w);
+    }
+    for &x in words.remainder() {
+        out.push(x);
     }
 }
 
@@ -819,7 +834,10 @@ impl WindowOp {
             encode_key(&row, &spec.key_fields, &self.kinds, &mut self.batch_keys);
             let len = self.batch_keys.len() - at;
             let cur = CurKey { at: at as u32, len: len as u32 };
-            self.batch_keys.resize(at + len.div_ceil(8) * 8, 0);
+            // (Zeros pushed, not a resize: a call to memset for a few bytes costs more.)
+            for _ in len..len.div_ceil(8) * 8 {
+                self.batch_keys.push(0);
+            }
             if aligned {
                 let ts = row.i64(spec.ts_field).saturating_add(spec.ts_offset);
                 let end = slide_start(&mut self.slide_memo, ts, slide).saturating_add(size);
