@@ -480,9 +480,15 @@ impl LongKeys {
         }
     }
 
-    fn remove(&mut self, i: u32) {
-        self.keys[i as usize] = Box::default();
+    /// Removes key `i`, returning its bytes.
+    fn remove(&mut self, i: u32) -> Box<[u8]> {
         self.free.push(i);
+        std::mem::take(&mut self.keys[i as usize])
+    }
+
+    /// Keys held.
+    fn len(&self) -> usize {
+        self.keys.len() - self.free.len()
     }
 }
 
@@ -988,8 +994,7 @@ impl WindowOp {
         if len <= self.key_words * 8 || len > KEY_ROOM_MAX {
             return;
         }
-        let long = self.long_keys.keys.len() - self.long_keys.free.len();
-        if (long + 1) * 8 > self.hot {
+        if (self.long_keys.len() + 1) * 8 > self.hot {
             self.widen_keys(len.div_ceil(8));
         }
     }
@@ -1008,20 +1013,16 @@ impl WindowOp {
         let mut padded = Vec::new();
         for id in 0..self.accs.slots() {
             let m = self.accs.header(id)[H_META];
-            if m & LONG == 0 {
-                continue;
-            }
             let i = self.accs.header(id)[H_KEY] as u32;
-            let key = &self.long_keys.keys[i as usize];
-            if key.len() > words * 8 {
+            if m & LONG == 0 || self.long_keys.keys[i as usize].len() > words * 8 {
                 continue;
             }
+            let key = self.long_keys.remove(i);
             padded.clear();
-            pad_words(key, &mut padded);
-            let h = self.accs.header_mut(id);
-            h[H_META] = (m & !LONG) | key.len() as u64;
-            h[H_KEY..H_KEY + padded.len()].copy_from_slice(&padded);
-            self.long_keys.remove(i);
+            pad_words(&key, &mut padded);
+            let (accs, long) = (&mut self.accs, &mut self.long_keys);
+            let bits = put_key(accs, long, words, id, &key, padded.iter().copied());
+            accs.header_mut(id)[H_META] = (m & !LONG) | bits;
         }
     }
 
@@ -2763,13 +2764,13 @@ mod tests {
             // the room grow to three words, and the five move in.
             rows.extend((0..5).map(|i| (long(i), 2, 20, 0)));
             let _ = run_owned(&mut op, &rows, false);
-            assert_eq!((op.key_words, op.long_keys.keys.len() - op.long_keys.free.len()), (1, 5));
+            assert_eq!((op.key_words, op.long_keys.len()), (1, 5));
             rows.clear();
             rows.extend((5..7).map(|i| (long(i), 2, 20, 0)));
             // Keys too long for the room ever to hold stay out of line.
             rows.push(("x".repeat(KEY_ROOM_MAX + 1), 3, 30, 0));
             let _ = run_owned(&mut op, &rows, false);
-            assert_eq!((op.key_words, op.long_keys.keys.len() - op.long_keys.free.len()), (3, 1));
+            assert_eq!((op.key_words, op.long_keys.len()), (3, 1));
             // Every key still finds its slot, moved or not: one window each.
             rows.clear();
             rows.extend((0..40).map(|i| (format!("k{i}"), 1, 40, 0)));
