@@ -199,6 +199,12 @@ impl AccLayout {
     }
 }
 
+/// Words a slab of `len` words (slots of `stride`) grows by: a 32nd, at least 256
+/// slots.
+fn headroom(len: usize, stride: usize) -> usize {
+    (len / 32).max(stride * 256)
+}
+
 /// Accumulators of many windows: a slab of words plus a slab of extras.
 #[derive(Debug)]
 pub(crate) struct AccStore {
@@ -267,7 +273,7 @@ impl AccStore {
         let (old, stride) = (self.stride, self.stride + extra);
         let slots = self.words.len() / old.max(1);
         // Advised before it is first written: see advise_huge.
-        let mut words = Vec::with_capacity(slots * stride + (slots * stride / 32).max(stride * 256));
+        let mut words = Vec::with_capacity(slots * stride + headroom(slots * stride, stride));
         super::slots::advise_huge(&words);
         for slot in self.words.chunks_exact(old) {
             words.extend_from_slice(&slot[..at]);
@@ -339,7 +345,7 @@ impl AccStore {
                     // its pages (glibc's realloc uses mremap), so nothing is copied.
                     // (The new tail is advised before it is first written: see
                     // advise_huge.)
-                    self.words.reserve_exact((self.words.len() / 32).max(w * 256));
+                    self.words.reserve_exact(headroom(self.words.len(), w));
                     super::slots::advise_huge(&self.words);
                 }
                 self.words.resize(self.words.len() + w, 0);

@@ -11,9 +11,9 @@
 //! Timers come out in exactly the order the `BTreeMap` gave: by due time, and those due
 //! at the same time in the order they were set. The front bucket is sorted by due time
 //! when it is first looked at (stably: by counting over its offsets, or for buckets
-//! wider than 4 s by a stable sort), then drained with a cursor. Once it is drained the ring moves on even if
-//! the watermark has not passed the bucket's end; a timer set before the front after
-//! that (rare) goes to a small map of its own, by time.
+//! wider than 4 s by a stable sort), then drained with a cursor. Once it is drained the
+//! ring moves on even if the watermark has not passed the bucket's end; a timer set
+//! before the front after that (rare) goes to a small map of its own, by time.
 
 use std::collections::{BTreeMap, VecDeque};
 
