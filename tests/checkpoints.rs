@@ -126,24 +126,27 @@ fn seed() -> u64 {
     })
 }
 
-/// A fresh directory from `fresh` run with [`crash_and_finish`]; when no kill hit a
-/// running process (a run finished before its kill, as under a load that made the
-/// reference run slow), again in a fresh directory with delays half as long, up to
-/// five times. Returns the directory and the kills that hit.
+/// A fresh directory from `fresh` run with [`crash_and_finish`] (up to `kills` kills);
+/// when no kill hit a running process (a run finished before its kill, as under a load
+/// that made the reference run slow), again in a fresh directory with delays half as
+/// long, up to five times. Returns the directory and the kills that hit.
 fn crash_until_hit(
     fresh: &dyn Fn() -> tempfile::TempDir,
     extra: &[&str],
+    kills: usize,
     rng: &mut Rng,
     span: Duration,
 ) -> (tempfile::TempDir, usize) {
     let mut span = span;
-    for _ in 0..5 {
+    for attempt in 0..5 {
         let dir = fresh();
-        let hit = crash_and_finish(dir.path(), extra, kills(), rng, span);
+        let hit = crash_and_finish(dir.path(), extra, kills, rng, span);
         if hit > 0 {
             return (dir, hit);
         }
-        span /= 2;
+        if attempt < 4 {
+            span /= 2;
+        }
     }
     panic!("no kill hit a running process, even with delays down to {span:?}");
 }
@@ -162,7 +165,7 @@ fn crash_test(flow: &str, lines_in: usize, extra: &[&str]) {
 
     let seed = seed();
     let mut rng = Rng(seed);
-    let (dir, hit) = crash_until_hit(&|| setup(flow, lines_in), extra, &mut rng, span);
+    let (dir, hit) = crash_until_hit(&|| setup(flow, lines_in), extra, kills(), &mut rng, span);
     let got = lines(&dir.path().join("out.jsonl"));
     assert_eq!(got.len(), want.len(), "record count differs after {hit} kills (FLOW_CRASH_SEED={seed})");
     if got != want {
@@ -248,9 +251,8 @@ pipeline w = from txns | key_by account | window tumbling(5s)
     let (_, span) = timed_run_to_end(reference.path(), &[]);
     let want = topic_records(reference.path(), "txns");
     assert_eq!(want.len(), 20_000 - 20_000 / 13 - 1);
-    let dir = setup(flow, 20_000);
     let mut rng = Rng(seed());
-    crash_and_finish(dir.path(), &[], 5, &mut rng, span);
+    let (dir, _) = crash_until_hit(&|| setup(flow, 20_000), &[], 5, &mut rng, span);
     assert!(topic_records(dir.path(), "txns") == want, "the topic's records differ after kills");
 }
 
@@ -435,6 +437,6 @@ pipeline w = from bank | key_by account | window tumbling(5s)
         dir
     };
     let mut rng = Rng(seed());
-    let (dir, hit) = crash_until_hit(&fresh, &[], &mut rng, span);
+    let (dir, hit) = crash_until_hit(&fresh, &[], kills(), &mut rng, span);
     assert!(lines(&dir.path().join("out.jsonl")) == want, "window results differ after {hit} kills");
 }
